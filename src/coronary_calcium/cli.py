@@ -1,0 +1,170 @@
+"""`coronary-calcium`: the command line. Thin: each subcommand parses arguments and calls the package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from coronary_calcium.errors import InputError, find_input_error
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from coronary_calcium.io.manifest import validate_manifest
+    from coronary_calcium.io.scans import check_scan_readable
+
+    manifest, problems = validate_manifest(args.manifest, check_images=None if args.quick else check_scan_readable)
+    for p in problems:
+        print(f"error: {p}", file=sys.stderr)
+    if problems:
+        print(f"{args.manifest}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    assert manifest is not None
+    counts = {s: len(manifest.split(s)) for s in ("train", "validation", "test")}
+    patients = len({s.patient_id for s in manifest.scans})
+    print(f"{manifest.path}: OK: {len(manifest.scans)} scans of {patients} patients; " f"splits {counts}")
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from coronary_calcium.synth.config import SynthConfig
+    from coronary_calcium.synth.dataset import generate_dataset
+    from coronary_calcium.synth.regenerate import regenerate_from_manifest
+
+    if args.manifest is not None:
+        if args.out or args.patients is not None or args.seed is not None or args.config:
+            raise InputError("--manifest", "takes the set's parameters from the manifest: drop --out/--patients/--seed/--config")
+        made = regenerate_from_manifest(args.manifest, overwrite=args.overwrite, workers=args.workers)
+        print(f"{args.manifest}: " + ("generated its data set" if made else "its data set is already there"))
+        return 0
+    if args.out is None:
+        raise InputError("synth", "give --out DIR (or --manifest MANIFEST)")
+    fields = {}
+    if args.config is not None:
+        fields = _read_json_object(args.config)
+    if args.patients is not None:
+        fields["patients"] = args.patients
+    if args.seed is not None:
+        fields["seed"] = args.seed
+    config = SynthConfig.from_dict(fields)
+    if args.if_missing and (args.out / "data_manifest.json").is_file():
+        print(f"{args.out}: already holds a data set (drop --if-missing, add --overwrite to replace it)")
+        return 0
+    manifest = generate_dataset(args.out, config, overwrite=args.overwrite, workers=args.workers)
+    print(f"wrote {manifest}")
+    return 0
+
+
+def _read_json_object(path: Path) -> dict:
+    import json
+
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if not isinstance(value, dict):
+        raise InputError(path, "must hold a JSON object of SynthConfig fields")
+    return value
+
+
+def _cmd_montage(args: argparse.Namespace) -> int:
+    from coronary_calcium.synth.montage import write_montage
+
+    out = write_montage(args.dataset, args.out, n_slices=args.slices, seed=args.seed)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from coronary_calcium.train.bundle import parse_overrides, run_bundle
+
+    overrides = parse_overrides(args.set)
+    overrides.update({k: v for k, v in (("network_name", args.network), ("max_epochs", args.epochs),
+                                        ("manifest", args.manifest and str(args.manifest.resolve()))) if v is not None})
+    configs = ["train"] + (["evaluate"] if args.command == "evaluate" else [])
+    parser = run_bundle(configs, overrides)
+    ids = ("output_dir", "ckpt_dir", "log_dir") + (("eval_dir",) if args.command == "evaluate" else ())
+    paths = {k: Path(parser.get_parsed_content(k)).resolve() for k in ids}
+    if args.command == "evaluate":
+        import json
+
+        split = parser.get_parsed_content("validate#split")
+        m = json.loads((paths["eval_dir"] / f"{split}_metrics.json").read_text())
+        auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
+        print(f"{split} slices: {m['n']}  accuracy {m['accuracy']:.4f}  precision {m['precision']:.4f}  "
+              f"recall {m['recall']:.4f}  F1 {m['f1']:.4f}  ROC AUC {auc}")
+        print(f"confusion matrix (rows truth, columns prediction): {m['confusion_matrix']['rows_truth_cols_prediction']}")
+    for k, v in paths.items():
+        print(f"{k.replace('_dir', '').replace('ckpt', 'checkpoints')}: {v}")
+    return 0
+
+
+def _add_bundle_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--network", help="network id (default: the bundle's, inception_v3_scratch)")
+    p.add_argument("--epochs", type=int, help="max_epochs")
+    p.add_argument("--manifest", type=Path, help="data manifest (default: the repository's data_manifest.json)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any bundle config id, e.g. --set batch_size=8 --set 'hu_window=[-200,800]'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="coronary-calcium",
+        description="Coronary artery calcium in chest CT: data, training, explanation and scoring.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check a data manifest: schema, files, splits, readable images")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--quick", action="store_true", help="skip reading every image (schema, files, splits only)")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("synth", help="generate a synthetic chest-CT data set with coronary calcium")
+    p.add_argument("--out", type=Path, help="output folder (with --manifest: defaults to its data_root)")
+    p.add_argument("--manifest", type=Path, help="regenerate the set a manifest describes (its generator block)")
+    p.add_argument("--patients", type=int, help="number of patients (default: the config's)")
+    p.add_argument("--seed", type=int, help="random seed (default: the config's)")
+    p.add_argument("--config", type=Path, help="JSON file of SynthConfig fields")
+    p.add_argument("--if-missing", action="store_true", help="with --out: do nothing when the folder holds a set")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("montage", help="write a PNG montage of synthetic slices with calcium and distractors")
+    p.add_argument("dataset", type=Path, help="a synthetic data set folder or its manifest")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--slices", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_montage)
+    p = sub.add_parser("train", help="train a classifier with the bundle (bundle/configs/train.json)")
+    _add_bundle_args(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate the best checkpoint on the test patients (evaluate.json)")
+    _add_bundle_args(p)
+    p.set_defaults(func=_cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: bad input prints one `error:` line and exits with status 2."""
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except Exception as e:  # noqa: BLE001 - bad input reaches us wrapped by MONAI's config parser
+        err = find_input_error(e)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Prepare: manifest scans -> labelled axial slices, balanced sampling, and the few transforms MONAI lacks."""

@@ -1,0 +1,1 @@
+"""Readers: DICOM series, NIfTI / MetaImage volumes, COCA XML, and the data manifest."""

@@ -1,0 +1,1 @@
+"""Report: metrics, tables and figures written from results."""

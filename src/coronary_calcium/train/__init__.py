@@ -1,0 +1,1 @@
+"""Train: the pieces the bundle's trainer and evaluator wire in (precision, checkpoints, metrics, reports)."""

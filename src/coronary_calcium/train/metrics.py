@@ -1,0 +1,33 @@
+"""Output transforms feeding the engines' (decollated) outputs to Ignite and MONAI metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from monai.handlers import from_engine
+
+
+def _stack(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    pred, label = from_engine(["pred", "label"])(output)
+    if isinstance(pred, (list, tuple)):
+        pred, label = torch.stack([torch.as_tensor(p) for p in pred]), torch.stack([torch.as_tensor(y) for y in label])
+    return torch.as_tensor(pred).float(), torch.as_tensor(label).view(-1).long()
+
+
+def predicted_class(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted class (B,), label (B,)) from logits or probabilities: Ignite's binary Accuracy/Precision/Recall."""
+    pred, label = _stack(output)
+    return pred.argmax(dim=1), label
+
+
+def positive_probability(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive-class probability (B,), label (B,)) from softmaxed predictions: MONAI's ROCAUC."""
+    pred, label = _stack(output)
+    return pred[:, 1], label
+
+
+def log_probability_and_label(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log of the softmaxed predictions (B, 2), label (B,)) for Ignite's Loss metric with `NLLLoss`."""
+    pred, label = _stack(output)
+    return pred.clamp_min(1e-12).log(), label
