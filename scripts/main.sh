@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The main job: set up .venv, make the default synthetic data set if it is missing, train the default classifier
-# (Inception v3 from scratch) with the MONAI bundle, evaluate it on the held-out test patients.
-# Extra arguments go to both `coronary-calcium train` and `evaluate` (e.g. --epochs 2, --network vgg16_scratch).
+# (Inception v3 from scratch) with the MONAI bundle, evaluate it on the held-out test patients (slice metrics,
+# CAM localization, thresholds chosen on validation), then score every test scan (Agatston, agreement).
+# NETWORK=<id> picks another network; extra arguments go to `coronary-calcium train` and `evaluate`
+# (e.g. --epochs 2, --set batch_size=32).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup_venv.sh
 cc=.venv/bin/coronary-calcium
+network=${NETWORK:-inception_v3_scratch}
 $cc synth --manifest data_manifest.json
 $cc validate --quick data_manifest.json
-$cc train "$@"
-$cc evaluate "$@"
+$cc train --network "$network" "$@"
+$cc evaluate --network "$network" "$@"
+$cc infer data_manifest.json --split test --network "$network" --out "bundle/runs/$network/inference" --overwrite

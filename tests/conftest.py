@@ -1,12 +1,19 @@
-"""Shared fixtures: the real CT files in ../shared/data, unpacked once per session."""
+"""Shared fixtures: the real CT files in ../shared/data (unpacked once per session) and a tiny labelled data set
+(NIfTI volumes with calcium specks and brighter bone) for fast end-to-end tests."""
 
 from __future__ import annotations
 
+import json
 import os
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from coronary_calcium.io.images import write_nifti
+from coronary_calcium.io.volume import CTVolume
+from coronary_calcium.labels import AORTIC, LAD
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,3 +40,47 @@ def qrm_series_dir(tmp_path_factory) -> Path:
     dirs = {p.parent for p in out.rglob("*") if p.is_file()}
     assert len(dirs) == 1, f"expected one folder of DICOM files in the QRM archive, found {sorted(dirs)}"
     return dirs.pop()
+
+
+SPLITS = {"train": 4, "validation": 2, "test": 2}
+
+
+def _tiny_patient(rng: np.random.Generator, n_slices: int = 10, size: int = 48):
+    hu = rng.normal(40, 12, size=(n_slices, size, size)).astype(np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    body = (yy - size / 2) ** 2 / (0.45 * size) ** 2 + (xx - size / 2) ** 2 / (0.48 * size) ** 2 <= 1
+    hu[:, ~body] = -1000
+    hu[:, size - 8 : size - 4, size // 2 - 3 : size // 2 + 3] = 900  # "spine": bright, never labelled
+    labels = np.zeros(hu.shape, np.uint8)
+    for k in range(n_slices):
+        if rng.random() < 0.4:  # a coronary speck of 2 x 2 .. 3 x 3 px (1 mm pixels)
+            r = int(rng.integers(10, size - 14))
+            c = int(rng.integers(10, size - 14))
+            s = int(rng.integers(2, 4))
+            hu[k, r : r + s, c : c + s] = rng.uniform(250, 700)
+            labels[k, r : r + s, c : c + s] = LAD
+        if rng.random() < 0.2:  # aortic calcium: labelled but not coronary, so the slice stays negative
+            hu[k, 6:9, 6:9] = 500
+            labels[k, 6:9, 6:9] = AORTIC
+    return CTVolume(hu=np.rint(hu), spacing=(3.0, 1.0, 1.0)), labels
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tmp_path_factory) -> Path:
+    """A manifest of 8 tiny patients (4 train, 2 validation, 2 test) as NIfTI image + label volumes."""
+    root = tmp_path_factory.mktemp("tiny_set")
+    rng = np.random.default_rng(0)
+    scans = []
+    i = 0
+    for split, n in SPLITS.items():
+        for _ in range(n):
+            pid = f"T{i:02d}"
+            volume, labels = _tiny_patient(rng)
+            write_nifti(volume.hu.astype(np.int16), volume, root / pid / "image.nii.gz")
+            write_nifti(labels, volume, root / pid / "labels.nii.gz")
+            scans.append({"patient_id": pid, "image": f"{pid}/image.nii.gz", "split": split,
+                          "reference": {"labels": f"{pid}/labels.nii.gz"}})
+            i += 1
+    path = root / "data_manifest.json"
+    path.write_text(json.dumps({"version": 1, "name": "tiny", "data_root": ".", "scans": scans}, indent=1))
+    return path

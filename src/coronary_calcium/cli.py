@@ -44,7 +44,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if args.config is not None:
         fields = _read_json_object(args.config)
     if args.patients is not None:
-        fields["patients"] = args.patients
+        fields["n_patients"] = args.patients
     if args.seed is not None:
         fields["seed"] = args.seed
     config = SynthConfig.from_dict(fields)
@@ -84,7 +84,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.set)
     overrides.update({k: v for k, v in (("network_name", args.network), ("max_epochs", args.epochs),
                                         ("manifest", args.manifest and str(args.manifest.resolve()))) if v is not None})
-    configs = ["train"] + (["evaluate"] if args.command == "evaluate" else [])
+    configs = ["train"] + (["evaluate"] if args.command in ("evaluate", "cam-montage", "calibrate") else [])
+    if args.command == "calibrate":
+        overrides["run"] = ["@calibrate"]
+        parser = run_bundle(configs, overrides)
+        print(f"wrote {Path(parser.get_parsed_content('ckpt_dir')).resolve() / 'thresholds.json'}")
+        return 0
+    if args.command == "cam-montage":
+        overrides["run"] = ["@cam_montage_png"]
+        if args.out is not None:
+            overrides["cam_montage_file"] = str(args.out.resolve())
+        parser = run_bundle(configs, overrides)
+        print(f"wrote {parser.get_parsed_content('cam_montage_file')}")
+        return 0
     parser = run_bundle(configs, overrides)
     ids = ("output_dir", "ckpt_dir", "log_dir") + (("eval_dir",) if args.command == "evaluate" else ())
     paths = {k: Path(parser.get_parsed_content(k)).resolve() for k in ids}
@@ -99,6 +111,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"confusion matrix (rows truth, columns prediction): {m['confusion_matrix']['rows_truth_cols_prediction']}")
     for k, v in paths.items():
         print(f"{k.replace('_dir', '').replace('ckpt', 'checkpoints')}: {v}")
+    return 0
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from coronary_calcium.inference import run_inference
+    from coronary_calcium.train.bundle import BUNDLE_ROOT
+
+    ckpt_dir = args.ckpt_dir or BUNDLE_ROOT / "runs" / args.network / "models"
+    result = run_inference(args.input, args.out, ckpt_dir=ckpt_dir, overwrite=args.overwrite, split=args.split)
+    print(f"{result.n_ok} scan(s) scored, {result.n_error} failed; summary: {result.summary_csv}")
+    if result.report_html is not None:
+        print(f"report: {result.report_html}")
+    for scan_id, reason in result.failures:
+        print(f"failed: {scan_id}: {reason}", file=sys.stderr)
+    agreement = result.agreement or {}
+    scores = agreement.get("scores")
+    if scores:
+        print(f"agreement with the reference ({scores['n']} scans): ICC(2,1) {scores['icc_2_1']}, "
+              f"5-class linearly weighted kappa {scores['kappa']['5-class']['kappa_linear']:.3f}")
+    lesions = agreement.get("lesions")
+    if lesions:
+        print(f"lesions: F1 {lesions['f1']}, sensitivity {lesions['sensitivity']}, PPV {lesions['ppv']}, "
+              f"false positives per scan {lesions['false_positives_per_scan']:.2f}")
+    if agreement.get("non_coronary_counted_as_coronary"):
+        print(f"aortic / valve lesions counted as coronary: {agreement['non_coronary_counted_as_coronary']['lesions']}")
+    if result.agreement_json is not None:
+        print(f"agreement: {result.agreement_json}")
     return 0
 
 
@@ -145,6 +184,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate the best checkpoint on the test patients (evaluate.json)")
     _add_bundle_args(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("calibrate", help="choose the inference thresholds on the validation split (thresholds.json)")
+    _add_bundle_args(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("infer", help="score scans: slice probabilities, CAMs, lesions, Agatston per scan, report")
+    p.add_argument("input", type=Path, help="a manifest, a DICOM series folder, a NIfTI/MetaImage file, or a folder of scans")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--network", default="inception_v3_scratch", help="trained network id (finds bundle/runs/<id>/models)")
+    p.add_argument("--ckpt-dir", type=Path, help="folder holding model.pt and thresholds.json (overrides --network)")
+    p.add_argument("--split", help="with a manifest: only this split")
+    p.add_argument("--overwrite", action="store_true", help="replace existing results")
+    p.set_defaults(func=_cmd_infer)
+
+    p = sub.add_parser("cam-montage", help="PNG of Grad-CAM overlays, rows = layers shallow to deep, for a trained network")
+    _add_bundle_args(p)
+    p.add_argument("--out", type=Path, help="PNG path (default: <output_dir>/eval/cam_montage.png)")
     p.set_defaults(func=_cmd_train)
     return parser
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 from coronary_calcium.cli import main
 from coronary_calcium.errors import InputError
 from coronary_calcium.report.tensorboard import read_scalars
@@ -43,6 +45,19 @@ def test_train_writes_checkpoints_and_tensorboard_scalars(trained):
     assert all(0.0 <= v <= 1.0 for _, v in scalars["val_accuracy"])
     last = torch.load(trained / "models" / "last.pt", map_location="cpu", weights_only=False)
     assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"]
+    # the Grad-CAM panel handler on the validation evaluator: an overlay per CAM layer and the raw peak
+    acc = EventAccumulator(str(trained / "tensorboard"), size_guidance={"images": 0})
+    acc.Reload()
+    assert set(acc.Tags()["images"]) >= {"cam/layer2", "cam/layer3"}
+    assert [e.step for e in acc.Images("cam/layer3")] == [1, 2]
+    assert {"cam/layer2/peak_pos", "cam/layer3/peak_neg"} <= set(scalars)
+
+
+def test_wrong_cam_layer_fails_at_config_load(tiny_manifest, tmp_path):
+    with pytest.raises(InputError, match="layer9") as e:
+        run_bundle(["train"], _overrides(tiny_manifest, tmp_path / "x", cam_layers=["layer9"], max_epochs=1))
+    assert "layer3" in str(e.value)  # the valid names are listed
+    assert not (tmp_path / "x" / "models").exists()
 
 
 def test_resume_continues_the_epoch_count(trained, tiny_manifest):
@@ -66,6 +81,9 @@ def test_evaluate_writes_metrics_tables_and_figures(trained, tiny_manifest):
                  "training_curves.png"):
         assert (ev / name).stat().st_size > 0, name
     assert (ev / "test_confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    loc = json.loads((ev / "localization.json").read_text())
+    assert set(loc["layers"]) == {"layer2", "layer3"} and loc["n_positive"] > 0
+    assert (ev / "cam_montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_checkpoint_of_another_architecture_is_refused(trained, tiny_manifest, tmp_path):
@@ -139,3 +157,33 @@ def test_two_process_gloo_training(tiny_manifest, tmp_path):
     assert (tmp_path / "ddp" / "models" / "model.pt").is_file()
     assert [s for s, _ in read_scalars(tmp_path / "ddp" / "tensorboard")["val_accuracy"]] == [1, 2]
     assert len(list((tmp_path / "ddp" / "tensorboard").iterdir())) == 1  # one writer, rank 0 only
+
+
+def test_cam_montage_command_writes_a_png(trained, tiny_manifest, tmp_path, capsys):
+    out = tmp_path / "montage.png"
+    sets = [f"{k}={json.dumps(v)}" for k, v in _overrides(tiny_manifest, trained).items() if k != "manifest"]
+    argv = ["cam-montage", "--manifest", str(tiny_manifest), "--out", str(out)]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_calibrate_then_infer_from_the_command_line(trained, tiny_manifest, tmp_path, capsys):
+    sets = [f"{k}={json.dumps(v)}" for k, v in _overrides(tiny_manifest, trained).items() if k != "manifest"]
+    argv = ["calibrate", "--manifest", str(tiny_manifest)]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    assert (trained / "models" / "thresholds.json").is_file()
+    out = tmp_path / "inference"
+    assert main(["infer", str(tiny_manifest), "--split", "test", "--out", str(out), "--ckpt-dir",
+                 str(trained / "models")]) == 0
+    printed = capsys.readouterr().out
+    assert "2 scan(s) scored, 0 failed" in printed and "lesions: F1" in printed
+    assert (out / "summary.csv").is_file() and (out / "report.html").is_file()
+    # an existing result is not overwritten unless asked
+    assert main(["infer", str(tiny_manifest), "--split", "test", "--out", str(out), "--ckpt-dir",
+                 str(trained / "models")]) == 2
+    assert "exist" in capsys.readouterr().err

@@ -88,7 +88,8 @@ def slice_records(
     """One record per axial slice of the split's scans.
 
     Each record: ``image`` (1, H, W) int16 HU, ``mask`` (1, H, W) uint8 coronary calcium, ``label`` 0/1,
-    ``patient_id``, ``scan_id``, ``slice_index``, ``pixel_spacing`` (row, column mm of the original slice).
+    ``patient_id``, ``scan_id``, ``slice_index``, ``pixel_spacing`` (row, column mm) and ``original_size`` (rows,
+    columns) of the original slice, from which localization metrics convert distances after resizing.
     """
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
@@ -109,6 +110,7 @@ def slice_records(
                     "scan_id": scan.scan_id,
                     "slice_index": k,
                     "pixel_spacing": arrays["pixel_spacing"].tolist(),
+                    "original_size": list(arrays["image"].shape[1:]),
                 }
             )
     return records

@@ -65,7 +65,7 @@ class SynthConfig:
     """Epicardial fat thickness between myocardium and pericardium (the coronary arteries run in it)."""
 
     # --- coronary calcium burden --------------------------------------------------------------------------
-    category_weights: tuple[float, float, float, float, float] = (0.25, 0.15, 0.2, 0.2, 0.2)
+    category_weights: tuple[float, float, float, float, float] = (0.15, 0.1, 0.2, 0.2, 0.35)
     """Relative frequency of the target risk category 0 / 1-10 / 11-100 / 101-400 / >400 (Agatston)."""
     category_cycle: int = 20
     """Categories are dealt from shuffled blocks of this many patients (block b = patients b*n..b*n+n-1,
@@ -73,14 +73,14 @@ class SynthConfig:
     so every block of consecutive patients covers every category with a non-zero share; 1 = i.i.d. draws."""
     category_margin: float = 1.25
     """Target scores stay this factor inside their category's bounds, so noise rarely changes the category."""
-    max_score: float = 1500.0
+    max_score: float = 2500.0
     """Upper bound of target Agatston scores for the >400 category (drawn log-uniformly from 500)."""
     max_plaques: int = 40
     """Maximum number of coronary plaques per patient."""
     artery_weights: tuple[float, float, float, float] = (0.08, 0.42, 0.2, 0.3)
     """Relative frequency of plaques in LM / LAD / LCX / RCA."""
     plaque_diameter_mm: tuple[float, float] = (1.0, 6.0)
-    """Plaque size across the vessel (FWHM of its density profile); length along the vessel is 1-2.2x this."""
+    """Plaque size across the vessel (FWHM of its density profile); length along the vessel is 1.2-3x this (at most 15 mm)."""
     plaque_density_hu: tuple[float, float] = (250.0, 1400.0)
     """Plaque core HU above the vessel before partial volume; observed peaks span ~130 to >1000 HU."""
 
@@ -172,7 +172,7 @@ def max_plaque_agatston(config: SynthConfig) -> float:
     # The >= 130 HU region of a dense plaque reaches ~1.4x its FWHM; it spans its length plus a slice.
     area = math.pi / 4 * (1.4 * d) ** 2
     dz = min(config.slice_increments_mm)
-    n_slices = 1 + math.ceil(1.4 * 2.2 * d / dz)
+    n_slices = 1 + math.ceil(1.4 * 3.0 * d / dz)
     return area * 4 * n_slices * dz / 3.0
 
 

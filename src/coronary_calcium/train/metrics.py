@@ -31,3 +31,8 @@ def log_probability_and_label(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """(log of the softmaxed predictions (B, 2), label (B,)) for Ignite's Loss metric with `NLLLoss`."""
     pred, label = _stack(output)
     return pred.clamp_min(1e-12).log(), label
+
+
+def loss_value(output: Any) -> torch.Tensor:
+    """The iteration's loss, from a trainer output that is decollated (a list of dicts) or not (one dict)."""
+    return (output[0] if isinstance(output, list) else output)["loss"]

@@ -1,0 +1,180 @@
+"""Seconds per 512 x 512 x 48 scan end to end (read DICOM, classify, CAM, score, write), default network.
+
+Usage: python benchmarks/inference_speed.py [--quick] [--threads N] [--network inception_v3_scratch]
+
+A synthetic chest-like volume (body, lungs, spine, calcium specks) is written as a DICOM series; the network has
+random weights (timing only) and a temporary thresholds.json. Two cases bracket real scans:
+- "all positive": t_slice = 0, so every slice gets a CAM, candidate scores and a PNG overlay (the upper bound);
+- "none positive": t_slice above 1, so the run is read + classify + score + write (the lower bound).
+Each is timed through `run_inference` (model loaded once, outside the timing), and compared with a bare forward
+pass over the same preprocessed slices at the same precision. Prints a short table, then as the LAST line one JSON
+object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from coronary_calcium.inference import load_model, run_inference
+from coronary_calcium.inference.thresholds import Thresholds, file_sha256, save_thresholds
+from coronary_calcium.io.dicom import read_dicom_series, write_dicom_series
+from coronary_calcium.io.volume import CTVolume
+from coronary_calcium.networks import create_network
+
+SHAPE = (48, 512, 512)
+GOAL_S = 10.0
+
+
+def synthetic_volume(seed: int = 0) -> CTVolume:
+    """48 x 512 x 512 at 0.49 mm x 3 mm: body, lungs, spine, sternum and a few calcium specks, noise 20 HU."""
+    rng = np.random.default_rng(seed)
+    nz, ny, nx = SHAPE
+    yy, xx = np.mgrid[:ny, :nx].astype(np.float32)
+    body = ((yy - 256) / 200) ** 2 + ((xx - 256) / 240) ** 2 <= 1
+    lungs = (((yy - 250) / 130) ** 2 + ((xx - 150) / 80) ** 2 <= 1) | (
+        ((yy - 250) / 130) ** 2 + ((xx - 362) / 80) ** 2 <= 1)
+    heart = ((yy - 230) / 90) ** 2 + ((xx - 270) / 100) ** 2 <= 1
+    spine = ((yy - 400) / 35) ** 2 + ((xx - 256) / 35) ** 2 <= 1
+    sternum = (np.abs(yy - 80) < 8) & (np.abs(xx - 256) < 25)
+    base = np.full((ny, nx), -1000.0, np.float32)
+    base[body] = 40.0
+    base[body & ~heart & ~lungs] = -90.0  # fat
+    base[heart] = 40.0
+    base[lungs & ~heart] = -850.0
+    base[spine | sternum] = 700.0
+    hu = np.repeat(base[None], nz, axis=0) + rng.normal(0, 20, size=SHAPE).astype(np.float32)
+    for _ in range(12):  # calcium specks on the heart surface
+        k, r, c = int(rng.integers(10, 38)), int(rng.integers(160, 300)), int(rng.integers(190, 350))
+        s = int(rng.integers(2, 6))
+        hu[k, r : r + s, c : c + s] = float(rng.uniform(200, 900))
+    return CTVolume(hu=np.rint(np.clip(hu, -1024, 3071)), spacing=(3.0, 0.488, 0.488), origin=(-125.0, -125.0, 0.0))
+
+
+def _thresholds(ckpt: Path, network: str, t_slice: float, layer: str) -> None:
+    save_thresholds(Thresholds(network_name=network, checkpoint=ckpt.name, checkpoint_sha256=file_sha256(ckpt),
+                               t_slice=t_slice, t_cam=0.5, cam_layer=layer, image_size=(256, 256),
+                               validation={"note": "benchmark: random weights, thresholds set by hand"}),
+                    ckpt.parent / "thresholds.json")
+
+
+def _median_time(fn, reps: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one repetition, all-positive case only")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--network", default="inception_v3_scratch")
+    parser.add_argument("--precision", default=None, help="fp32 / bf16 (default: default_precision)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    reps = 1 if args.quick else 3
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="inference_speed_") as tmp:
+        tmp = Path(tmp)
+        series = tmp / "scan"
+        write_dicom_series(synthetic_volume(), series, patient_id="BENCH")
+        models = tmp / "models"
+        models.mkdir()
+        network = create_network(args.network)
+        torch.save({"network": network.state_dict()}, models / "model.pt")
+        layer = network.coronary_spec.cam_layers[0]
+
+        figures: dict[str, dict] = {}
+        cases = [("all_positive", 0.0)] + ([] if args.quick else [("none_positive", 1.01)])
+        model = None
+        for name, t_slice in cases:
+            _thresholds(models / "model.pt", args.network, t_slice, layer)
+            model = load_model(models, device="cpu", precision=args.precision)
+            out = tmp / f"out_{name}"
+            run_inference(series, out, model=model, progress=False, overwrite=True)  # warm-up
+            seconds, all_times = _median_time(
+                lambda: run_inference(series, out, model=model, progress=False, overwrite=True), reps)
+            result = json.loads((out / "scan" / "result.json").read_text())
+            figures[name] = {"seconds": seconds, "runs": [round(t, 3) for t in all_times],
+                             "positive_slices": len(result["positive_slices"]), "n_candidates": result["n_candidates"],
+                             "overlays": len(result["files"]["overlays"])}
+            if name != cases[-1][0]:
+                model.close()
+        assert model is not None
+
+        # stage timings (one pass) and the bare forward pass over the same slices
+        t0 = time.perf_counter()
+        volume = read_dicom_series(series)
+        read_s = time.perf_counter() - t0
+        analyzer = model.analyzer
+        t0 = time.perf_counter()
+        x = analyzer.preprocess(volume.hu)
+        preprocess_s = time.perf_counter() - t0
+
+        def forward() -> None:
+            with torch.inference_mode():
+                for i in range(0, x.shape[0], analyzer.batch_size):
+                    analyzer._inferer(x[i : i + analyzer.batch_size], analyzer.network)
+
+        forward()  # warm-up
+        forward_s, _ = _median_time(forward, reps)
+        t0 = time.perf_counter()
+        analyzer.cam_maps(volume.hu, range(volume.shape[0]), x)
+        cam_s = time.perf_counter() - t0
+        accuracy = {}
+        if not args.quick and analyzer.precision != "fp32":
+            fp32 = load_model(models, device="cpu", precision="fp32")
+            p32 = fp32.analyzer.probabilities(volume.hu)
+            plow = analyzer.probabilities(volume.hu)
+            with torch.inference_mode():  # random weights saturate the softmax: compare the logits as well
+                l32 = fp32.analyzer._inferer(fp32.analyzer.preprocess(volume.hu), fp32.analyzer.network)
+                llow = analyzer._inferer(x, analyzer.network)
+            accuracy = {"max_abs_probability_difference_vs_fp32": float(np.abs(p32 - plow).max()),
+                        "max_logit_difference_vs_fp32_relative": float((l32 - llow).abs().max() / l32.abs().max())}
+            fp32.close()
+        model.close()
+
+    e2e = figures["all_positive"]["seconds"]
+    summary = {
+        "benchmark": "inference_speed",
+        "network": args.network,
+        "shape_zyx": list(SHAPE),
+        "image_size": [256, 256],
+        "precision": analyzer.precision,
+        "channels_last": analyzer.channels_last,
+        "threads": torch.get_num_threads(),
+        "cam_layer": layer,
+        "seconds_per_scan": round(e2e, 3),
+        "seconds_per_scan_none_positive": round(figures["none_positive"]["seconds"], 3) if "none_positive" in figures
+        else None,
+        "forward_seconds": round(forward_s, 3),
+        "ratio_to_forward": round(e2e / forward_s, 2),
+        "stages_seconds": {"read_dicom": round(read_s, 3), "preprocess": round(preprocess_s, 3),
+                           "forward": round(forward_s, 3), "cam_all_slices": round(cam_s, 3)},
+        "cases": figures,
+        **accuracy,
+        "goal_seconds": GOAL_S,
+        "meets_goal": e2e <= GOAL_S,
+        "quick": args.quick,
+    }
+    print(f"{'case':<16}{'s/scan':>8}{'positive':>10}{'overlays':>10}")
+    for name, f in figures.items():
+        print(f"{name:<16}{f['seconds']:>8.2f}{f['positive_slices']:>10}{f['overlays']:>10}")
+    print(f"bare forward pass over {SHAPE[0]} slices: {forward_s:.2f} s; end to end / forward = "
+          f"{summary['ratio_to_forward']}")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,532 @@
+"""The seed paper's experiment in one command: its five configurations trained and evaluated by the bundle, one report.
+
+:func:`run_experiment` runs every configuration of :func:`coronary_calcium.networks.paper_network_names` (Inception v3
+fine-tuned / from scratch, Xception last layer / last four layers, VGG16 from scratch) through the bundle, each in its
+own folder ``out_dir/<network>`` (``run_bundle(["train"])`` then ``run_bundle(["train", "evaluate"])``), and writes
+``out_dir/report.md``, ``out_dir/report.html`` (self-contained) and ``out_dir/experiment.json`` (the same content as
+data). The report is rewritten after every configuration, so a long run shows its progress and an interrupted one
+keeps what it finished.
+
+Rules:
+
+* A fine-tuned configuration needs its ImageNet weights as a local file (``pretrained_weights={name: path}``); without
+  one its row says "not run" with where to get the file. Nothing is downloaded and nothing trains from scratch under a
+  fine-tuned name.
+* A configuration that fails (bad weights file, out of memory, ...) is reported in its row with the reason (the full
+  traceback goes to ``out_dir/<network>/error.log``); the others still run.
+* ``out_dir/<network>`` resumes from its last checkpoint (the bundle's ``resume``), so rerunning an interrupted
+  experiment continues it. A folder that holds a run with other settings is refused: use a new ``out_dir``.
+
+Profiles (:data:`PROFILES`) set the bundle ids that differ from ``train.json``; ``overrides`` win over them:
+
+* ``cpu``: the whole experiment in about an hour on a 2-core CPU with bf16 (AMX): 256 px, batch 16, 3-4 epochs, VGG16
+  (~4 img/s in training at 256 px) at 192 px for 2 epochs.
+* ``gpu``: the paper's schedule: 15 epochs, 256 px, batch 32.
+* ``test``: tiny, for tests: 80 px (Inception v3 needs >= 75), 1 epoch, batch 8, fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coronary_calcium.errors import InputError, find_input_error
+from coronary_calcium.networks import network_spec, paper_network_names
+from coronary_calcium.report.files import write_json
+
+__all__ = [
+    "PAPER",
+    "PAPER_RESULTS",
+    "PROFILES",
+    "Profile",
+    "run_experiment",
+    "machine_info",
+    "parse_weights",
+    "parse_networks",
+    "add_experiment_arguments",
+    "cmd_experiment",
+]
+
+PAPER = (
+    "Srihari and Phatak, Detection and Localization of calcium deposits in coronary arteries from CT scans using "
+    "Deep Learning models"
+)
+
+#: Only the numbers the paper states, on its own (real CT) data: its best configuration, Inception v3 trained from
+#: scratch, reached 97 % accuracy and 0.96 precision. Every other cell of the paper's rows is "n/a".
+PAPER_RESULTS: dict[str, dict[str, float]] = {"inception_v3_scratch": {"accuracy": 0.97, "precision": 0.96}}
+
+#: Test-split metrics shown per model (keys of eval/test_metrics.json) and their column titles.
+METRICS = {"accuracy": "Accuracy", "precision": "Precision", "recall": "Recall", "f1": "F1", "roc_auc": "ROC AUC"}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Bundle overrides for one kind of machine: ``common`` for every network, ``per_network`` on top."""
+
+    name: str
+    description: str
+    common: Mapping[str, Any]
+    per_network: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def overrides(self, network: str) -> dict[str, Any]:
+        """The profile's bundle overrides for ``network`` (common, then the network's own)."""
+        return {**self.common, **self.per_network.get(network, {})}
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile(
+            name="cpu",
+            description=(
+                "All five configurations in about an hour on a 2-core CPU (bf16 autocast + channels_last where the "
+                "CPU has AMX/AVX512-BF16, else fp32): 256 px, batch 16, 3 epochs (4 for the frozen Inception v3, "
+                "whose training costs little more than inference); VGG16 trains at ~4 img/s at 256 px, so it gets "
+                "192 px and 2 epochs. Precision, the class balance (oversampling, as the paper) and the learning "
+                "rate are the bundle's defaults."
+            ),
+            common={"image_size": [256, 256], "batch_size": 16, "max_epochs": 3},
+            per_network={
+                "inception_v3_last": {"max_epochs": 4},
+                "vgg16_scratch": {"image_size": [192, 192], "max_epochs": 2},
+            },
+        ),
+        Profile(
+            name="gpu",
+            description="The paper's schedule on a GPU: 15 epochs, 256 px, batch 32 (precision: the bundle's default).",
+            common={"image_size": [256, 256], "batch_size": 32, "max_epochs": 15},
+        ),
+        Profile(
+            name="test",
+            description="Tiny, for tests only: 80 px (Inception v3 needs >= 75 px), 1 epoch, batch 8, fp32.",
+            common={
+                "image_size": [80, 80],
+                "batch_size": 8,
+                "max_epochs": 1,
+                "precision": "fp32",
+                "channels_last": False,
+            },
+        ),
+    )
+}
+
+# Resolved bundle ids recorded per run (read back from the parser after training).
+_RESOLVED_IDS = ("device", "precision", "channels_last", "image_size", "batch_size", "max_epochs", "learning_rate",
+                 "balance", "cam_layers", "cam_method")
+
+
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        print(f"[experiment] {message}", flush=True)
+
+
+def get_profile(name: str) -> Profile:
+    """The profile called ``name``; InputError listing the valid ones otherwise."""
+    try:
+        return PROFILES[name]
+    except (KeyError, TypeError):
+        raise InputError(name, f"unknown profile; valid: {', '.join(PROFILES)}") from None
+
+
+def parse_networks(text: str | Sequence[str] | None) -> list[str]:
+    """Network ids from ``"a,b"`` (or a list); None or empty = the paper's five. Unknown ids raise InputError."""
+    if text is None:
+        return list(paper_network_names())
+    items = text.split(",") if isinstance(text, str) else list(text)
+    names = [n.strip() for n in items if n and n.strip()]
+    if not names:
+        return list(paper_network_names())
+    for n in names:
+        network_spec(n)  # InputError with the valid names
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InputError("networks", f"listed more than once: {', '.join(dup)}")
+    return names
+
+
+def parse_weights(pairs: Sequence[str] | None) -> dict[str, str]:
+    """``NAME=FILE`` strings (``--weights``) to ``{network: path}``."""
+    out: dict[str, str] = {}
+    for pair in pairs or ():
+        name, sep, path = pair.partition("=")
+        name, path = name.strip(), path.strip()
+        if not sep or not name or not path:
+            raise InputError(pair, "give weights as NAME=FILE, e.g. xception_last=legacy_xception.safetensors")
+        if name in out:
+            raise InputError(name, "weights given more than once")
+        out[name] = path
+    return out
+
+
+def _check_weights(weights: Mapping[str, str | os.PathLike] | None, names: Sequence[str]) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for name, path in (weights or {}).items():
+        spec = network_spec(name)
+        if not spec.pretrained:
+            raise InputError(name, "trains from scratch; it takes no ImageNet weights")
+        path = Path(path).expanduser().resolve()
+        if not path.is_file():
+            raise InputError(path, f"no such weights file (given for {name})")
+        if name in names:
+            out[name] = path
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    """Platform, CPU, threads, GPU and library versions of this machine."""
+    import monai
+    import timm
+    import torch
+
+    from coronary_calcium.train.precision import bf16_supported
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu or "unknown",
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_bf16": bf16_supported("cpu"),
+        "gpu": ", ".join(gpus) if gpus else "none",
+        "versions": {"torch": torch.__version__, "monai": monai.__version__, "timm": timm.__version__},
+    }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a report: the InputError behind ``exc``, else its innermost cause (MONAI wraps errors)."""
+    err = find_input_error(exc)
+    if err is not None:
+        return str(err)
+    inner, seen = exc, set()
+    while (inner.__cause__ or inner.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        inner = inner.__cause__ or inner.__context__
+    text = f"{type(inner).__name__}: {inner}".strip()
+    text = " ".join(text.split())
+    return text if len(text) <= 600 else text[:600] + " ..."
+
+
+def _shell(args: Sequence[str]) -> str:
+    return " ".join(shlex.quote(str(a)) for a in args)
+
+
+def _value_text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value)
+
+
+def _commands(name: str, bundle_overrides: Mapping[str, Any]) -> dict[str, str]:
+    """Commands that redo one configuration by hand: the package CLI and MONAI's bundle CLI."""
+    sets = {k: v for k, v in bundle_overrides.items() if k not in ("network_name", "manifest")}
+    manifest = bundle_overrides["manifest"]
+    cli = ["--network", name, "--manifest", manifest]
+    for k, v in sets.items():
+        cli += ["--set", f"{k}={_value_text(v)}"]
+    monai = ["--bundle_root", "bundle", "--network_name", name, "--manifest", manifest]
+    for k, v in sets.items():
+        monai += [f"--{k}", _value_text(v)]
+    return {
+        "train": _shell(["coronary-calcium", "train", *cli]),
+        "evaluate": _shell(["coronary-calcium", "evaluate", *cli]),
+        "monai_train": _shell(["python", "-m", "monai.bundle", "run", "--config_file",
+                               "['bundle/configs/train.json']", *monai]),
+        "monai_evaluate": _shell(["python", "-m", "monai.bundle", "run", "--config_file",
+                                  "['bundle/configs/train.json','bundle/configs/evaluate.json']", *monai]),
+    }
+
+
+def _experiment_command(manifest: Path, out_dir: Path, profile: str, names: Sequence[str],
+                        weights: Mapping[str, Path], overrides: Mapping[str, Any]) -> str:
+    args = ["coronary-calcium", "experiment", "--manifest", str(manifest), "--out", str(out_dir), "--profile", profile]
+    if list(names) != list(paper_network_names()):
+        args += ["--networks", ",".join(names)]
+    for n, p in weights.items():
+        args += ["--weights", f"{n}={p}"]
+    text = _shell(args)
+    if overrides:  # only reachable from Python (run_experiment(..., overrides=...))
+        text += f"  # plus overrides={json.dumps(dict(overrides), default=str)} (Python API)"
+    return text
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _collect_eval(run_dir: Path, split: str = "test") -> dict[str, Any]:
+    ev = run_dir / "eval"
+    files = {
+        "training_curves": ev / "training_curves.png",
+        "confusion_matrix": ev / f"{split}_confusion_matrix.png",
+        "cam_montage": ev / "cam_montage.png",
+        "metrics": ev / f"{split}_metrics.json",
+        "localization": ev / "localization.json",
+        "predictions": ev / f"{split}_predictions.csv",
+    }
+    return {
+        "metrics": _read_json(files["metrics"]),
+        "localization": _read_json(files["localization"]),
+        "files": {k: str(p) for k, p in files.items() if p.is_file()},
+    }
+
+
+def _check_previous(run_dir: Path, settings: Mapping[str, Any]) -> None:
+    marker = run_dir / "experiment_settings.json"
+    if not marker.is_file():
+        return
+    before = _read_json(marker)
+    if before != json.loads(json.dumps(settings, default=str)):
+        raise InputError(
+            run_dir,
+            f"holds a run with other settings ({marker.name}: {before}); its checkpoints would be resumed with the "
+            "new ones: give a new --out (or delete the folder)",
+        )
+
+
+def _run_one(name: str, bundle_overrides: dict[str, Any], weights: Path | None, progress: bool) -> dict[str, Any]:
+    """Train and evaluate one configuration; a dict for the report (status ok / not run / failed)."""
+    from coronary_calcium.train.bundle import run_bundle
+
+    spec = network_spec(name)
+    run_dir = Path(bundle_overrides["output_dir"])
+    row: dict[str, Any] = {
+        "network": name,
+        "description": spec.description,
+        "pretrained": spec.pretrained,
+        "trainable": spec.trainable,
+        "output_dir": str(run_dir),
+        "status": "not run",
+        "reason": None,
+        "settings": {k: v for k, v in bundle_overrides.items() if k not in ("manifest", "output_dir")},
+        "resolved": {},
+        "seconds": {},
+        "commands": _commands(name, bundle_overrides),
+        "metrics": None,
+        "localization": None,
+        "files": {},
+    }
+    if spec.pretrained and weights is None:
+        row["reason"] = (
+            "not run: ImageNet weights not available offline (give --weights "
+            f"{name}=FILE; see {spec.weights_hint or 'the network registry'})"
+        )
+        _log(progress, f"{name}: {row['reason']}")
+        return row
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "experiment_settings.json", {k: v for k, v in bundle_overrides.items()})
+    stage = "training"
+    try:
+        t0 = time.perf_counter()
+        _log(progress, f"{name}: training ({_value_text(bundle_overrides.get('max_epochs'))} epoch(s))")
+        parser = run_bundle(["train"], bundle_overrides)
+        row["seconds"]["train"] = round(time.perf_counter() - t0, 1)
+        row["resolved"] = _resolved(parser)
+        stage = "evaluation"
+        t0 = time.perf_counter()
+        _log(progress, f"{name}: evaluating on the test split")
+        run_bundle(["train", "evaluate"], bundle_overrides)
+        row["seconds"]["evaluate"] = round(time.perf_counter() - t0, 1)
+    except Exception as exc:  # noqa: BLE001 - one configuration's failure is reported, the others still run
+        row["status"] = "failed"
+        row["reason"] = f"failed during {stage}: {_reason(exc)}"
+        (run_dir / "error.log").write_text("".join(traceback.format_exception(exc)))
+        _log(progress, f"{name}: {row['reason']}")
+        row.update(_collect_eval(run_dir) if stage == "evaluation" else {})
+        return row
+    row.update(_collect_eval(run_dir))
+    if row["metrics"] is None:
+        row["status"] = "failed"
+        row["reason"] = "failed: the evaluation wrote no eval/test_metrics.json"
+    else:
+        row["status"] = "ok"
+    _log(progress, f"{name}: done in {sum(row['seconds'].values()):.0f} s")
+    return row
+
+
+def _resolved(parser: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in _RESOLVED_IDS:
+        try:
+            value = parser.get_parsed_content(key)
+        except Exception:  # noqa: BLE001 - a missing id only leaves a gap in the report
+            continue
+        out[key] = str(value) if key == "device" else (list(value) if isinstance(value, tuple) else value)
+    try:
+        trainer = parser.get_parsed_content("train#trainer")
+        out["epochs_trained"] = int(trainer.state.epoch)
+        out["iterations_per_epoch"] = int(trainer.state.epoch_length or 0)
+        out["train_slices"] = len(parser.get_parsed_content("train#records"))
+        out["train_samples_per_epoch"] = len(parser.get_parsed_content("train#dataset"))
+        out["validation_slices"] = len(parser.get_parsed_content("validate#records"))
+    except Exception:  # noqa: BLE001
+        pass
+    return out
+
+
+def run_experiment(
+    manifest: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    profile: str = "cpu",
+    networks: Sequence[str] | None = None,
+    pretrained_weights: Mapping[str, str | os.PathLike] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train and evaluate the paper's configurations on ``manifest``; write the report; return ``out_dir/report.md``.
+
+    Args:
+        manifest: the data manifest (train / validation / test splits; metrics are on the test split).
+        out_dir: the experiment folder: ``<network>/`` per configuration, ``report.md``, ``report.html``,
+            ``experiment.json``.
+        profile: a key of :data:`PROFILES` ("cpu", "gpu", "test").
+        networks: network ids to run, in this order (default: the paper's five).
+        pretrained_weights: ``{network: local ImageNet weights file}`` for the fine-tuned configurations; one without
+            a file is reported as not run.
+        overrides: bundle config overrides for every configuration, on top of the profile (e.g. ``slice_cache_dir``).
+        progress: print one line per step.
+
+    Bad arguments (unknown network or profile, weights for a from-scratch network, a missing weights file, a manifest
+    that does not validate, a folder of a run with other settings) raise InputError before anything trains.
+    """
+    from coronary_calcium.io.manifest import validate_manifest
+    from coronary_calcium.report.experiment_report import write_experiment_report
+
+    prof = get_profile(profile)
+    names = parse_networks(networks)
+    weights = _check_weights(pretrained_weights, names)
+    manifest = Path(manifest).expanduser().resolve()
+    parsed, problems = validate_manifest(manifest)
+    if problems:
+        raise InputError(manifest, f"does not validate ({len(problems)} problem(s)): {problems[0]}")
+    out_dir = Path(out_dir).expanduser().resolve()
+    extra = dict(overrides or {})
+    for key in ("network_name", "output_dir", "manifest", "pretrained_weights"):
+        if key in extra:
+            raise InputError(key, "is set by the experiment per configuration; it cannot be overridden")
+
+    plans: list[tuple[str, dict[str, Any]]] = []
+    for name in names:
+        ov: dict[str, Any] = {"manifest": str(manifest), "network_name": name, **prof.overrides(name), **extra,
+                              "output_dir": str(out_dir / name)}
+        if name in weights:
+            ov["pretrained_weights"] = str(weights[name])
+        _check_previous(out_dir / name, ov)
+        plans.append((name, ov))
+
+    desc = getattr(parsed, "description", None) or ""
+    summary: dict[str, Any] = {
+        "title": "Coronary artery calcium slice classification: the paper's configurations",
+        "paper": {"citation": PAPER, "results": PAPER_RESULTS},
+        "started": _now(),
+        "finished": None,
+        "profile": {"name": prof.name, "description": prof.description,
+                    "settings": {n: prof.overrides(n) for n in names}, "overrides": extra},
+        "manifest": {"path": str(manifest), "name": getattr(parsed, "name", None), "description": desc},
+        "out_dir": str(out_dir),
+        "machine": machine_info(),
+        "command": _experiment_command(manifest, out_dir, prof.name, names, weights, extra),
+        "networks": names,
+        "runs": [],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = out_dir / "report.md"
+    t_start = time.perf_counter()
+    try:
+        for i, (name, ov) in enumerate(plans, 1):
+            _log(progress, f"[{i}/{len(plans)}] {name} (profile {prof.name})")
+            summary["runs"].append(_run_one(name, ov, weights.get(name), progress))
+            summary["seconds"] = round(time.perf_counter() - t_start, 1)
+            write_experiment_report(summary, out_dir)
+    finally:
+        summary["finished"] = _now()
+        summary["seconds"] = round(time.perf_counter() - t_start, 1)
+        summary["pending"] = [n for n in names if n not in {r["network"] for r in summary["runs"]}]
+        write_experiment_report(summary, out_dir)
+    _log(progress, f"wrote {report} and {out_dir / 'report.html'}")
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line (wired into `coronary-calcium experiment` by cli.py)
+
+
+def add_experiment_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``coronary-calcium experiment``."""
+    p.add_argument("--manifest", type=Path, required=True, help="data manifest (metrics are on its test split)")
+    p.add_argument("--out", type=Path, required=True, help="experiment folder (report.md, report.html, one folder per "
+                   "network; an interrupted experiment resumes in the same folder)")
+    p.add_argument("--profile", choices=list(PROFILES), default="cpu",
+                   help="cpu: ~1 hour on 2 cores; gpu: the paper's 15 epochs, 256 px, batch 32; test: tiny")
+    p.add_argument("--networks", help=f"comma-separated subset (default: all of {','.join(paper_network_names())})")
+    p.add_argument("--weights", action="append", default=[], metavar="NAME=FILE",
+                   help="local ImageNet weights of a fine-tuned configuration, e.g. "
+                   "xception_last=legacy_xception.safetensors (repeat per network; without it the row says not run)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="bundle override for every configuration, on top of the profile (e.g. num_workers=2)")
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    """Run ``coronary-calcium experiment``; 0 when every configuration that could run ran, 1 when one failed."""
+    from coronary_calcium.train.bundle import parse_overrides
+
+    weights = parse_weights(args.weights)
+    report = run_experiment(args.manifest, args.out, profile=args.profile, networks=parse_networks(args.networks),
+                            pretrained_weights=weights, overrides=parse_overrides(getattr(args, "set", []) or []))
+    summary = json.loads((report.parent / "experiment.json").read_text())
+    for r in summary["runs"]:
+        m = r.get("metrics") or {}
+        line = f"{r['network']}: {r['status']}"
+        if r["status"] == "ok":
+            line += "  " + "  ".join(f"{k} {m[k]:.4f}" for k in METRICS if isinstance(m.get(k), (int, float)))
+        elif r.get("reason"):
+            line += f" ({r['reason']})"
+        print(line)
+    print(f"report: {report}\nreport (HTML): {report.with_suffix('.html')}")
+    return 1 if any(r["status"] == "failed" for r in summary["runs"]) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - `python -m coronary_calcium.experiment`
+    parser = argparse.ArgumentParser(prog="coronary-calcium experiment", description=__doc__.split("\n")[0])
+    add_experiment_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return cmd_experiment(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

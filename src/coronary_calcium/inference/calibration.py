@@ -1,0 +1,327 @@
+"""Choosing the decision thresholds (t_slice, t_cam) on the validation split, and writing ``thresholds.json``.
+
+Per validation scan: the classifier's probability per slice, the candidate lesions (2D 8-connected components
+>= the HU threshold with area >= the minimum, `find_lesions` without labels), and each candidate's CAM score
+(maximum of the positive class's CAM inside its pixels, on the original matrix). Reference lesions are the
+coronary Agatston lesions of the label volume (`find_lesions` with labels). For every (t_slice, t_cam) of a grid
+the candidates with slice probability >= t_slice and CAM score >= t_cam are kept, matched to the reference lesions
+by voxel overlap (`match_lesions`), and the lesion-level F1 pooled over the split is computed; the pair with the
+highest F1 wins, ties going to the higher t_slice, then the higher t_cam.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from coronary_calcium.errors import InputError
+from coronary_calcium.inference.model import SliceAnalyzer, _device
+from coronary_calcium.inference.scan import analyse_volume
+from coronary_calcium.inference.thresholds import (
+    CAM_SCORES,
+    CHECKPOINT_FILE,
+    THRESHOLDS_FILE,
+    Thresholds,
+    file_sha256,
+    save_thresholds,
+)
+from coronary_calcium.io.manifest import Manifest, load_manifest
+from coronary_calcium.io.scans import read_scan
+from coronary_calcium.io.volume import CTVolume
+from coronary_calcium.labels import LAD
+from coronary_calcium.networks import create_network, load_checkpoint_weights, network_spec, validate_cam_layers
+from coronary_calcium.scoring.agatston import ScoringConfig, find_lesions
+from coronary_calcium.scoring.agreement import match_lesions
+from coronary_calcium.train.precision import default_precision
+
+__all__ = ["calibrate", "choose_thresholds", "training_defaults", "DEFAULT_SLICE_GRID", "DEFAULT_CAM_GRID"]
+
+DEFAULT_SLICE_GRID = tuple(round(v, 4) for v in np.linspace(0.0, 1.0, 21))
+DEFAULT_CAM_GRID = tuple(round(v, 4) for v in np.linspace(0.0, 1.0, 21))
+_FALLBACK_DEFAULTS = {"network_name": "inception_v3_scratch", "hu_window": [-250.0, 950.0], "image_size": [256, 256],
+                      "in_channels": 1, "calcium_threshold_hu": 130.0, "min_lesion_area_mm2": 1.0}
+
+
+def training_defaults(train_config: str | Path | None = None) -> dict[str, Any]:
+    """network_name, hu_window, image_size, in_channels, calcium_threshold_hu, min_lesion_area_mm2 of the bundle's
+    ``configs/train.json`` (the values the classifier is trained with unless overridden)."""
+    if train_config is None:
+        from coronary_calcium.train.bundle import BUNDLE_ROOT
+
+        train_config = BUNDLE_ROOT / "configs" / "train.json"
+    path = Path(train_config)
+    if not path.is_file():
+        return dict(_FALLBACK_DEFAULTS)
+    raw = json.loads(path.read_text())
+    return {k: raw.get(k, v) for k, v in _FALLBACK_DEFAULTS.items()}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Validation cases: (scan id, CTVolume-like arrays, reference labels)
+
+
+def _cases_from_records(records: Sequence[Mapping[str, Any]]) -> Iterable[tuple[str, np.ndarray, tuple, np.ndarray]]:
+    """Slice records (`coronary_calcium.data.slices.slice_records`) regrouped into volumes per scan.
+
+    The records' ``mask`` (coronary calcium >= the threshold) becomes the reference labels; the slice increment is
+    not known and set to 1 mm (it plays no part in choosing thresholds: lesions are 2D).
+    """
+    by_scan: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_scan[str(r["scan_id"])].append(r)
+    for scan_id, rows in by_scan.items():
+        rows = sorted(rows, key=lambda r: int(r["slice_index"]))
+        hu = np.stack([np.asarray(r["image"], dtype=np.float32).reshape(np.shape(r["image"])[-2:]) for r in rows])
+        if "mask" not in rows[0]:
+            raise InputError(scan_id, "slice records need a 'mask' (reference coronary calcium) to choose thresholds")
+        mask = np.stack([np.asarray(r["mask"]).reshape(hu.shape[1:]) > 0 for r in rows])
+        row, col = (float(v) for v in rows[0].get("pixel_spacing", (1.0, 1.0)))
+        yield scan_id, hu, (1.0, row, col), np.where(mask, LAD, 0).astype(np.uint8)
+
+
+def _cases_from_manifest(manifest: Manifest, split: str) -> Iterable[tuple[str, np.ndarray, tuple, np.ndarray]]:
+    scans = manifest.split(split)
+    if not scans:
+        raise InputError(manifest.path, f"split {split!r} has no scans: thresholds are chosen on it")
+    for scan in scans:
+        volume, labels = read_scan(scan)
+        if labels is None:
+            raise InputError(scan.image, f"scan {scan.scan_id} has no reference (labels or COCA XML): choosing "
+                             "thresholds needs reference lesions")
+        yield scan.scan_id, volume.hu, volume.spacing, labels
+
+
+def _cases(data: Any, split: str) -> tuple[Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], int, str]:
+    if isinstance(data, (str, Path)):
+        data = load_manifest(data)
+    if isinstance(data, Manifest):
+        return _cases_from_manifest(data, split), len(data.split(split)), f"{data.path} ({split})"
+    items = list(data)
+    if not items:
+        raise InputError("validation data", "is empty")
+    if isinstance(items[0], Mapping):
+        cases = list(_cases_from_records(items))
+        return cases, len(cases), "slice records"
+    if isinstance(items[0], tuple) and len(items[0]) == 2 and isinstance(items[0][0], CTVolume):
+        cases = [(str(v.meta.get("scan_id", i)), v.hu, v.spacing, lab) for i, (v, lab) in enumerate(items)]
+        return cases, len(cases), "volumes"
+    raise InputError("validation data", "expected a manifest, slice records or (CTVolume, labels) pairs")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Grid search
+
+
+def _f1(tp_ref: int, n_ref: int, tp_pred: int, n_pred: int) -> tuple[float, float, float | None]:
+    sens = tp_ref / n_ref
+    ppv = tp_pred / n_pred if n_pred else None
+    if ppv is None or sens + ppv == 0:
+        return 0.0, sens, ppv
+    return 2 * sens * ppv / (sens + ppv), sens, ppv
+
+
+def grid_search(
+    probability: np.ndarray,
+    cam: np.ndarray,
+    pairs: np.ndarray,
+    n_ref: int,
+    slice_grid: Sequence[float],
+    cam_grid: Sequence[float],
+) -> dict[str, Any]:
+    """Best (t_slice, t_cam) by pooled lesion-level F1; ties -> higher t_slice, then higher t_cam.
+
+    probability / cam: per candidate; pairs: (k, 2) array of (candidate, reference lesion) overlaps; n_ref: the
+    number of reference lesions. Returns the chosen pair, its F1 / sensitivity / PPV / counts and the F1 table.
+    """
+    probability = np.asarray(probability, dtype=np.float64)
+    cam = np.asarray(cam, dtype=np.float64)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    matched = np.zeros(probability.size, dtype=bool)
+    matched[pairs[:, 0]] = True
+    table = np.zeros((len(slice_grid), len(cam_grid)))
+    best_key, best = None, {}
+    for i, ts in enumerate(slice_grid):
+        by_slice = probability >= ts
+        for j, tc in enumerate(cam_grid):
+            keep = by_slice & (cam >= tc)
+            n_pred = int(keep.sum())
+            tp_pred = int((keep & matched).sum())
+            tp_ref = int(np.unique(pairs[keep[pairs[:, 0]], 1]).size) if pairs.size else 0
+            f1, sens, ppv = _f1(tp_ref, n_ref, tp_pred, n_pred)
+            table[i, j] = f1
+            key = (round(f1, 12), float(ts), float(tc))
+            if best_key is None or key > best_key:
+                best_key = key
+                best = {"t_slice": float(ts), "t_cam": float(tc), "f1": f1, "sensitivity": sens, "ppv": ppv,
+                        "n_kept": n_pred, "tp_pred": tp_pred, "tp_ref": tp_ref}
+    best["grid"] = {"t_slice": [float(v) for v in slice_grid], "t_cam": [float(v) for v in cam_grid],
+                    "f1": table.round(6).tolist()}
+    return best
+
+
+def choose_thresholds(
+    network: nn.Module,
+    network_name: str,
+    data: Manifest | str | Path | Sequence[Any],
+    *,
+    split: str = "validation",
+    checkpoint: str | Path | None = None,
+    hu_window: Sequence[float] | None = None,
+    image_size: Sequence[int] | None = None,
+    in_channels: int | None = None,
+    cam_layer: str | None = None,
+    cam_method: str = "gradcam",
+    cam_score: str = "normalised",
+    scoring: ScoringConfig | None = None,
+    slice_grid: Sequence[float] | None = None,
+    cam_grid: Sequence[float] | None = None,
+    device: str | torch.device | None = None,
+    precision: str | None = None,
+    channels_last: bool | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> Thresholds:
+    """Choose (t_slice, t_cam) maximising the lesion-level F1 on the validation data; return the `Thresholds`.
+
+    data: a manifest (its ``split`` scans, which need reference labels or COCA XML), slice records as made by
+    `slice_records` (their masks are the reference), or (CTVolume, labels) pairs.
+    cam_layer: defaults to the network spec's intermediate CAM layer (stride <= 16), ``cam_layers[0]``.
+    scoring: candidate / scoring rules; defaults to ScoringConfig with the training's HU threshold and minimum area.
+    The ``checkpoint`` (a file) is recorded with its sha256 when given.
+    """
+    spec = network_spec(network_name)
+    defaults = training_defaults()
+    hu_window = tuple(float(v) for v in (hu_window if hu_window is not None else defaults["hu_window"]))
+    image_size = tuple(int(v) for v in (image_size if image_size is not None else defaults["image_size"]))
+    in_channels = int(in_channels if in_channels is not None else defaults["in_channels"])
+    cam_layer = cam_layer or spec.cam_layers[0]
+    if cam_score not in CAM_SCORES:
+        raise InputError("cam_score", f"must be one of {list(CAM_SCORES)}, got {cam_score!r}")
+    config = scoring or ScoringConfig(threshold_hu=float(defaults["calcium_threshold_hu"]),
+                                      min_area_mm2=float(defaults["min_lesion_area_mm2"]))
+    if config.is_3d:
+        raise InputError("scoring", "candidate lesions are 2D components per axial slice: use a '2d-*' connectivity")
+    dev = _device(device)
+    precision = precision or default_precision(dev)
+    # Validate the choices (layer names, methods) before reading any data.
+    probe = Thresholds(network_name=spec.name, checkpoint="", checkpoint_sha256="", t_slice=0.5, t_cam=0.5,
+                       cam_layer=cam_layer, cam_method=cam_method, cam_score=cam_score, hu_window=hu_window,
+                       image_size=image_size, in_channels=in_channels, scoring=config.to_dict())
+    validate_cam_layers(network, cam_layer)
+    analyzer = SliceAnalyzer(network=network, hu_window=hu_window, image_size=image_size, cam_layer=cam_layer,
+                             cam_method=cam_method, cam_score=cam_score, device=dev, precision=precision,
+                             channels_last=(precision == "bf16") if channels_last is None else bool(channels_last),
+                             batch_size=batch_size)
+    cases, n_cases, described = _cases(data, split)
+    probability: list[float] = []
+    cams: list[float] = []
+    pairs: list[tuple[int, int]] = []
+    n_ref = n_scans = n_slices = n_positive_slices = 0
+    try:
+        for scan_id, hu, spacing, labels in tqdm(cases, total=n_cases, desc="choosing thresholds", unit="scan",
+                                                 disable=not progress):
+            found = analyse_volume(hu, spacing, analyzer, config)
+            reference = find_lesions(hu, spacing, labels=labels, config=config)
+            candidates = found["candidates"]
+            offset = len(probability)
+            probability.extend(float(found["probabilities"][int(c.slices[0])]) for c in candidates)
+            cams.extend(float(s) if s is not None else -np.inf for s in found["cam_scores"])
+            for m in match_lesions(reference, candidates)["matches"]:
+                pairs.append((offset + m["pred"], n_ref + m["ref"]))
+            n_ref += len(reference)
+            n_scans += 1
+            n_slices += len(found["probabilities"])
+            n_positive_slices += len({int(r.slices[0]) for r in reference})
+    finally:
+        analyzer.close()
+    if n_ref == 0:
+        raise InputError(described, "no reference coronary lesions: thresholds cannot be chosen on this data")
+    if cam_grid is None:
+        if cam_score == "normalised":
+            cam_grid = DEFAULT_CAM_GRID
+        else:
+            finite = np.asarray([c for c in cams if np.isfinite(c)])
+            qs = np.quantile(finite, np.linspace(0, 1, 21)) if finite.size else np.zeros(1)
+            cam_grid = sorted({0.0, *(float(f"{q:.6g}") for q in qs)})
+    best = grid_search(np.asarray(probability), np.asarray(cams), np.asarray(pairs), n_ref,
+                       slice_grid if slice_grid is not None else DEFAULT_SLICE_GRID, cam_grid)
+    sha = name = ""
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        name, sha = checkpoint.name, file_sha256(checkpoint)
+    validation = {
+        "data": described,
+        "split": split,
+        "n_scans": n_scans,
+        "n_slices": n_slices,
+        "n_reference_lesions": n_ref,
+        "n_reference_positive_slices": n_positive_slices,
+        "n_candidates": len(probability),
+        "precision": precision,
+        "tie_rule": "highest F1; ties -> higher t_slice, then higher t_cam",
+        **best,
+    }
+    t_slice, t_cam = best["t_slice"], best["t_cam"]
+    return Thresholds(
+        network_name=spec.name,
+        checkpoint=name,
+        checkpoint_sha256=sha,
+        t_slice=t_slice,
+        t_cam=t_cam,
+        cam_layer=probe.cam_layer,
+        cam_method=cam_method,
+        cam_score=cam_score,
+        hu_window=hu_window,
+        image_size=image_size,
+        in_channels=in_channels,
+        scoring=config.to_dict(),
+        validation=validation,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def calibrate(
+    manifest: Manifest | str | Path,
+    output_dir: str | Path | None = None,
+    network_name: str | None = None,
+    *,
+    ckpt_dir: str | Path | None = None,
+    checkpoint: str = CHECKPOINT_FILE,
+    split: str = "validation",
+    **kwargs: Any,
+) -> Thresholds:
+    """Load ``<ckpt_dir>/model.pt``, choose its thresholds on the manifest's validation split, write
+    ``<ckpt_dir>/thresholds.json``; return the thresholds.
+
+    ckpt_dir: defaults to ``<output_dir>/models`` (the training bundle's layout); give one of the two.
+    network_name: defaults to train.json's ``network_name``. Other keyword arguments go to `choose_thresholds`
+    (hu_window, image_size, in_channels, cam_layer, cam_method, cam_score, scoring, device, precision, ...):
+    pass the values the model was trained with when they differ from train.json's.
+    """
+    if ckpt_dir is None:
+        if output_dir is None:
+            raise InputError("calibrate", "give output_dir (the training run's folder) or ckpt_dir")
+        ckpt_dir = Path(output_dir) / "models"
+    ckpt_dir = Path(ckpt_dir)
+    ckpt = ckpt_dir / checkpoint
+    if not ckpt.is_file():
+        raise InputError(ckpt, "checkpoint not found (train the model first)")
+    network_name = network_name or training_defaults()["network_name"]
+    spec = network_spec(network_name)
+    in_channels = int(kwargs.get("in_channels") or training_defaults()["in_channels"])
+    network = create_network(spec.name, in_channels=in_channels, num_classes=2, for_checkpoint=True)
+    load_checkpoint_weights(network, ckpt, spec.name)
+    if not isinstance(manifest, Manifest):
+        manifest = load_manifest(manifest)
+    thresholds = choose_thresholds(network, spec.name, manifest, split=split, checkpoint=ckpt, **kwargs)
+    save_thresholds(thresholds, ckpt_dir / THRESHOLDS_FILE)
+    return thresholds

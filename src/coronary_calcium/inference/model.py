@@ -1,0 +1,252 @@
+"""A trained slice classifier ready for inference: preprocessing, batched slice probabilities and CAM maps.
+
+The preprocessing is the training pipeline's deterministic part (``bundle/configs/train.json``,
+``deterministic_transforms``): the same MONAI transforms ``EnsureTyped`` (float32), ``ScaleIntensityRanged``
+(HU window -> [0, 1], clipped) and ``Resized`` (mode "area"), with the parameters saved in ``thresholds.json``.
+A whole volume goes through them at once with its slices as channels: every transform acts per channel, so each
+slice comes out exactly as the training pipeline makes it (a test checks this against train.json).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from coronary_calcium.errors import InputError
+from coronary_calcium.explain.cam import CAM
+from coronary_calcium.inference.thresholds import CHECKPOINT_FILE, Thresholds, load_thresholds, thresholds_path
+from coronary_calcium.networks import create_network, load_checkpoint_weights, network_spec
+from coronary_calcium.train.precision import PRECISIONS, PrecisionInferer, default_precision, prepare_network
+
+POSITIVE_CLASS = 1
+
+
+@functools.lru_cache(maxsize=8)
+def build_preprocessing(hu_window: tuple[float, float], image_size: tuple[int, int]) -> Any:
+    """The training pipeline's deterministic transforms for key "image" (a (C, H, W) array, C slices)."""
+    from monai.transforms import Compose, EnsureTyped, Resized, ScaleIntensityRanged
+
+    return Compose([
+        EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
+        ScaleIntensityRanged(keys="image", a_min=float(hu_window[0]), a_max=float(hu_window[1]), b_min=0.0,
+                             b_max=1.0, clip=True),
+        Resized(keys="image", spatial_size=tuple(int(s) for s in image_size), mode="area"),
+    ])
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class SliceAnalyzer:
+    """Classifier + CAM over the axial slices of a volume.
+
+    ``probabilities(hu)`` gives P(coronary calcium) per slice; ``cam_maps(hu, slices)`` the positive class's CAM
+    of the chosen slices at ``cam_layer``, resized to the original matrix (bilinear), per-slice min-max
+    normalised (``cam_score="normalised"``) or raw. Batches of ``batch_size`` slices run under autocast at
+    ``precision`` ("bf16" on CPUs/GPUs that support it, see `default_precision`), channels_last when asked.
+    """
+
+    network: nn.Module
+    hu_window: tuple[float, float]
+    image_size: tuple[int, int]
+    cam_layer: str
+    cam_method: str = "gradcam"
+    cam_score: str = "normalised"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"
+    channels_last: bool = False
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise InputError("precision", f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise InputError("batch_size", f"must be a positive integer, got {self.batch_size!r}")
+        self.hu_window = tuple(float(v) for v in self.hu_window)  # type: ignore[assignment]
+        self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
+        self.network = prepare_network(self.network, self.device, self.channels_last).eval()
+        self._inferer = PrecisionInferer(self.precision, self.channels_last)
+        self._cam: CAM | None = None
+
+    # -- building blocks ------------------------------------------------------------------------------------
+
+    def preprocess(self, hu: np.ndarray) -> torch.Tensor:
+        """(Z, H, W) HU -> (Z, 1, *image_size) float32 network input (a plain tensor), on the CPU."""
+        out = build_preprocessing(self.hu_window, self.image_size)({"image": np.asarray(hu, dtype=np.float32)})
+        x = out["image"]
+        if hasattr(x, "as_tensor"):  # a MetaTensor would route every network op through MONAI's meta handling
+            x = x.as_tensor()
+        return torch.as_tensor(x).float().unsqueeze(1)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _batches(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x[i : i + self.batch_size] for i in range(0, x.shape[0], self.batch_size)]
+
+    def _cam_object(self) -> CAM:
+        if self._cam is None:  # hooks registered once per model
+            self._cam = CAM(self.network, [self.cam_layer], self.cam_method)
+        return self._cam
+
+    def close(self) -> None:
+        """Remove the CAM hooks."""
+        if self._cam is not None:
+            self._cam.remove()
+            self._cam = None
+
+    # -- per volume ---------------------------------------------------------------------------------------
+
+    def probabilities(self, hu: np.ndarray, x: torch.Tensor | None = None) -> np.ndarray:
+        """P(positive) per slice (float64, length Z); ``x`` = ``preprocess(hu)`` when already made."""
+        x = self.preprocess(hu) if x is None else x
+        out = []
+        with torch.inference_mode():
+            for batch in self._batches(x):
+                logits = self._inferer(batch.to(self.device), self.network)
+                out.append(torch.softmax(logits.float(), dim=1)[:, POSITIVE_CLASS].cpu())
+        if not out:
+            return np.zeros(0)
+        return torch.cat(out).double().numpy()
+
+    def probabilities_and_cams(self, hu: np.ndarray, slices: Sequence[int] | None = None,
+                               x: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """P(positive) per slice and the positive class's CAM at the network's input size, from one pass.
+
+        The CAM's forward pass gives the logits too, so classifying and explaining ``slices`` (default: all)
+        costs about one forward pass plus the backward pass down to the CAM layer. Returns the probabilities of
+        ``slices`` and their maps (len(slices), *image_size), normalised or raw per ``cam_score``.
+        """
+        x = self.preprocess(hu) if x is None else x
+        if slices is not None:
+            x = x[[int(k) for k in slices]]
+        if x.shape[0] == 0:
+            return np.zeros(0), np.zeros((0, *self.image_size), dtype=np.float32)
+        cam = self._cam_object()
+        probs, maps = [], []
+        for batch in self._batches(x):
+            batch = batch.to(self.device)
+            if self.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                result = cam(batch, POSITIVE_CLASS)[self.cam_layer]
+            probs.append(torch.softmax(result.logits.float(), dim=1)[:, POSITIVE_CLASS].cpu())
+            m = result.normalised if self.cam_score == "normalised" else result.upsampled
+            maps.append(m[:, 0].float().cpu())
+        return torch.cat(probs).double().numpy(), torch.cat(maps).numpy().astype(np.float32, copy=False)
+
+    def to_original(self, maps: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+        """Maps at the network's input size resized (bilinear) to the original (H, W) matrix."""
+        h, w = int(shape[-2]), int(shape[-1])
+        m = torch.as_tensor(np.asarray(maps, dtype=np.float32))
+        if m.shape[0] == 0 or tuple(m.shape[1:]) == (h, w):
+            return m.numpy().reshape(m.shape[0], h, w)
+        out = F.interpolate(m[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        out = out.clamp(0.0, 1.0) if self.cam_score == "normalised" else out.clamp_min(0.0)
+        return out.numpy()
+
+    def cam_maps(self, hu: np.ndarray, slices: Sequence[int], x: torch.Tensor | None = None) -> np.ndarray:
+        """CAM of the positive class on the given slices, (len(slices), H, W) float32 on the original matrix."""
+        slices = [int(k) for k in slices]
+        _, maps = self.probabilities_and_cams(hu, slices, x)
+        return self.to_original(maps, np.shape(hu))
+
+
+@dataclass
+class InferenceModel:
+    """A checkpoint with its thresholds: what `infer_scan` needs."""
+
+    analyzer: SliceAnalyzer
+    thresholds: Thresholds
+    checkpoint: Path
+    thresholds_file: Path
+
+    @property
+    def network_name(self) -> str:
+        return self.thresholds.network_name
+
+    def provenance(self) -> dict[str, Any]:
+        """Model and threshold facts recorded in every result."""
+        t = self.thresholds
+        return {
+            "network_name": t.network_name,
+            "checkpoint": str(self.checkpoint),
+            "checkpoint_sha256": t.checkpoint_sha256,
+            "thresholds_file": str(self.thresholds_file),
+            "thresholds_created": t.created,
+            "t_slice": t.t_slice,
+            "t_cam": t.t_cam,
+            "cam_layer": t.cam_layer,
+            "cam_method": t.cam_method,
+            "cam_score": t.cam_score,
+            "hu_window": list(t.hu_window),
+            "image_size": list(t.image_size),
+            "validation_f1": t.validation.get("f1"),
+            "precision": self.analyzer.precision,
+            "device": str(self.analyzer.device),
+        }
+
+    def close(self) -> None:
+        self.analyzer.close()
+
+
+def load_model(
+    ckpt_dir: str | Path,
+    *,
+    checkpoint: str | Path = CHECKPOINT_FILE,
+    network: nn.Module | None = None,
+    device: str | torch.device | None = None,
+    precision: str | None = None,
+    channels_last: bool | None = None,
+    batch_size: int = 16,
+) -> InferenceModel:
+    """Load ``<ckpt_dir>/<checkpoint>`` and its ``thresholds.json`` (checked against the checkpoint's sha256).
+
+    ``network``: an already built network of the thresholds' architecture (e.g. a bundle's ``network_def``); its
+    weights are replaced by the checkpoint's. ``precision`` defaults to `default_precision` of the device
+    ("bf16" where supported), ``channels_last`` to True with bf16.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    ckpt = Path(checkpoint)
+    if not ckpt.is_absolute() and not ckpt.is_file():
+        ckpt = ckpt_dir / ckpt
+    if not ckpt.is_file():
+        raise InputError(ckpt, "checkpoint not found (train the model first)")
+    tfile = thresholds_path(ckpt_dir if ckpt_dir.is_dir() else ckpt.parent)
+    thresholds = load_thresholds(tfile, ckpt)
+    spec = network_spec(thresholds.network_name)
+    if network is None:
+        network = create_network(spec.name, in_channels=thresholds.in_channels, num_classes=2, for_checkpoint=True)
+    load_checkpoint_weights(network, ckpt, spec.name)
+    dev = _device(device)
+    precision = precision or default_precision(dev)
+    analyzer = SliceAnalyzer(
+        network=network,
+        hu_window=thresholds.hu_window,
+        image_size=thresholds.image_size,
+        cam_layer=thresholds.cam_layer,
+        cam_method=thresholds.cam_method,
+        cam_score=thresholds.cam_score,
+        device=dev,
+        precision=precision,
+        channels_last=(precision == "bf16") if channels_last is None else bool(channels_last),
+        batch_size=batch_size,
+    )
+    return InferenceModel(analyzer=analyzer, thresholds=thresholds, checkpoint=ckpt.resolve(),
+                          thresholds_file=tfile.resolve())

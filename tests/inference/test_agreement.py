@@ -1,0 +1,82 @@
+"""Agreement statistics on known inputs: perfect prediction, a missed and a non-coronary lesion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from coronary_calcium.inference import Prediction, evaluate_agreement
+from coronary_calcium.io.manifest import load_manifest
+from coronary_calcium.io.scans import read_scan
+from coronary_calcium.labels import AORTIC
+from coronary_calcium.scoring.agatston import find_lesions
+
+
+@pytest.fixture(scope="module")
+def references(tiny_manifest):
+    manifest = load_manifest(tiny_manifest)
+    out = {}
+    for scan in manifest.scans:
+        volume, labels = read_scan(scan)
+        out[scan.scan_id] = (volume, labels, find_lesions(volume.hu, volume.spacing, labels=labels))
+    return manifest, out
+
+
+def _prediction(scan_id, lesions):
+    return Prediction(scan_id=scan_id, agatston=float(sum(les.agatston for les in lesions)), lesions=lesions)
+
+
+def test_perfect_prediction_agrees_perfectly(references):
+    manifest, refs = references
+    preds = [_prediction(sid, lesions) for sid, (_, _, lesions) in refs.items()]
+    a = evaluate_agreement(preds, manifest)
+    assert a["n_scans"] == len(refs) and a["unpaired"] == []
+    assert a["scores"]["icc_2_1"] == pytest.approx(1.0)
+    assert a["scores"]["pearson"] == pytest.approx(1.0) and a["scores"]["spearman"] == pytest.approx(1.0)
+    assert a["scores"]["bland_altman"]["bias"] == pytest.approx(0.0)
+    for scheme in ("5-class", "4-class", "clinical"):
+        k = a["scores"]["kappa"][scheme]
+        assert k["kappa_linear"] == pytest.approx(1.0) and k["accuracy"] == 1.0
+        assert np.trace(np.array(k["confusion_matrix"])) == len(refs)
+    assert all(t["accuracy"] == 1.0 for t in a["scores"]["threshold_accuracy"].values())
+    lesions = a["lesions"]
+    assert lesions["f1"] == 1.0 and lesions["sensitivity"] == 1.0 and lesions["ppv"] == 1.0
+    assert lesions["f1_volume"] == 1.0 and lesions["false_positives_per_scan"] == 0.0
+    assert a["non_coronary_counted_as_coronary"]["lesions"] == 0
+    assert a["non_coronary_counted_as_coronary"]["n_scans_with_aortic_valve_labels"] == len(refs)
+
+
+def test_missed_and_non_coronary_lesions_are_counted(references):
+    manifest, refs = references
+    preds = []
+    n_aortic = n_missed = 0
+    for i, (sid, (volume, labels, lesions)) in enumerate(refs.items()):
+        if i == 0:  # miss every lesion of the first scan
+            n_missed = len(lesions)
+            preds.append(_prediction(sid, []))
+            continue
+        aortic = find_lesions(volume.hu, volume.spacing, mask=labels == AORTIC)
+        if aortic and not n_aortic:  # count the aortic calcium of one scan as coronary
+            n_aortic = len(aortic)
+            lesions = lesions + aortic
+        preds.append(_prediction(sid, lesions))
+    assert n_missed > 0 and n_aortic > 0
+    a = evaluate_agreement(preds, manifest)
+    pooled = a["lesions"]
+    assert pooled["false_negatives"] == n_missed and pooled["false_positives"] == n_aortic
+    assert pooled["sensitivity"] == pytest.approx(1 - n_missed / pooled["n_ref"])
+    assert pooled["ppv"] == pytest.approx(1 - n_aortic / pooled["n_pred"])
+    assert pooled["false_positives_per_scan"] == pytest.approx(n_aortic / len(refs))
+    nc = a["non_coronary_counted_as_coronary"]
+    assert nc["lesions"] == n_aortic and nc["scans_with_any"] == 1 and nc["agatston"] > 0
+    assert a["scores"]["icc_2_1"] < 1.0
+    first = a["scans"][0]
+    assert first["predicted_agatston"] == 0.0 and first["predicted_category"] == "0"
+
+
+def test_a_single_scan_has_no_score_statistics(references):
+    manifest, refs = references
+    sid, (_, _, lesions) = next(iter(refs.items()))
+    a = evaluate_agreement([_prediction(sid, lesions), _prediction("not_in_manifest", [])], manifest)
+    assert a["n_scans"] == 1 and a["scores"] is None and a["unpaired"] == ["not_in_manifest"]
+    assert a["lesions"]["f1"] == 1.0 and "at least 2 scans" in a["notes"][0]

@@ -1,0 +1,106 @@
+"""One scan through the model: keep / reject rule, totals, lesion records, precision, refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from coronary_calcium.errors import InputError
+from coronary_calcium.inference import infer_scan, load_model
+from coronary_calcium.inference.model import SliceAnalyzer
+from coronary_calcium.io.manifest import load_manifest
+from coronary_calcium.io.scans import read_scan
+from coronary_calcium.io.volume import CTVolume
+
+
+@pytest.fixture(scope="module")
+def test_scan(tiny_manifest):
+    return read_scan(load_manifest(tiny_manifest).split("test")[0])
+
+
+def test_kept_lesions_follow_the_rule_and_sum_to_the_totals(tiny_model, test_scan):
+    volume, labels = test_scan
+    result = infer_scan(volume, tiny_model)
+    t = tiny_model.thresholds
+    assert result.probabilities.shape == (volume.shape[0],)
+    assert np.all((result.probabilities >= 0) & (result.probabilities <= 1))
+    for lesion, cam, kept in zip(result.candidates, result.cam_scores, result.kept):
+        p = result.probabilities[lesion.slices[0]]
+        assert kept == (p >= t.t_slice and cam is not None and cam >= t.t_cam)
+        if p >= t.t_slice:
+            assert cam is not None and 0.0 <= cam <= 1.0  # normalised CAM inside the lesion
+    d = result.to_dict()
+    assert len(d["lesions"]) == int(result.kept.sum()) == d["totals"]["n_lesions"]
+    assert len(d["lesions"]) + len(d["rejected_candidates"]) == d["n_candidates"]
+    for key in ("agatston", "volume_mm3", "mass_mg"):
+        assert sum(les[key] for les in d["lesions"]) == pytest.approx(d["totals"][key])
+    assert d["categories"]["5-class"] == d["category"] and set(d["categories"]) == {"5-class", "4-class", "clinical"}
+    assert all(les["artery"] == "unknown" for les in d["lesions"])
+    assert any("assumed calibration factor" in n for n in d["notes"])
+    assert d["model"]["t_slice"] == t.t_slice and d["model"]["checkpoint_sha256"] == t.checkpoint_sha256
+    mask = result.lesion_mask()
+    for i, lesion in enumerate(result.lesions, start=1):
+        assert np.all(mask.reshape(-1)[lesion.voxels] == i)
+        rec = d["lesions"][i - 1]
+        z, y, x = rec["centroid_voxel_zyx"]
+        lps = volume.affine_lps() @ np.array([x, y, z, 1.0])
+        assert rec["centroid_lps_mm"] == pytest.approx(lps[:3].tolist(), abs=1e-2)
+        assert volume.hu.reshape(-1)[lesion.voxels].max() == rec["peak_hu"]
+    assert int((mask > 0).sum()) == sum(les.n_voxels for les in result.lesions)
+
+
+def test_reference_labels_name_arteries_but_do_not_change_the_decision(tiny_model, test_scan):
+    volume, labels = test_scan
+    plain = infer_scan(volume, tiny_model)
+    named = infer_scan(volume, tiny_model, labels=labels)
+    assert named.agatston == plain.agatston and np.array_equal(named.kept, plain.kept)
+    arteries = {les["artery"] for les in named.to_dict()["lesions"]}
+    assert arteries <= {"LAD", "unknown"}
+    assert sum(d["agatston"] for d in named.score.per_artery.values()) == pytest.approx(named.agatston)
+
+
+def test_bf16_keeps_the_decisions(ckpt_dir, test_scan):
+    volume, _ = test_scan
+    fp32 = load_model(ckpt_dir, device="cpu", precision="fp32")
+    bf16 = load_model(ckpt_dir, device="cpu", precision="bf16", channels_last=True)
+    try:
+        a, b = infer_scan(volume, fp32), infer_scan(volume, bf16)
+    finally:
+        fp32.close()
+        bf16.close()
+    assert np.abs(a.probabilities - b.probabilities).max() < 0.02
+    # decisions may only differ for slices / candidates right at a threshold
+    t = fp32.thresholds
+    clear = np.abs(a.probabilities - t.t_slice) > 0.02
+    assert np.array_equal((a.probabilities >= t.t_slice)[clear], (b.probabilities >= t.t_slice)[clear])
+
+
+def test_volumes_that_cannot_be_scored_are_refused(tiny_model, test_scan):
+    volume, _ = test_scan
+    with pytest.raises(InputError, match="Hounsfield"):
+        infer_scan(dataclasses.replace(volume, hu=volume.hu - volume.hu.min()), tiny_model)  # unsigned, no rescale
+    other_kvp = infer_scan(dataclasses.replace(volume, meta={"kvp": 100.0, "modality": "CT"}), tiny_model)
+    assert any("100 kVp" in n for n in other_kvp.notes)
+    with pytest.raises(InputError, match="spacing"):
+        infer_scan(dataclasses.replace(volume, spacing=(0.0, 1.0, 1.0)), tiny_model)
+    with pytest.raises(InputError, match="not CT"):
+        infer_scan(dataclasses.replace(volume, meta={"modality": "MR"}), tiny_model)
+    bad = volume.hu.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        infer_scan(dataclasses.replace(volume, hu=bad), tiny_model)
+
+
+def test_cam_maps_are_on_the_original_matrix(tiny_model):
+    rng = np.random.default_rng(1)
+    hu = rng.normal(0, 50, size=(3, 40, 56)).astype(np.float32)
+    analyzer: SliceAnalyzer = tiny_model.analyzer
+    maps = analyzer.cam_maps(hu, [0, 2])
+    assert maps.shape == (2, 40, 56) and maps.dtype == np.float32
+    assert np.all((maps >= 0) & (maps <= 1))
+    assert analyzer.probabilities(hu).shape == (3,)
+    empty = CTVolume(hu=np.full((2, 40, 56), -1000.0, np.float32), spacing=(3.0, 0.5, 0.5))
+    result = infer_scan(empty, tiny_model, scan_id="air")
+    assert result.agatston == 0.0 and result.category == "0" and result.candidates == []

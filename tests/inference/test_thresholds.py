@@ -1,0 +1,118 @@
+"""Thresholds chosen on the validation split, saved beside the checkpoint, refused when missing or mismatched."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from coronary_calcium.errors import InputError
+from coronary_calcium.inference import build_preprocessing, choose_thresholds, load_thresholds
+from coronary_calcium.inference.calibration import grid_search
+from coronary_calcium.inference.thresholds import MISSING, Thresholds, file_sha256, save_thresholds
+from coronary_calcium.networks import create_network, load_checkpoint_weights
+from coronary_calcium.scoring.agatston import ScoringConfig
+from coronary_calcium.train.bundle import BUNDLE_ROOT
+
+
+def test_calibrate_writes_complete_thresholds(ckpt_dir):
+    saved = json.loads((ckpt_dir / "thresholds.json").read_text())
+    assert saved["network_name"] == "tiny_cnn" and saved["checkpoint"] == "model.pt"
+    assert saved["checkpoint_sha256"] == file_sha256(ckpt_dir / "model.pt")
+    assert saved["cam_layer"] == "layer2" and saved["cam_method"] == "gradcam"  # the spec's intermediate layer
+    assert saved["hu_window"] == [-250.0, 950.0] and saved["image_size"] == [32, 32] and saved["in_channels"] == 1
+    assert saved["scoring"]["threshold_hu_used"] == 130.0 and saved["scoring"]["connectivity"] == "2d-8"
+    v = saved["validation"]
+    assert v["split"] == "validation" and v["n_scans"] == 2 and v["n_reference_lesions"] > 0
+    assert 0.0 <= v["f1"] <= 1.0 and v["f1"] == pytest.approx(max(max(row) for row in v["grid"]["f1"]), abs=1e-6)
+    assert 0.0 <= saved["t_slice"] <= 1.0 and 0.0 <= saved["t_cam"] <= 1.0
+    assert saved["created"][:4].isdigit()
+    t = load_thresholds(ckpt_dir / "thresholds.json", ckpt_dir / "model.pt")
+    assert (t.t_slice, t.t_cam) == (saved["t_slice"], saved["t_cam"])
+    assert load_thresholds(ckpt_dir).checkpoint_sha256 == t.checkpoint_sha256  # folder form, default checkpoint
+
+
+def test_missing_or_mismatched_thresholds_are_refused(ckpt_copy):
+    (ckpt_copy / "thresholds.json").unlink()
+    with pytest.raises(InputError, match="thresholds missing: run coronary-calcium calibrate / evaluate first"):
+        load_thresholds(ckpt_copy, ckpt_copy / "model.pt")
+
+
+def test_thresholds_of_other_weights_are_refused(ckpt_copy):
+    state = torch.load(ckpt_copy / "model.pt", map_location="cpu", weights_only=True)
+    weights = state.get("network", state)
+    key = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[key] = weights[key] + 1.0  # retrained weights, same file name
+    torch.save(state, ckpt_copy / "model.pt")
+    with pytest.raises(InputError) as e:
+        load_thresholds(ckpt_copy, ckpt_copy / "model.pt")
+    assert MISSING in str(e.value) and "sha256" in str(e.value)
+
+
+def test_grid_search_maximises_f1_with_ties_to_higher_thresholds():
+    # candidates: (slice probability, CAM score); 0 and 1 match reference lesions 0 and 1, 2 and 3 are bone
+    prob = np.array([0.9, 0.8, 0.9, 0.2])
+    cam = np.array([0.8, 0.7, 0.3, 0.9])
+    pairs = np.array([[0, 0], [1, 1]])
+    best = grid_search(prob, cam, pairs, 2, [0.0, 0.5, 0.7, 0.85], [0.0, 0.25, 0.5, 0.75])
+    assert best["f1"] == 1.0
+    # F1 1 holds for t_slice in {0.5, 0.7} x t_cam in {0.5}: the tie goes to the higher t_slice
+    assert (best["t_slice"], best["t_cam"]) == (0.7, 0.5)
+    assert best["grid"]["f1"][0][0] == pytest.approx(2 * 1.0 * 0.5 / 1.5)
+
+
+def test_records_and_manifest_give_the_same_thresholds(tiny_manifest, ckpt_dir, trained_run):
+    from coronary_calcium.data.slices import slice_records
+
+    t = load_thresholds(ckpt_dir)
+    network = load_checkpoint_weights(create_network("tiny_cnn", for_checkpoint=True), ckpt_dir / "model.pt",
+                                      "tiny_cnn")
+    records = slice_records(tiny_manifest, "validation", progress=False)
+    kwargs = dict(image_size=t.image_size, device="cpu", precision=t.validation["precision"], progress=False)
+    from_records = choose_thresholds(network, "tiny_cnn", records, **kwargs)
+    assert from_records.validation["n_reference_lesions"] == t.validation["n_reference_lesions"]
+    assert from_records.validation["n_candidates"] == t.validation["n_candidates"]
+    assert (from_records.t_slice, from_records.t_cam) == (t.t_slice, t.t_cam)
+    assert from_records.validation["f1"] == pytest.approx(t.validation["f1"])
+
+
+def test_bad_choices_are_refused_before_reading_data(ckpt_dir):
+    network = create_network("tiny_cnn")
+    with pytest.raises(InputError, match="not a layer"):
+        choose_thresholds(network, "tiny_cnn", "/nonexistent/manifest.json", cam_layer="nope")
+    with pytest.raises(InputError, match="2d"):
+        Thresholds(network_name="tiny_cnn", checkpoint="m.pt", checkpoint_sha256="", t_slice=0.5, t_cam=0.5,
+                   cam_layer="layer2", scoring=ScoringConfig(connectivity="3d-26").to_dict())
+
+
+def test_save_and_load_round_trip(tmp_path):
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"weights")
+    t = Thresholds(network_name="tiny_cnn", checkpoint="model.pt", checkpoint_sha256=file_sha256(ckpt), t_slice=0.35,
+                   t_cam=0.6, cam_layer="layer2", image_size=(64, 64))
+    save_thresholds(t, tmp_path)
+    back = load_thresholds(tmp_path / "thresholds.json", ckpt)
+    assert back.to_dict() == t.to_dict()
+
+
+def test_preprocessing_equals_the_training_pipeline():
+    """Slices-as-channels preprocessing gives each slice exactly what train.json's deterministic transforms give."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_ROOT / "configs" / "train.json"))
+    parser["image_size"] = [40, 24]
+    train_pipeline = parser.get_parsed_content("validate#preprocessing")
+    rng = np.random.default_rng(3)
+    hu = rng.normal(0, 400, size=(3, 50, 30)).astype(np.float32)
+    ours = build_preprocessing((-250.0, 950.0), (40, 24))({"image": hu})["image"]
+    for k in range(3):
+        ref = train_pipeline({"image": hu[k][None].astype(np.int16).astype(np.float32),
+                              "mask": np.zeros((1, 50, 30), np.uint8)})["image"]
+        mine = build_preprocessing((-250.0, 950.0), (40, 24))({"image": hu[k][None].astype(np.int16)})["image"]
+        assert torch.equal(torch.as_tensor(mine), torch.as_tensor(ref))
+        assert ours[k].shape == (40, 24)
+    assert torch.allclose(torch.as_tensor(ours[1]), torch.as_tensor(
+        build_preprocessing((-250.0, 950.0), (40, 24))({"image": hu[1:2]})["image"][0]))
