@@ -199,6 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing results")
     p.set_defaults(func=_cmd_infer)
 
+    from coronary_calcium.experiment import add_experiment_arguments, cmd_experiment
+    from coronary_calcium.zoo import add_check_arguments, add_pack_arguments, cmd_check_bundle, cmd_pack
+
+    p = sub.add_parser("experiment", help="the paper's five configurations trained and evaluated, one report")
+    add_experiment_arguments(p)
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("pack", help="zip the bundle (with the package) for use elsewhere")
+    add_pack_arguments(p)
+    p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("check-bundle", help="the MONAI Model Zoo's offline checks on bundle/")
+    add_check_arguments(p)
+    p.set_defaults(func=cmd_check_bundle)
+
     p = sub.add_parser("cam-montage", help="PNG of Grad-CAM overlays, rows = layers shallow to deep, for a trained network")
     _add_bundle_args(p)
     p.add_argument("--out", type=Path, help="PNG path (default: <output_dir>/eval/cam_montage.png)")

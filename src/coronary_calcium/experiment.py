@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 from coronary_calcium.errors import InputError, find_input_error
-from coronary_calcium.networks import network_spec, paper_network_names
 from coronary_calcium.report.files import write_json
 
 __all__ = [
@@ -123,8 +122,32 @@ PROFILES: dict[str, Profile] = {
 }
 
 # Resolved bundle ids recorded per run (read back from the parser after training).
-_RESOLVED_IDS = ("device", "precision", "channels_last", "image_size", "batch_size", "max_epochs", "learning_rate",
-                 "balance", "cam_layers", "cam_method")
+_RESOLVED_IDS = (
+    "device",
+    "precision",
+    "channels_last",
+    "image_size",
+    "batch_size",
+    "max_epochs",
+    "learning_rate",
+    "balance",
+    "cam_layers",
+    "cam_method",
+)
+
+
+def network_spec(name: str) -> Any:
+    """:func:`coronary_calcium.networks.network_spec`, imported on first use (the CLI starts without torch/timm)."""
+    from coronary_calcium.networks import network_spec as spec
+
+    return spec(name)
+
+
+def paper_network_names() -> tuple[str, ...]:
+    """:func:`coronary_calcium.networks.paper_network_names`, imported on first use."""
+    from coronary_calcium.networks import paper_network_names as names
+
+    return names()
 
 
 def _log(progress: bool, message: str) -> None:
@@ -171,17 +194,25 @@ def parse_weights(pairs: Sequence[str] | None) -> dict[str, str]:
 
 
 def _check_weights(weights: Mapping[str, str | os.PathLike] | None, names: Sequence[str]) -> dict[str, Path]:
+    """``{network: file}`` for the networks to run. A key is a network id or a timm architecture (``inception_v3``,
+    ``legacy_xception``): the latter gives the file to every fine-tuned configuration of that architecture."""
+    pretrained = {n: network_spec(n) for n in paper_network_names() if network_spec(n).pretrained}
+    archs = {spec.timm_name for spec in pretrained.values()}
     out: dict[str, Path] = {}
-    for name, path in (weights or {}).items():
-        spec = network_spec(name)
-        if not spec.pretrained:
-            raise InputError(name, "trains from scratch; it takes no ImageNet weights")
+    by_arch: dict[str, Path] = {}
+    for key, path in (weights or {}).items():
+        if key not in archs:
+            spec = network_spec(key)  # InputError listing the network ids
+            if not spec.pretrained:
+                raise InputError(key, "trains from scratch; it takes no ImageNet weights")
         path = Path(path).expanduser().resolve()
         if not path.is_file():
-            raise InputError(path, f"no such weights file (given for {name})")
-        if name in names:
-            out[name] = path
-    return out
+            raise InputError(path, f"no such weights file (given for {key})")
+        (by_arch if key in archs else out)[key] = path
+    for name, spec in pretrained.items():
+        if name not in out and spec.timm_name in by_arch:
+            out[name] = by_arch[spec.timm_name]
+    return {n: p for n, p in out.items() if n in names}
 
 
 def machine_info() -> dict[str, Any]:
@@ -204,7 +235,9 @@ def machine_info() -> dict[str, Any]:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
     return {
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -241,7 +274,15 @@ def _shell(args: Sequence[str]) -> str:
 
 
 def _value_text(value: Any) -> str:
+    """A value as `--set key=VALUE` reads it (JSON)."""
     return json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value)
+
+
+def _fire_text(value: Any) -> str:
+    """A value as MONAI's bundle CLI (python-fire: Python literals) reads it: True/False/None, not true/false/null."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
 def _commands(name: str, bundle_overrides: Mapping[str, Any]) -> dict[str, str]:
@@ -253,28 +294,34 @@ def _commands(name: str, bundle_overrides: Mapping[str, Any]) -> dict[str, str]:
         cli += ["--set", f"{k}={_value_text(v)}"]
     monai = ["--bundle_root", "bundle", "--network_name", name, "--manifest", manifest]
     for k, v in sets.items():
-        monai += [f"--{k}", _value_text(v)]
+        monai += [f"--{k}", _fire_text(v)]
+    both = "\"['bundle/configs/train.json','bundle/configs/evaluate.json']\""  # one shell word, readable
     return {
         "train": _shell(["coronary-calcium", "train", *cli]),
         "evaluate": _shell(["coronary-calcium", "evaluate", *cli]),
-        "monai_train": _shell(["python", "-m", "monai.bundle", "run", "--config_file",
-                               "['bundle/configs/train.json']", *monai]),
-        "monai_evaluate": _shell(["python", "-m", "monai.bundle", "run", "--config_file",
-                                  "['bundle/configs/train.json','bundle/configs/evaluate.json']", *monai]),
+        "monai_train": _shell(
+            ["python", "-m", "monai.bundle", "run", "--config_file", "bundle/configs/train.json", *monai]
+        ),
+        "monai_evaluate": "python -m monai.bundle run --config_file " + both + " " + _shell(monai),
     }
 
 
-def _experiment_command(manifest: Path, out_dir: Path, profile: str, names: Sequence[str],
-                        weights: Mapping[str, Path], overrides: Mapping[str, Any]) -> str:
+def _experiment_command(
+    manifest: Path,
+    out_dir: Path,
+    profile: str,
+    names: Sequence[str],
+    weights: Mapping[str, Path],
+    overrides: Mapping[str, Any],
+) -> str:
     args = ["coronary-calcium", "experiment", "--manifest", str(manifest), "--out", str(out_dir), "--profile", profile]
     if list(names) != list(paper_network_names()):
         args += ["--networks", ",".join(names)]
     for n, p in weights.items():
         args += ["--weights", f"{n}={p}"]
-    text = _shell(args)
-    if overrides:  # only reachable from Python (run_experiment(..., overrides=...))
-        text += f"  # plus overrides={json.dumps(dict(overrides), default=str)} (Python API)"
-    return text
+    for k, v in overrides.items():
+        args += ["--set", f"{k}={_value_text(v)}"]
+    return _shell(args)
 
 
 def _read_json(path: Path) -> Any:
@@ -337,6 +384,7 @@ def _run_one(name: str, bundle_overrides: dict[str, Any], weights: Path | None, 
         "files": {},
     }
     if spec.pretrained and weights is None:
+        row["commands"] = {}  # they would need the weights file: see the experiment command
         row["reason"] = (
             "not run: ImageNet weights not available offline (give --weights "
             f"{name}=FILE; see {spec.weights_hint or 'the network registry'})"
@@ -412,8 +460,9 @@ def run_experiment(
             ``experiment.json``.
         profile: a key of :data:`PROFILES` ("cpu", "gpu", "test").
         networks: network ids to run, in this order (default: the paper's five).
-        pretrained_weights: ``{network: local ImageNet weights file}`` for the fine-tuned configurations; one without
-            a file is reported as not run.
+        pretrained_weights: ``{network: local ImageNet weights file}`` for the fine-tuned configurations (a key may
+            also be a timm architecture, ``inception_v3`` or ``legacy_xception``, for all its fine-tuned
+            configurations); one without a file is reported as not run.
         overrides: bundle config overrides for every configuration, on top of the profile (e.g. ``slice_cache_dir``).
         progress: print one line per step.
 
@@ -438,8 +487,13 @@ def run_experiment(
 
     plans: list[tuple[str, dict[str, Any]]] = []
     for name in names:
-        ov: dict[str, Any] = {"manifest": str(manifest), "network_name": name, **prof.overrides(name), **extra,
-                              "output_dir": str(out_dir / name)}
+        ov: dict[str, Any] = {
+            "manifest": str(manifest),
+            "network_name": name,
+            **prof.overrides(name),
+            **extra,
+            "output_dir": str(out_dir / name),
+        }
         if name in weights:
             ov["pretrained_weights"] = str(weights[name])
         _check_previous(out_dir / name, ov)
@@ -451,8 +505,12 @@ def run_experiment(
         "paper": {"citation": PAPER, "results": PAPER_RESULTS},
         "started": _now(),
         "finished": None,
-        "profile": {"name": prof.name, "description": prof.description,
-                    "settings": {n: prof.overrides(n) for n in names}, "overrides": extra},
+        "profile": {
+            "name": prof.name,
+            "description": prof.description,
+            "settings": {n: prof.overrides(n) for n in names},
+            "overrides": extra,
+        },
         "manifest": {"path": str(manifest), "name": getattr(parsed, "name", None), "description": desc},
         "out_dir": str(out_dir),
         "machine": machine_info(),
@@ -468,6 +526,7 @@ def run_experiment(
             _log(progress, f"[{i}/{len(plans)}] {name} (profile {prof.name})")
             summary["runs"].append(_run_one(name, ov, weights.get(name), progress))
             summary["seconds"] = round(time.perf_counter() - t_start, 1)
+            summary["pending"] = names[i:]
             write_experiment_report(summary, out_dir)
     finally:
         summary["finished"] = _now()
@@ -485,16 +544,40 @@ def run_experiment(
 def add_experiment_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``coronary-calcium experiment``."""
     p.add_argument("--manifest", type=Path, required=True, help="data manifest (metrics are on its test split)")
-    p.add_argument("--out", type=Path, required=True, help="experiment folder (report.md, report.html, one folder per "
-                   "network; an interrupted experiment resumes in the same folder)")
-    p.add_argument("--profile", choices=list(PROFILES), default="cpu",
-                   help="cpu: ~1 hour on 2 cores; gpu: the paper's 15 epochs, 256 px, batch 32; test: tiny")
-    p.add_argument("--networks", help=f"comma-separated subset (default: all of {','.join(paper_network_names())})")
-    p.add_argument("--weights", action="append", default=[], metavar="NAME=FILE",
-                   help="local ImageNet weights of a fine-tuned configuration, e.g. "
-                   "xception_last=legacy_xception.safetensors (repeat per network; without it the row says not run)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="bundle override for every configuration, on top of the profile (e.g. num_workers=2)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="experiment folder (report.md, report.html, one folder per "
+        "network; an interrupted experiment resumes in the same folder)",
+    )
+    p.add_argument(
+        "--profile",
+        choices=list(PROFILES),
+        default="cpu",
+        help="cpu: ~1 hour on 2 cores; gpu: the paper's 15 epochs, 256 px, batch 32; test: tiny",
+    )
+    p.add_argument(
+        "--networks",
+        help="comma-separated subset, run in this order (default: the paper's five: inception_v3_last, "
+        "inception_v3_scratch, xception_last, xception_last4, vgg16_scratch)",
+    )
+    p.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="local ImageNet weights of a fine-tuned configuration (e.g. xception_last=FILE) or of an architecture "
+        "for all its fine-tuned configurations (inception_v3=FILE, legacy_xception=FILE); repeatable; a fine-tuned "
+        "configuration without weights is reported as not run",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="bundle override for every configuration, on top of the profile (e.g. num_workers=2)",
+    )
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
@@ -502,8 +585,14 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from coronary_calcium.train.bundle import parse_overrides
 
     weights = parse_weights(args.weights)
-    report = run_experiment(args.manifest, args.out, profile=args.profile, networks=parse_networks(args.networks),
-                            pretrained_weights=weights, overrides=parse_overrides(getattr(args, "set", []) or []))
+    report = run_experiment(
+        args.manifest,
+        args.out,
+        profile=args.profile,
+        networks=parse_networks(args.networks),
+        pretrained_weights=weights,
+        overrides=parse_overrides(getattr(args, "set", []) or []),
+    )
     summary = json.loads((report.parent / "experiment.json").read_text())
     for r in summary["runs"]:
         m = r.get("metrics") or {}

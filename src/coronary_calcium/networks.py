@@ -32,7 +32,7 @@ from pathlib import Path
 
 import timm
 import torch
-from timm.layers import BatchNormAct2d
+from timm.layers import BatchNormAct2d, SelectAdaptivePool2d
 from timm.models import adapt_input_conv, register_model
 from torch import nn
 
@@ -58,6 +58,7 @@ __all__ = [
 #: Keys under which a checkpoint dict may hold the network's state dict, in order of preference
 #: (MONAI CheckpointSaver writes ``{"network": ...}`` or ``{"model": ...}``; timm/Lightning use "state_dict").
 CHECKPOINT_KEYS = ("network", "model", "state_dict")
+GLOBAL_POOLS = ("avg", "max", "avgmax", "catavgmax")
 
 # Wrapper prefixes that DDP / torch.compile add to every key.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -83,6 +84,9 @@ class NetworkSpec:
     pretrained_ignore: tuple[str, ...] = ()
     weights_hint: str = ""
     for_testing: bool = False
+    # Pooling before the classifier: average, as in the paper's networks. ("max" suits deposits covering well
+    # under 1 % of a slice, but from scratch at the default learning rate its early logits made training unstable.)
+    global_pool: str = "avg"
 
     def __post_init__(self) -> None:
         # A spec that contradicts itself is a programming error, caught at import.
@@ -340,6 +344,7 @@ def create_network(
     num_classes: int = 2,
     pretrained_weights: str | os.PathLike | None = None,
     drop_rate: float = 0.0,
+    global_pool: str | None = None,
     for_checkpoint: bool = False,
 ) -> nn.Module:
     """Build the registered network ``name`` with timm and apply its freezing policy.
@@ -349,6 +354,9 @@ def create_network(
     Its first conv is adapted to ``in_channels`` and its classifier dropped (the ``num_classes`` head is
     new); any other mismatch raises InputError. From-scratch specs refuse a weights file. The spec is
     kept as ``model.coronary_spec``.
+
+    ``global_pool`` overrides the spec's pooling before the classifier (timm's "avg", "max", "avgmax",
+    "catavgmax"); the default is the spec's, so a checkpoint and the network rebuilt for it always agree.
 
     ``for_checkpoint=True`` builds a pretrained spec without its ImageNet file, for evaluation/inference
     where :func:`load_checkpoint_weights` overwrites every weight next; never train such a network.
@@ -376,8 +384,16 @@ def create_network(
     if pretrained_weights is not None and not Path(pretrained_weights).is_file():
         raise InputError(pretrained_weights, "no such weights file")  # before the (slow) build
     # pretrained=False always: timm would otherwise try to download; ImageNet weights come from the file below.
+    global_pool = spec.global_pool if global_pool is None else global_pool
+    if global_pool not in GLOBAL_POOLS:
+        raise InputError("global_pool", f"unknown pooling {global_pool!r}; valid: {', '.join(GLOBAL_POOLS)}")
     model = timm.create_model(
-        spec.timm_name, pretrained=False, num_classes=num_classes, in_chans=in_channels, drop_rate=drop_rate
+        spec.timm_name,
+        pretrained=False,
+        num_classes=num_classes,
+        in_chans=in_channels,
+        drop_rate=drop_rate,
+        global_pool=global_pool,
     )
     if spec.pretrained and pretrained_weights is not None:
         _load_imagenet_weights(model, spec, pretrained_weights, in_channels)
@@ -508,16 +524,18 @@ class TinyCNN(nn.Module):
     Stages: ``stem`` (stride 2), ``layer1`` (4), ``layer2`` (8), ``layer3`` (16); classifier ``fc``.
     """
 
-    def __init__(self, num_classes: int = 2, in_chans: int = 1, drop_rate: float = 0.0, width: int = 8):
+    def __init__(
+        self, num_classes: int = 2, in_chans: int = 1, drop_rate: float = 0.0, width: int = 8, global_pool: str = "avg"
+    ):
         super().__init__()
         self.num_classes = num_classes
         self.stem = _conv_bn_relu(in_chans, width)
         self.layer1 = _conv_bn_relu(width, 2 * width)
         self.layer2 = _conv_bn_relu(2 * width, 2 * width)
         self.layer3 = _conv_bn_relu(2 * width, 4 * width)
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
         self.head_drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(4 * width, num_classes)
+        self.fc = nn.Linear(4 * width * self.global_pool.feat_mult(), num_classes)
         # The fields of timm's pretrained_cfg that this module's loaders read.
         self.pretrained_cfg = {
             "architecture": "coronary_tiny_cnn",
@@ -529,7 +547,7 @@ class TinyCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer3(self.layer2(self.layer1(self.stem(x))))
-        x = torch.flatten(self.global_pool(x), 1)
+        x = self.global_pool(x)
         return self.fc(self.head_drop(x))
 
 

@@ -294,3 +294,22 @@ def _report_payload(payload: dict[str, Any]) -> dict[str, Any]:
     keep = ("totals", "category", "categories", "lesions", "files", "slice_probabilities", "positive_slices",
             "n_slices", "source", "notes")
     return {k: payload[k] for k in keep if k in payload}
+
+
+class InferenceRunner:
+    """The inference bundle's `evaluator`: `run()` scores every scan of `input_path` with `run_inference`.
+
+    MONAI's infer workflow expects an object with `run()`; building this one loads nothing, so the Model Zoo's
+    property check can construct it without a trained checkpoint.
+    """
+
+    def __init__(self, input_path: str | Path | None, output_dir: str | Path, **kwargs: Any) -> None:
+        self.input_path = input_path
+        self.output_dir = output_dir
+        self.kwargs = kwargs
+
+    def run(self) -> RunResult:
+        if self.input_path is None:
+            raise InputError("input", "give the scans to score: --input PATH (a manifest, a DICOM folder, a NIfTI "
+                             "or MetaImage file, or a folder of scans)")
+        return run_inference(self.input_path, self.output_dir, **self.kwargs)

@@ -2,7 +2,7 @@
 
 The preprocessing is the training pipeline's deterministic part (``bundle/configs/train.json``,
 ``deterministic_transforms``): the same MONAI transforms ``EnsureTyped`` (float32), ``ScaleIntensityRanged``
-(HU window -> [0, 1], clipped) and ``Resized`` (mode "area"), with the parameters saved in ``thresholds.json``.
+(HU window -> [0, 1], clipped) and ``MaxPoolResized``, with the parameters saved in ``thresholds.json``.
 A whole volume goes through them at once with its slices as channels: every transform acts per channel, so each
 slice comes out exactly as the training pipeline makes it (a test checks this against train.json).
 """
@@ -33,13 +33,15 @@ POSITIVE_CLASS = 1
 @functools.lru_cache(maxsize=8)
 def build_preprocessing(hu_window: tuple[float, float], image_size: tuple[int, int]) -> Any:
     """The training pipeline's deterministic transforms for key "image" (a (C, H, W) array, C slices)."""
-    from monai.transforms import Compose, EnsureTyped, Resized, ScaleIntensityRanged
+    from monai.transforms import Compose, EnsureTyped, ScaleIntensityRanged
+
+    from coronary_calcium.data.transforms import MaxPoolResized
 
     return Compose([
         EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
         ScaleIntensityRanged(keys="image", a_min=float(hu_window[0]), a_max=float(hu_window[1]), b_min=0.0,
                              b_max=1.0, clip=True),
-        Resized(keys="image", spatial_size=tuple(int(s) for s in image_size), mode="area"),
+        MaxPoolResized(keys="image", spatial_size=tuple(int(s) for s in image_size)),
     ])
 
 

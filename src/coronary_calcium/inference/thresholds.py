@@ -108,7 +108,7 @@ class Thresholds:
                 "EnsureTyped(dtype=float32)",
                 f"ScaleIntensityRanged(a_min={self.hu_window[0]:g}, a_max={self.hu_window[1]:g}, b_min=0, b_max=1, "
                 "clip=True)",
-                f"Resized(spatial_size={list(self.image_size)}, mode='area')",
+                f"MaxPoolResized(spatial_size={list(self.image_size)})",
             ],
             "hu_window": list(self.hu_window),
             "image_size": list(self.image_size),

@@ -55,9 +55,11 @@ def _settings_text(run: Mapping[str, Any]) -> str:
         f"device {res['device']}" if "device" in res else None,
         f"learning rate {res['learning_rate']}" if "learning_rate" in res else None,
         f"balance {res['balance']}" if "balance" in res else None,
-        f"{res['train_slices']} training slices ({res['train_samples_per_epoch']} samples per epoch)"
-        if "train_slices" in res and "train_samples_per_epoch" in res
-        else None,
+        (
+            f"{res['train_slices']} training slices ({res['train_samples_per_epoch']} samples per epoch)"
+            if "train_slices" in res and "train_samples_per_epoch" in res
+            else None
+        ),
         f"{res['validation_slices']} validation slices" if "validation_slices" in res else None,
         f"ImageNet weights {st['pretrained_weights']}" if st.get("pretrained_weights") else None,
     ]
@@ -90,14 +92,25 @@ def _results_table(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str
             rows.append([run["network"], "this run", *([_NA] * len(_METRICS)), _status_text(run)])
         p = paper.get(run["network"], {})
         rows.append(["", "paper (its own data)", *(_num(p.get(k), 2) for k in _METRICS), ""])
+    why = "not run: the experiment stopped before it" if summary.get("finished") else "pending (running)"
     for name in summary.get("pending", []) or []:
-        rows.append([name, "this run", *([_NA] * len(_METRICS)), "not run: the experiment stopped before it"])
+        rows.append([name, "this run", *([_NA] * len(_METRICS)), why])
     return headers, rows
 
 
 def _localization_table(loc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    headers = ["Layer", "Positive slices", "Pointing game 0 mm", "Pointing game 3 mm", "EBPG", "Otsu IoU",
-               "Otsu Dice", "AUPRC", "Peak AUC", "Sanity rho"]
+    headers = [
+        "Layer",
+        "Positive slices",
+        "Pointing game 0 mm",
+        "Pointing game 3 mm",
+        "EBPG",
+        "Otsu IoU",
+        "Otsu Dice",
+        "AUPRC",
+        "Peak AUC",
+        "Sanity rho",
+    ]
     rows = []
     best = loc.get("best_layer")
     for layer, m in (loc.get("layers") or {}).items():
@@ -106,18 +119,20 @@ def _localization_table(loc: Mapping[str, Any]) -> tuple[list[str], list[list[st
         auprc = m.get("auprc") or {}
         otsu = m.get("otsu") or {}
         sanity = m.get("sanity") or {}
-        rows.append([
-            f"{layer} (best)" if layer == best else layer,
-            str(m.get("n_positive_slices", _NA)),
-            _with((pg.get("0mm") or {}).get("hit_rate"), (pg.get("0mm") or {}).get("chance"), "chance"),
-            _with((pg.get("3mm") or {}).get("hit_rate"), (pg.get("3mm") or {}).get("chance"), "chance"),
-            _with(ebpg.get("mean"), ebpg.get("lift"), "lift"),
-            _num(otsu.get("iou")),
-            _num(otsu.get("dice")),
-            _with(auprc.get("mean"), auprc.get("baseline"), "baseline"),
-            _num((m.get("peak") or {}).get("auc")),
-            _num(sanity.get("rho_final")),
-        ])
+        rows.append(
+            [
+                f"{layer} (best)" if layer == best else layer,
+                str(m.get("n_positive_slices", _NA)),
+                _with((pg.get("0mm") or {}).get("hit_rate"), (pg.get("0mm") or {}).get("chance"), "chance"),
+                _with((pg.get("3mm") or {}).get("hit_rate"), (pg.get("3mm") or {}).get("chance"), "chance"),
+                _with(ebpg.get("mean"), ebpg.get("lift"), "lift"),
+                _num(otsu.get("iou")),
+                _num(otsu.get("dice")),
+                _with(auprc.get("mean"), auprc.get("baseline"), "baseline"),
+                _num((m.get("peak") or {}).get("auc")),
+                _num(sanity.get("rho_final")),
+            ]
+        )
     return headers, rows
 
 
@@ -137,24 +152,45 @@ def report_blocks(summary: Mapping[str, Any], out_dir: str | os.PathLike) -> lis
     runs = summary.get("runs", [])
     done = "finished " + summary["finished"] if summary.get("finished") else "in progress (rewritten after each model)"
     secs = summary.get("seconds")
-    b.append(("p", f"Date: started {summary.get('started')}, {done}"
-              + (f"; {secs / 60:.1f} min in all." if isinstance(secs, (int, float)) else ".")))
+    b.append(
+        (
+            "p",
+            f"Date: started {summary.get('started')}, {done}"
+            + (f"; {secs / 60:.1f} min in all." if isinstance(secs, (int, float)) else "."),
+        )
+    )
     b.append(("p", f"Reproduces: {summary.get('paper', {}).get('citation', '')}."))
     b.append(("p", f"Profile: {prof.get('name')}. {prof.get('description', '')}"))
     if prof.get("overrides"):
-        b.append(("p", "Extra bundle overrides for every model: "
-                  + ", ".join(f"{k}={v}" for k, v in prof["overrides"].items())))
-    b.append(("p", f"Data: {man.get('path')}" + (f" ({man['name']})" if man.get("name") else "")
-              + (f". {man['description']}" if man.get("description") else "")))
+        b.append(
+            (
+                "p",
+                "Extra bundle overrides for every model: "
+                + ", ".join(f"{k}={v}" for k, v in prof["overrides"].items()),
+            )
+        )
+    b.append(
+        (
+            "p",
+            f"Data: {man.get('path')}"
+            + (f" ({man['name']})" if man.get("name") else "")
+            + (f". {man['description']}" if man.get("description") else ""),
+        )
+    )
 
     b.append(("h", 2, "Results on the test split"))
     headers, rows = _results_table(summary)
     b.append(("table", headers, rows))
-    b.append(("p", "Slice-level metrics of the positive class (calcium) at probability 0.5, from each model's "
-              "eval/test_metrics.json. The rows labelled 'paper' hold only the numbers the paper states, for its best "
-              "configuration (Inception v3 trained from scratch: 97 % accuracy, 0.96 precision), measured on the "
-              "paper's own CT data, not on this data set; every other paper cell is n/a. A fine-tuned model without "
-              "a local ImageNet weights file is not run rather than trained from scratch under its name."))
+    b.append(
+        (
+            "p",
+            "Slice-level metrics of the positive class (calcium) at probability 0.5, from each model's "
+            "eval/test_metrics.json. The rows labelled 'paper' hold only the numbers the paper states, for its best "
+            "configuration (Inception v3 trained from scratch: 97 % accuracy, 0.96 precision), measured on the "
+            "paper's own CT data, not on this data set; every other paper cell is n/a. A fine-tuned model without "
+            "a local ImageNet weights file is not run rather than trained from scratch under its name.",
+        )
+    )
 
     for run in runs:
         name = run["network"]
@@ -167,8 +203,11 @@ def report_blocks(summary: Mapping[str, Any], out_dir: str | os.PathLike) -> lis
         if run.get("seconds"):
             b.append(("p", _seconds_text(run["seconds"]).capitalize() + "."))
         files = run.get("files") or {}
-        for key, title in (("training_curves", "Training curves"), ("confusion_matrix", "Confusion matrix (test)"),
-                           ("cam_montage", "Grad-CAM layer montage (rows: layers, shallow to deep)")):
+        for key, title in (
+            ("training_curves", "Training curves"),
+            ("confusion_matrix", "Confusion matrix (test)"),
+            ("cam_montage", "Grad-CAM layer montage (rows: layers, shallow to deep)"),
+        ):
             if key in files:
                 b.append(("h", 3, title))
                 b.append(("img", _rel(files[key], root), f"{name}: {title}"))
@@ -177,35 +216,54 @@ def report_blocks(summary: Mapping[str, Any], out_dir: str | os.PathLike) -> lis
             b.append(("h", 3, "CAM localization per layer (test split)"))
             headers, rows = _localization_table(loc)
             b.append(("table", headers, rows))
-            b.append(("p", f"{loc.get('method', 'CAM')} of the calcium class on {loc.get('n_positive', _NA)} positive "
-                      f"({loc.get('n_positive_with_mask', _NA)} with a mask) and {loc.get('n_negative', _NA)} negative "
-                      "slices. Pointing game: the map's peak within the calcium mask (dilated by 0 / 3 mm), with its "
-                      "chance rate; EBPG: share of the map's energy inside the mask, with its lift over chance; Otsu "
-                      "IoU/Dice of the thresholded map; AUPRC of the map against the mask with the pixel baseline; "
-                      "peak AUC: the raw map peak separating positive from negative slices; sanity rho: rank "
-                      "correlation with the maps after randomising the weights (near 0 is good). Best layer by "
-                      f"{loc.get('best_layer_by', 'the 3 mm pointing game')}."))
+            b.append(
+                (
+                    "p",
+                    f"{loc.get('method', 'CAM')} of the calcium class on {loc.get('n_positive', _NA)} positive "
+                    f"({loc.get('n_positive_with_mask', _NA)} with a mask) and {loc.get('n_negative', _NA)} negative "
+                    "slices. Pointing game: the map's peak within the calcium mask (dilated by 0 / 3 mm), with its "
+                    "chance rate; EBPG: share of the map's energy inside the mask, with its lift over chance; Otsu "
+                    "IoU/Dice of the thresholded map; AUPRC of the map against the mask with the pixel baseline; "
+                    "peak AUC: the raw map peak separating positive from negative slices; sanity rho: rank "
+                    "correlation with the maps after randomising the weights (near 0 is good). Best layer by "
+                    f"{loc.get('best_layer_by', 'the 3 mm pointing game')}.",
+                )
+            )
         elif run["status"] == "ok":
             b.append(("p", "No eval/localization.json was written."))
 
     m = summary.get("machine", {})
     b.append(("h", 2, "Machine"))
     versions = ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items())
-    b.append(("table", ["Item", "Value"], [
-        ["Platform", str(m.get("platform"))],
-        ["Python", str(m.get("python"))],
-        ["CPU", f"{m.get('cpu')} ({m.get('cpus_usable')} of {m.get('cpu_count')} cores usable; bf16: "
-                f"{m.get('cpu_bf16')})"],
-        ["Torch threads", str(m.get("torch_threads"))],
-        ["GPU", str(m.get("gpu"))],
-        ["Libraries", versions],
-    ]))
+    b.append(
+        (
+            "table",
+            ["Item", "Value"],
+            [
+                ["Platform", str(m.get("platform"))],
+                ["Python", str(m.get("python"))],
+                [
+                    "CPU",
+                    f"{m.get('cpu')} ({m.get('cpus_usable')} of {m.get('cpu_count')} cores usable; bf16: "
+                    f"{m.get('cpu_bf16')})",
+                ],
+                ["Torch threads", str(m.get("torch_threads"))],
+                ["GPU", str(m.get("gpu"))],
+                ["Libraries", versions],
+            ],
+        )
+    )
 
     b.append(("h", 2, "Reproduce"))
     b.append(("p", "The whole experiment (from the repository root; ImageNet weights only as local files):"))
     b.append(("code", summary.get("command", "")))
-    b.append(("p", "One model by hand, with the package CLI or MONAI's bundle CLI (set --output_dir to choose where "
-              "it writes):"))
+    b.append(
+        (
+            "p",
+            "One model by hand, with the package CLI or MONAI's bundle CLI (set --output_dir to choose where "
+            "it writes):",
+        )
+    )
     lines = []
     for run in runs:
         c = run.get("commands") or {}
@@ -278,18 +336,22 @@ def render_html(blocks: Sequence[Block], out_dir: str | os.PathLike, title: str 
             rows = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in block[2])
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif kind == "img":
-            body.append(f'<figure><img src="{_img_src(block[1], root)}" alt="{esc(block[2], quote=True)}">'
-                        f"<figcaption>{esc(block[1])}</figcaption></figure>")
+            body.append(
+                f'<figure><img src="{_img_src(block[1], root)}" alt="{esc(block[2], quote=True)}">'
+                f"<figcaption>{esc(block[1])}</figcaption></figure>"
+            )
         elif kind == "code":
             body.append(f"<pre><code>{esc(block[1])}</code></pre>")
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
     )
 
 
 def write_experiment_report(summary: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``report.md``, ``report.html`` and ``experiment.json`` into ``out_dir`` (atomically); return the reports."""
+    """Write report.md, report.html and experiment.json into ``out_dir`` (atomically); return the two reports."""
     out = Path(out_dir)
     blocks = report_blocks(summary, out)
     md, page = out / "report.md", out / "report.html"

@@ -1,0 +1,234 @@
+"""MONAI Model Zoo readiness, offline on the CPU: the zoo's checks (metadata schema, bundle properties, network
+input/output, TorchScript export, JSON format, file sizes, Python style) and a packed bundle that trains after
+unpacking elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from coronary_calcium.networks import create_network
+from coronary_calcium.report.tensorboard import read_scalars
+from coronary_calcium.train.bundle import BUNDLE_ROOT
+from coronary_calcium.zoo import REQUIRED_FILES, bundle_files, check_bundle, missing_properties, pack_bundle
+
+REPO = BUNDLE_ROOT.parent
+CONFIGS = BUNDLE_ROOT / "configs"
+META = CONFIGS / "metadata.json"
+SHARED = Path(os.environ.get("CORONARY_CALCIUM_SHARED", REPO.parent / "shared"))
+SCHEMA_SOURCE = SHARED / "reference" / "monai_meta_schema.json"  # the zoo's meta_schema_20240725.json
+TINY = {
+    "network_name": "tiny_cnn",
+    "image_size": [32, 32],
+    "batch_size": 8,
+    "precision": "fp32",
+    "channels_last": False,
+}
+
+
+@pytest.fixture(scope="module")
+def schema(tmp_path_factory) -> Path:
+    """The zoo's metadata schema (20240725), copied where verify_metadata finds it, so nothing is downloaded."""
+    if not SCHEMA_SOURCE.is_file():
+        pytest.fail(f"{SCHEMA_SOURCE}: the zoo's metadata schema is missing (set CORONARY_CALCIUM_SHARED)")
+    path = tmp_path_factory.mktemp("schema") / "meta_schema_20240725.json"
+    shutil.copyfile(SCHEMA_SOURCE, path)
+    return path
+
+
+def _env(**extra: str) -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **extra)
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+def test_verify_metadata_cli(schema, tmp_path):
+    cmd = [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(META), "--filepath", str(schema)]
+    r = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "metadata is verified with no error" in r.stdout + r.stderr
+
+
+def test_bundle_properties(tiny_manifest, tmp_path):
+    """MONAI's property check resolves every required id (trainer, evaluator, ...): on tiny data, tiny network."""
+    from monai.bundle import ConfigWorkflow
+
+    def props(workflow_type: str, config: str, **override) -> list | None:
+        wf = ConfigWorkflow(
+            workflow_type=workflow_type,
+            config_file=str(CONFIGS / config),
+            meta_file=str(META),
+            logging_file=str(CONFIGS / "logging.conf"),
+            bundle_root=str(BUNDLE_ROOT),
+            **override,
+        )
+        missing = missing_properties([CONFIGS / config], workflow_type)
+        assert missing == [], f"{config} lacks required {workflow_type} properties: {missing}"
+        wf.initialize()
+        try:
+            return wf.check_properties()
+        finally:
+            wf.finalize()
+
+    train = {
+        "manifest": str(tiny_manifest),
+        "output_dir": str(tmp_path / "train"),
+        "slice_cache_dir": str(tmp_path / "cache"),
+        **TINY,
+    }
+    assert props("train", "train.json", **train) == []
+    assert (CONFIGS / "inference.json").is_file(), "bundle/configs/inference.json is a required zoo file"
+    # inference.json takes the network from the trained checkpoint's thresholds.json; name it here instead
+    infer = {
+        "network_name": "tiny_cnn",
+        "in_channels": 1,
+        "output_dir": str(tmp_path / "infer"),
+        "model": None,
+        "finalize": [],
+    }
+    assert props("infer", "inference.json", **infer) == []
+
+
+@pytest.mark.parametrize("config", ["train.json", "inference.json"])
+def test_verify_net_in_out(config):
+    """The metadata's 1 x 256 x 256 input gives 2 outputs with the bundle's default network (Inception v3)."""
+    from monai.bundle import verify_net_in_out
+
+    # inference.json takes the network's name from the trained checkpoint's thresholds.json: name it here
+    override = {"network_name": "inception_v3_scratch", "in_channels": 1} if config == "inference.json" else {}
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(META),
+        config_file=str(CONFIGS / config),
+        device="cpu",
+        bundle_root=str(BUNDLE_ROOT),
+        **override,
+    )
+
+
+def test_ckpt_export_torchscript_matches_eager(tmp_path):
+    from monai.bundle import ckpt_export
+
+    torch.manual_seed(0)
+    net = create_network("tiny_cnn").eval()
+    ckpt = tmp_path / "models" / "model.pt"
+    ckpt.parent.mkdir()
+    torch.save(net.state_dict(), ckpt)  # what the bundle's CheckpointSaver writes: the raw state dict
+    ts = tmp_path / "models" / "model.ts"
+    config = CONFIGS / ("inference.json" if (CONFIGS / "inference.json").is_file() else "train.json")
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts),
+        ckpt_file=str(ckpt),
+        meta_file=str(META),
+        config_file=str(config),
+        bundle_root=str(tmp_path),
+        network_name="tiny_cnn",
+        in_channels=1,
+    )
+    extra = {"metadata.json": "", f"{config.stem}.json": ""}
+    loaded = torch.jit.load(str(ts), map_location="cpu", _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["version"] == json.loads(META.read_text())["version"]
+    assert json.loads(extra[f"{config.stem}.json"])["network_def"]["_target_"].endswith("create_network")
+    x = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x))
+
+
+def test_check_bundle_passes_on_the_bundle(schema):
+    assert check_bundle(BUNDLE_ROOT, schema) == []
+
+
+def test_check_bundle_finds_each_problem(schema, tmp_path):
+    root = tmp_path / "bundle"
+    shutil.copytree(BUNDLE_ROOT, root, ignore=shutil.ignore_patterns("runs"))
+    (root / "docs" / "README.md").unlink(missing_ok=True)
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    del meta["required_packages_version"]
+    (root / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4))
+    (root / "configs" / "evaluate.json").write_text(json.dumps({"a": [1, 2]}, indent=2))
+    train = json.loads((root / "configs" / "train.json").read_text())
+    del train["device"]
+    (root / "configs" / "train.json").write_text(json.dumps(train, indent=4))
+    with open(root / "configs" / "big.bin", "wb") as f:
+        f.truncate(26 * 1000 * 1000)  # sparse: no disk used
+    (root / "scripts").mkdir()
+    (root / "scripts" / "bad.py").write_text("import sys,os\nx=1\n")
+    (root / "models").mkdir()
+    with open(root / "models" / "model.pt", "wb") as f:  # listed in large_files.yml: downloaded, not shipped
+        f.truncate(30 * 1000 * 1000)
+    (root / "runs" / "x").mkdir(parents=True)  # outputs: never part of the bundle
+    with open(root / "runs" / "x" / "last.pt", "wb") as f:
+        f.truncate(30 * 1000 * 1000)
+    problems = check_bundle(root, schema)
+    text = "\n".join(problems)
+    assert "docs/README.md: required file missing" in text
+    assert "required_packages_version" in text
+    assert "configs/evaluate.json: not formatted as json.dumps(indent=4)" in text
+    assert "configs/big.bin: 26.0 MB, over the 25 MB limit" in text
+    assert "train.json: lacks required train properties: device (id 'device')" in text
+    assert "model.pt" not in text and "runs/" not in text
+    for tool in ("black", "isort", "flake8"):
+        assert any(p.startswith(f"{tool}:") for p in problems), tool
+    assert Path("models/model.pt") not in bundle_files(root)
+
+
+def test_packed_bundle_trains_after_unpacking_elsewhere(tiny_manifest, tmp_path):
+    zip_path = pack_bundle(BUNDLE_ROOT, tmp_path / "bundle.zip")
+    with zipfile.ZipFile(zip_path) as zf:
+        names = zf.namelist()
+        zf.extractall(tmp_path / "unpacked")
+    top = {n.split("/")[0] for n in names}
+    assert len(top) == 1
+    bundle = tmp_path / "unpacked" / top.pop()
+    for rel in REQUIRED_FILES:
+        if (BUNDLE_ROOT / rel).is_file():
+            assert (bundle / rel).is_file(), rel
+    assert (bundle / "scripts" / "coronary_calcium" / "networks.py").is_file()
+    assert not any("/runs/" in n or "__pycache__" in n or n.endswith(".pyc") for n in names)
+    scripts = bundle / "scripts"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = _env(PYTHONPATH=str(scripts))
+    # the packed copy is the one imported (not the repository's), with PYTHONPATH ...
+    probe = [sys.executable, "-c", "import coronary_calcium; print(coronary_calcium.__file__)"]
+    r = subprocess.run(probe, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60)
+    assert Path(r.stdout.strip()).resolve().is_relative_to(scripts.resolve()), r.stdout + r.stderr
+    # ... and, run from the bundle folder, through scripts/__init__.py ("$import scripts" first in a config's imports)
+    probe = [sys.executable, "-c", "import scripts, coronary_calcium; print(coronary_calcium.__file__)"]
+    r = subprocess.run(probe, cwd=bundle, env=_env(), capture_output=True, text=True, timeout=60)
+    assert Path(r.stdout.strip()).resolve().is_relative_to(scripts.resolve()), r.stdout + r.stderr
+
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(bundle / "configs" / "train.json"),
+        "--bundle_root",
+        str(bundle),
+        "--manifest",
+        str(tiny_manifest),
+        "--output_dir",
+        str(out),
+        "--slice_cache_dir",
+        str(tmp_path / "cache"),
+        "--max_epochs",
+        "1",
+    ]
+    for k, v in TINY.items():
+        cmd += [f"--{k}", json.dumps(v) if isinstance(v, list) else str(v)]
+    r = subprocess.run(cmd, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out / "models" / "model.pt").is_file()
+    assert [s for s, _ in read_scalars(out / "tensorboard")["val_accuracy"]] == [1]
