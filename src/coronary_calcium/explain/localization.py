@@ -18,6 +18,7 @@ from scipy.stats import rankdata
 from torch import nn
 
 from coronary_calcium.errors import InputError
+from coronary_calcium.report.classification import roc_auc
 from coronary_calcium.explain.cam import CAM, unwrap_model
 
 __all__ = [
@@ -172,11 +173,8 @@ def peak_auc(pos_peaks: Iterable[float], neg_peaks: Iterable[float]) -> float:
     """AUC of a score separating positive from negative slices (Mann-Whitney U / (n_pos n_neg), ties = 1/2)."""
     pos = np.asarray(list(pos_peaks), dtype=np.float64)
     neg = np.asarray(list(neg_peaks), dtype=np.float64)
-    if pos.size == 0 or neg.size == 0:
-        return float("nan")
-    ranks = rankdata(np.r_[pos, neg])
-    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2
-    return float(u / (pos.size * neg.size))
+    auc = roc_auc(np.r_[np.ones(pos.size, bool), np.zeros(neg.size, bool)], np.r_[pos, neg])
+    return float("nan") if auc is None else auc
 
 
 def _json_float(v: float) -> float | None:
