@@ -27,6 +27,7 @@ from coronary_calcium.inference import load_model, run_inference
 from coronary_calcium.inference.thresholds import Thresholds, file_sha256, save_thresholds
 from coronary_calcium.io.dicom import read_dicom_series, write_dicom_series
 from coronary_calcium.io.volume import CTVolume
+from coronary_calcium.inference.calibration import training_defaults
 from coronary_calcium.networks import create_network
 
 SHAPE = (48, 512, 512)
@@ -91,7 +92,7 @@ def main() -> None:
         write_dicom_series(synthetic_volume(), series, patient_id="BENCH")
         models = tmp / "models"
         models.mkdir()
-        network = create_network(args.network)
+        network = create_network(args.network, in_channels=training_defaults()["in_channels"])
         torch.save({"network": network.state_dict()}, models / "model.pt")
         layer = network.coronary_spec.cam_layers[0]
 

@@ -19,6 +19,7 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser
 
+from coronary_calcium.inference.calibration import training_defaults
 from coronary_calcium.networks import create_network, trainable_parameters
 from coronary_calcium.train.precision import PrecisionInferer, default_precision, prepare_network
 
@@ -55,11 +56,12 @@ def trainer_images_per_second(network: str, precision: str, batch: int, iters: i
 
 def bare_images_per_second(network: str, precision: str, batch: int, iters: int, warmup: int) -> float:
     channels_last = True
-    model = prepare_network(create_network(network), "cpu", channels_last)
+    channels = training_defaults()["in_channels"]  # the bundle's input: one channel per HU window
+    model = prepare_network(create_network(network, in_channels=channels), "cpu", channels_last)
     model.train()
     opt = torch.optim.AdamW(trainable_parameters(model), lr=1e-4)
     inferer = PrecisionInferer(precision, channels_last)
-    x = torch.rand(batch, 1, 256, 256)
+    x = torch.rand(batch, channels, 256, 256)
     y = torch.randint(0, 2, (batch,))
     loss_fn = torch.nn.CrossEntropyLoss()
     for i in range(warmup + iters):

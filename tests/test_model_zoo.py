@@ -89,7 +89,7 @@ def test_bundle_properties(tiny_manifest, tmp_path):
     # inference.json takes the network from the trained checkpoint's thresholds.json; name it here instead
     infer = {
         "network_name": "tiny_cnn",
-        "in_channels": 1,
+        "in_channels": 2,
         "output_dir": str(tmp_path / "infer"),
         "model": None,
         "finalize": [],
@@ -99,11 +99,11 @@ def test_bundle_properties(tiny_manifest, tmp_path):
 
 @pytest.mark.parametrize("config", ["train.json", "inference.json"])
 def test_verify_net_in_out(config):
-    """The metadata's 1 x 256 x 256 input gives 2 outputs with the bundle's default network (Inception v3)."""
+    """The metadata's 2 x 256 x 256 input gives 2 outputs with the bundle's default network (Inception v3)."""
     from monai.bundle import verify_net_in_out
 
     # inference.json takes the network's name from the trained checkpoint's thresholds.json: name it here
-    override = {"network_name": "inception_v3_scratch", "in_channels": 1} if config == "inference.json" else {}
+    override = {"network_name": "inception_v3_scratch", "in_channels": 2} if config == "inference.json" else {}
     verify_net_in_out(
         net_id="network_def",
         meta_file=str(META),

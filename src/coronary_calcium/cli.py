@@ -146,7 +146,7 @@ def _add_bundle_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="max_epochs")
     p.add_argument("--manifest", type=Path, help="data manifest (default: the repository's data_manifest.json)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any bundle config id, e.g. --set batch_size=8 --set 'hu_window=[-200,800]'")
+                   help="override any bundle config id, e.g. --set batch_size=8 --set 'hu_windows=[[-200,800]]'")
 
 
 def build_parser() -> argparse.ArgumentParser:

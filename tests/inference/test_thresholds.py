@@ -22,7 +22,8 @@ def test_calibrate_writes_complete_thresholds(ckpt_dir):
     assert saved["network_name"] == "tiny_cnn" and saved["checkpoint"] == "model.pt"
     assert saved["checkpoint_sha256"] == file_sha256(ckpt_dir / "model.pt")
     assert saved["cam_layer"] == "layer2" and saved["cam_method"] == "gradcam"  # the spec's intermediate layer
-    assert saved["hu_window"] == [-250.0, 950.0] and saved["image_size"] == [32, 32] and saved["in_channels"] == 1
+    assert saved["hu_windows"] == [[-250.0, 950.0], [130.0, 630.0]] and saved["in_channels"] == 2
+    assert saved["image_size"] == [32, 32]
     assert saved["scoring"]["threshold_hu_used"] == 130.0 and saved["scoring"]["connectivity"] == "2d-8"
     v = saved["validation"]
     assert v["split"] == "validation" and v["n_scans"] == 2 and v["n_reference_lesions"] > 0
@@ -67,8 +68,8 @@ def test_records_and_manifest_give_the_same_thresholds(tiny_manifest, ckpt_dir, 
     from coronary_calcium.data.slices import slice_records
 
     t = load_thresholds(ckpt_dir)
-    network = load_checkpoint_weights(create_network("tiny_cnn", for_checkpoint=True), ckpt_dir / "model.pt",
-                                      "tiny_cnn")
+    network = load_checkpoint_weights(create_network("tiny_cnn", in_channels=t.in_channels, for_checkpoint=True),
+                                      ckpt_dir / "model.pt", "tiny_cnn")
     records = slice_records(tiny_manifest, "validation", progress=False)
     kwargs = dict(image_size=t.image_size, device="cpu", precision=t.validation["precision"], progress=False)
     from_records = choose_thresholds(network, "tiny_cnn", records, **kwargs)
@@ -98,7 +99,8 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_preprocessing_equals_the_training_pipeline():
-    """Slices-as-channels preprocessing gives each slice exactly what train.json's deterministic transforms give."""
+    """Slices-as-channels preprocessing gives each slice exactly what train.json's deterministic transforms give:
+    max-pooled HU, then one [0, 1] channel per HU window."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
@@ -106,13 +108,28 @@ def test_preprocessing_equals_the_training_pipeline():
     parser["image_size"] = [40, 24]
     train_pipeline = parser.get_parsed_content("validate#preprocessing")
     rng = np.random.default_rng(3)
-    hu = rng.normal(0, 400, size=(3, 50, 30)).astype(np.float32)
-    ours = build_preprocessing((-250.0, 950.0), (40, 24))({"image": hu})["image"]
+    hu = rng.normal(0, 400, size=(3, 50, 30)).astype(np.int16).astype(np.float32)
+    windows = ((-250.0, 950.0), (130.0, 630.0))
+    ours = build_preprocessing(windows, (40, 24))({"image": hu})["image"]
+    assert ours.shape == (3, 2, 40, 24)
     for k in range(3):
         ref = train_pipeline({"image": hu[k][None].astype(np.int16).astype(np.float32),
                               "mask": np.zeros((1, 50, 30), np.uint8)})["image"]
-        mine = build_preprocessing((-250.0, 950.0), (40, 24))({"image": hu[k][None].astype(np.int16)})["image"]
+        mine = build_preprocessing(windows, (40, 24))({"image": hu[k][None].astype(np.int16)})["image"][0]
+        assert ref.shape == (2, 40, 24)
         assert torch.equal(torch.as_tensor(mine), torch.as_tensor(ref))
-        assert ours[k].shape == (40, 24)
-    assert torch.allclose(torch.as_tensor(ours[1]), torch.as_tensor(
-        build_preprocessing((-250.0, 950.0), (40, 24))({"image": hu[1:2]})["image"][0]))
+        assert torch.equal(torch.as_tensor(ours[k]), torch.as_tensor(ref))
+    pooled = torch.nn.functional.adaptive_max_pool2d(torch.as_tensor(hu[:1].astype(np.int16)).float(), (40, 24))
+    assert torch.allclose(ours[0, 1], ((pooled[0] - 130.0) / 500.0).clamp(0, 1))  # the calcium window, by hand
+
+
+def test_channels_must_match_the_hu_windows_and_version_1_files_still_load(tmp_path):
+    base = dict(network_name="tiny_cnn", checkpoint="m.pt", checkpoint_sha256="", t_slice=0.5, t_cam=0.5,
+                cam_layer="layer2")
+    assert Thresholds(**base).in_channels == 2  # one channel per default window
+    with pytest.raises(InputError, match="number of HU windows"):
+        Thresholds(**base, hu_windows=[[-250, 950]], in_channels=2)
+    with pytest.raises(InputError, match="hu_windows"):
+        Thresholds(**base, hu_windows=[[950, -250]])
+    old = Thresholds.from_dict({**base, "hu_window": [-200, 800], "in_channels": 1, "version": 1})
+    assert old.hu_windows == ((-200.0, 800.0),) and old.in_channels == 1

@@ -48,7 +48,8 @@ def test_overlay_freezing(overlay: Path, tmp_path, monkeypatch):
     before = {n: p.detach().clone() for n, p in network.named_parameters()}
     network.train()
     size = 75 if spec.timm_name == "inception_v3" else 32
-    loss = torch.nn.functional.cross_entropy(network(torch.rand(2, 1, size, size)), torch.tensor([0, 1]))
+    channels = parser.get_parsed_content("in_channels")
+    loss = torch.nn.functional.cross_entropy(network(torch.rand(2, channels, size, size)), torch.tensor([0, 1]))
     loss.backward()
     optimizer.step()
     for n, p in network.named_parameters():

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from coronary_calcium.data.transforms import check_hu_windows
 from coronary_calcium.errors import InputError
 from coronary_calcium.inference.model import SliceAnalyzer, _device
 from coronary_calcium.inference.scan import analyse_volume
@@ -47,22 +48,22 @@ __all__ = ["calibrate", "choose_thresholds", "training_defaults", "DEFAULT_SLICE
 
 DEFAULT_SLICE_GRID = tuple(round(v, 4) for v in np.linspace(0.0, 1.0, 21))
 DEFAULT_CAM_GRID = tuple(round(v, 4) for v in np.linspace(0.0, 1.0, 21))
-_FALLBACK_DEFAULTS = {"network_name": "inception_v3_scratch", "hu_window": [-250.0, 950.0], "image_size": [256, 256],
-                      "in_channels": 1, "calcium_threshold_hu": 130.0, "min_lesion_area_mm2": 1.0}
+_FALLBACK_DEFAULTS = {"network_name": "inception_v3_scratch", "hu_windows": [[-250.0, 950.0], [130.0, 630.0]],
+                      "image_size": [256, 256], "calcium_threshold_hu": 130.0, "min_lesion_area_mm2": 1.0}
 
 
 def training_defaults(train_config: str | Path | None = None) -> dict[str, Any]:
-    """network_name, hu_window, image_size, in_channels, calcium_threshold_hu, min_lesion_area_mm2 of the bundle's
-    ``configs/train.json`` (the values the classifier is trained with unless overridden)."""
+    """network_name, hu_windows, image_size, in_channels (one per window), calcium_threshold_hu, min_lesion_area_mm2
+    of the bundle's ``configs/train.json`` (the values the classifier is trained with unless overridden)."""
     if train_config is None:
         from coronary_calcium.train.bundle import BUNDLE_ROOT
 
         train_config = BUNDLE_ROOT / "configs" / "train.json"
     path = Path(train_config)
-    if not path.is_file():
-        return dict(_FALLBACK_DEFAULTS)
-    raw = json.loads(path.read_text())
-    return {k: raw.get(k, v) for k, v in _FALLBACK_DEFAULTS.items()}
+    raw = json.loads(path.read_text()) if path.is_file() else {}
+    out = {k: raw.get(k, v) for k, v in _FALLBACK_DEFAULTS.items()}
+    out["in_channels"] = len(out["hu_windows"])
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ def choose_thresholds(
     *,
     split: str = "validation",
     checkpoint: str | Path | None = None,
-    hu_window: Sequence[float] | None = None,
+    hu_windows: Sequence[Sequence[float]] | None = None,
     image_size: Sequence[int] | None = None,
     in_channels: int | None = None,
     cam_layer: str | None = None,
@@ -200,9 +201,9 @@ def choose_thresholds(
     """
     spec = network_spec(network_name)
     defaults = training_defaults()
-    hu_window = tuple(float(v) for v in (hu_window if hu_window is not None else defaults["hu_window"]))
+    hu_windows = check_hu_windows(hu_windows if hu_windows is not None else defaults["hu_windows"])
     image_size = tuple(int(v) for v in (image_size if image_size is not None else defaults["image_size"]))
-    in_channels = int(in_channels if in_channels is not None else defaults["in_channels"])
+    in_channels = int(in_channels if in_channels is not None else len(hu_windows))
     cam_layer = cam_layer or spec.cam_layers[0]
     if cam_score not in CAM_SCORES:
         raise InputError("cam_score", f"must be one of {list(CAM_SCORES)}, got {cam_score!r}")
@@ -214,10 +215,10 @@ def choose_thresholds(
     precision = precision or default_precision(dev)
     # Validate the choices (layer names, methods) before reading any data.
     probe = Thresholds(network_name=spec.name, checkpoint="", checkpoint_sha256="", t_slice=0.5, t_cam=0.5,
-                       cam_layer=cam_layer, cam_method=cam_method, cam_score=cam_score, hu_window=hu_window,
+                       cam_layer=cam_layer, cam_method=cam_method, cam_score=cam_score, hu_windows=hu_windows,
                        image_size=image_size, in_channels=in_channels, scoring=config.to_dict())
     validate_cam_layers(network, cam_layer)
-    analyzer = SliceAnalyzer(network=network, hu_window=hu_window, image_size=image_size, cam_layer=cam_layer,
+    analyzer = SliceAnalyzer(network=network, hu_windows=hu_windows, image_size=image_size, cam_layer=cam_layer,
                              cam_method=cam_method, cam_score=cam_score, device=dev, precision=precision,
                              channels_last=(precision == "bf16") if channels_last is None else bool(channels_last),
                              batch_size=batch_size)
@@ -280,7 +281,7 @@ def choose_thresholds(
         cam_layer=probe.cam_layer,
         cam_method=cam_method,
         cam_score=cam_score,
-        hu_window=hu_window,
+        hu_windows=hu_windows,
         image_size=image_size,
         in_channels=in_channels,
         scoring=config.to_dict(),
@@ -304,7 +305,7 @@ def calibrate(
 
     ckpt_dir: defaults to ``<output_dir>/models`` (the training bundle's layout); give one of the two.
     network_name: defaults to train.json's ``network_name``. Other keyword arguments go to `choose_thresholds`
-    (hu_window, image_size, in_channels, cam_layer, cam_method, cam_score, scoring, device, precision, ...):
+    (hu_windows, image_size, in_channels, cam_layer, cam_method, cam_score, scoring, device, precision, ...):
     pass the values the model was trained with when they differ from train.json's.
     """
     if ckpt_dir is None:
@@ -317,7 +318,8 @@ def calibrate(
         raise InputError(ckpt, "checkpoint not found (train the model first)")
     network_name = network_name or training_defaults()["network_name"]
     spec = network_spec(network_name)
-    in_channels = int(kwargs.get("in_channels") or training_defaults()["in_channels"])
+    windows = kwargs.get("hu_windows")
+    in_channels = int(kwargs.get("in_channels") or (len(windows) if windows else training_defaults()["in_channels"]))
     network = create_network(spec.name, in_channels=in_channels, num_classes=2, for_checkpoint=True)
     load_checkpoint_weights(network, ckpt, spec.name)
     if not isinstance(manifest, Manifest):

@@ -1,10 +1,10 @@
 """A trained slice classifier ready for inference: preprocessing, batched slice probabilities and CAM maps.
 
 The preprocessing is the training pipeline's deterministic part (``bundle/configs/train.json``,
-``deterministic_transforms``): the same MONAI transforms ``EnsureTyped`` (float32), ``ScaleIntensityRanged``
-(HU window -> [0, 1], clipped) and ``MaxPoolResized``, with the parameters saved in ``thresholds.json``.
-A whole volume goes through them at once with its slices as channels: every transform acts per channel, so each
-slice comes out exactly as the training pipeline makes it (a test checks this against train.json).
+``deterministic_transforms`` and ``window_transforms``): ``EnsureTyped`` (float32), ``MaxPoolResized`` and the HU
+windows as channels (``HUWindows``), with the parameters saved in ``thresholds.json``. A whole volume goes through
+them at once with its slices as channels: every transform acts per slice, so each slice comes out exactly as the
+training pipeline makes it (a test checks this against train.json).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from coronary_calcium.data.transforms import check_hu_windows
 from coronary_calcium.errors import InputError
 from coronary_calcium.explain.cam import CAM
 from coronary_calcium.inference.thresholds import CHECKPOINT_FILE, Thresholds, load_thresholds, thresholds_path
@@ -31,17 +32,19 @@ POSITIVE_CLASS = 1
 
 
 @functools.lru_cache(maxsize=8)
-def build_preprocessing(hu_window: tuple[float, float], image_size: tuple[int, int]) -> Any:
-    """The training pipeline's deterministic transforms for key "image" (a (C, H, W) array, C slices)."""
-    from monai.transforms import Compose, EnsureTyped, ScaleIntensityRanged
+def build_preprocessing(hu_windows: tuple[tuple[float, float], ...], image_size: tuple[int, int]) -> Any:
+    """The training pipeline's deterministic transforms for key "image": (Z, H, W) HU slices -> (Z, n_windows,
+    *image_size) network input."""
+    from monai.transforms import Compose, EnsureTyped, Lambdad
 
-    from coronary_calcium.data.transforms import MaxPoolResized
+    from coronary_calcium.data.transforms import MaxPoolResized, apply_hu_windows
 
+    windows = check_hu_windows(hu_windows)
     return Compose([
         EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
-        ScaleIntensityRanged(keys="image", a_min=float(hu_window[0]), a_max=float(hu_window[1]), b_min=0.0,
-                             b_max=1.0, clip=True),
         MaxPoolResized(keys="image", spatial_size=tuple(int(s) for s in image_size)),
+        # slices stand in the channel axis here: each gets its own window channels
+        Lambdad(keys="image", func=lambda x: apply_hu_windows(x.unsqueeze(1), windows, dim=1)),
     ])
 
 
@@ -62,7 +65,7 @@ class SliceAnalyzer:
     """
 
     network: nn.Module
-    hu_window: tuple[float, float]
+    hu_windows: tuple[tuple[float, float], ...]
     image_size: tuple[int, int]
     cam_layer: str
     cam_method: str = "gradcam"
@@ -77,7 +80,7 @@ class SliceAnalyzer:
             raise InputError("precision", f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise InputError("batch_size", f"must be a positive integer, got {self.batch_size!r}")
-        self.hu_window = tuple(float(v) for v in self.hu_window)  # type: ignore[assignment]
+        self.hu_windows = check_hu_windows(self.hu_windows)
         self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
         self.network = prepare_network(self.network, self.device, self.channels_last).eval()
         self._inferer = PrecisionInferer(self.precision, self.channels_last)
@@ -86,12 +89,12 @@ class SliceAnalyzer:
     # -- building blocks ------------------------------------------------------------------------------------
 
     def preprocess(self, hu: np.ndarray) -> torch.Tensor:
-        """(Z, H, W) HU -> (Z, 1, *image_size) float32 network input (a plain tensor), on the CPU."""
-        out = build_preprocessing(self.hu_window, self.image_size)({"image": np.asarray(hu, dtype=np.float32)})
+        """(Z, H, W) HU -> (Z, n_windows, *image_size) float32 network input (a plain tensor), on the CPU."""
+        out = build_preprocessing(self.hu_windows, self.image_size)({"image": np.asarray(hu, dtype=np.float32)})
         x = out["image"]
         if hasattr(x, "as_tensor"):  # a MetaTensor would route every network op through MONAI's meta handling
             x = x.as_tensor()
-        return torch.as_tensor(x).float().unsqueeze(1)
+        return torch.as_tensor(x).float()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         dtype = PRECISIONS[self.precision]
@@ -197,7 +200,7 @@ class InferenceModel:
             "cam_layer": t.cam_layer,
             "cam_method": t.cam_method,
             "cam_score": t.cam_score,
-            "hu_window": list(t.hu_window),
+            "hu_windows": [list(w) for w in t.hu_windows],
             "image_size": list(t.image_size),
             "validation_f1": t.validation.get("f1"),
             "precision": self.analyzer.precision,
@@ -240,7 +243,7 @@ def load_model(
     precision = precision or default_precision(dev)
     analyzer = SliceAnalyzer(
         network=network,
-        hu_window=thresholds.hu_window,
+        hu_windows=thresholds.hu_windows,
         image_size=thresholds.image_size,
         cam_layer=thresholds.cam_layer,
         cam_method=thresholds.cam_method,

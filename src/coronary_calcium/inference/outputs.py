@@ -156,7 +156,7 @@ def _write_overlays(result: ScanResult, volume: CTVolume, scan_dir: Path) -> lis
     for lesion, keep in zip(result.candidates, result.kept):
         if not keep and lesion.voxels is not None:
             flat[np.asarray(lesion.voxels)] = True
-    window = tuple(result.model.get("hu_window", (-250.0, 950.0)))
+    window = tuple(result.model.get("hu_windows", [(-250.0, 950.0)])[0])  # the first (anatomy) window
     maps = result.cam_maps
     if maps is not None and result.model.get("cam_score") == "raw" and maps.size:
         top = float(maps.max())  # raw strength on one scale per scan: weak maps look weak

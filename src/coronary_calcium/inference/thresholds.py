@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coronary_calcium.data.transforms import check_hu_windows
 from coronary_calcium.errors import InputError
 from coronary_calcium.explain.cam import METHODS
 from coronary_calcium.report.files import write_json
@@ -23,7 +24,7 @@ from coronary_calcium.scoring.agatston import ScoringConfig
 
 THRESHOLDS_FILE = "thresholds.json"
 CHECKPOINT_FILE = "model.pt"
-THRESHOLDS_VERSION = 1
+THRESHOLDS_VERSION = 2  # 2: several HU windows (hu_windows) instead of one (hu_window)
 MISSING = "thresholds missing: run coronary-calcium calibrate / evaluate first"
 CAM_SCORES = ("normalised", "raw")
 # ScoringConfig.to_dict() adds these derived values; they are not constructor arguments.
@@ -65,23 +66,24 @@ class Thresholds:
     cam_layer: str
     cam_method: str = "gradcam"
     cam_score: str = "normalised"
-    hu_window: tuple[float, float] = (-250.0, 950.0)
+    hu_windows: tuple[tuple[float, float], ...] = ((-250.0, 950.0), (130.0, 630.0))
     image_size: tuple[int, int] = (256, 256)
-    in_channels: int = 1
+    in_channels: int | None = None  # one channel per HU window; None: len(hu_windows)
     scoring: dict[str, Any] = field(default_factory=lambda: ScoringConfig().to_dict())
     validation: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     version: int = THRESHOLDS_VERSION
 
     def __post_init__(self) -> None:
-        self.hu_window = tuple(float(v) for v in self.hu_window)  # type: ignore[assignment]
+        self.hu_windows = check_hu_windows(self.hu_windows)
         self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
-        if len(self.hu_window) != 2 or not self.hu_window[0] < self.hu_window[1]:
-            raise InputError("hu_window", f"must be (low, high) with low < high, got {self.hu_window}")
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise InputError("image_size", f"must be two positive sizes, got {self.image_size}")
-        if self.in_channels != 1:
-            raise InputError("in_channels", f"slice classifiers take one channel (a HU slice), got {self.in_channels}")
+        if self.in_channels is None:
+            self.in_channels = len(self.hu_windows)
+        if self.in_channels != len(self.hu_windows):
+            raise InputError("in_channels", f"must equal the number of HU windows ({len(self.hu_windows)}: one "
+                             f"channel per window), got {self.in_channels}")
         if self.cam_method not in METHODS:
             raise InputError("cam_method", f"must be one of {list(METHODS)}, got {self.cam_method!r}")
         if self.cam_score not in CAM_SCORES:
@@ -101,16 +103,15 @@ class Thresholds:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["hu_window"] = list(self.hu_window)
+        out["hu_windows"] = [list(w) for w in self.hu_windows]
         out["image_size"] = list(self.image_size)
         out["preprocessing"] = {
             "transforms": [
                 "EnsureTyped(dtype=float32)",
-                f"ScaleIntensityRanged(a_min={self.hu_window[0]:g}, a_max={self.hu_window[1]:g}, b_min=0, b_max=1, "
-                "clip=True)",
                 f"MaxPoolResized(spatial_size={list(self.image_size)})",
+                f"HUWindows(windows={[list(w) for w in self.hu_windows]})",
             ],
-            "hu_window": list(self.hu_window),
+            "hu_windows": [list(w) for w in self.hu_windows],
             "image_size": list(self.image_size),
             "in_channels": self.in_channels,
         }
@@ -125,6 +126,8 @@ class Thresholds:
                                      "cam_layer") if n not in values)
         if missing:
             raise InputError("thresholds", f"missing fields {missing}")
+        if "hu_window" in values and "hu_windows" not in values:  # version 1 files: one window, one channel
+            values = {**values, "hu_windows": [values["hu_window"]]}
         return cls(**{k: v for k, v in values.items() if k in names})
 
 
