@@ -11,8 +11,11 @@ from monai.handlers import from_engine
 def _stack(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
     pred, label = from_engine(["pred", "label"])(output)
     if isinstance(pred, (list, tuple)):
-        pred, label = torch.stack([torch.as_tensor(p) for p in pred]), torch.stack([torch.as_tensor(y) for y in label])
-    return torch.as_tensor(pred).float(), torch.as_tensor(label).view(-1).long()
+        pred, label = torch.stack([torch.as_tensor(p) for p in pred]), [torch.as_tensor(y) for y in label]
+        label = torch.stack([y.to(pred.device) for y in label])
+    pred = torch.as_tensor(pred).float()
+    # decollating turns 0-d labels into Python numbers, which land on the CPU while pred is on the GPU
+    return pred, torch.as_tensor(label).to(pred.device).view(-1).long()
 
 
 def predicted_class(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
