@@ -16,6 +16,23 @@ from coronary_calcium.io.volume import CTVolume
 from coronary_calcium.labels import AORTIC, LAD
 
 REPO = Path(__file__).resolve().parents[1]
+TINY_BUNDLE = {"network_name": "tiny_cnn", "image_size": [32, 32], "batch_size": 8, "precision": "fp32",
+               "channels_last": False}
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle() -> dict:
+    """Bundle overrides for runs of seconds: the tiny CNN on 32 x 32 slices, fp32 (the same on every CPU)."""
+    return dict(TINY_BUNDLE)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_args(tiny_bundle) -> list[str]:
+    """The same overrides as ``python -m monai.bundle run`` arguments."""
+    args: list[str] = []
+    for k, v in tiny_bundle.items():
+        args += [f"--{k}", json.dumps(v) if isinstance(v, list) else str(v)]
+    return args
 
 
 def _shared_data() -> Path:

@@ -25,13 +25,6 @@ CONFIGS = BUNDLE_ROOT / "configs"
 META = CONFIGS / "metadata.json"
 SHARED = Path(os.environ.get("CORONARY_CALCIUM_SHARED", REPO.parent / "shared"))
 SCHEMA_SOURCE = SHARED / "reference" / "monai_meta_schema.json"  # the zoo's meta_schema_20240725.json
-TINY = {
-    "network_name": "tiny_cnn",
-    "image_size": [32, 32],
-    "batch_size": 8,
-    "precision": "fp32",
-    "channels_last": False,
-}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +50,7 @@ def test_verify_metadata_cli(schema, tmp_path):
     assert "metadata is verified with no error" in r.stdout + r.stderr
 
 
-def test_bundle_properties(tiny_manifest, tmp_path):
+def test_bundle_properties(tiny_manifest, tmp_path, tiny_bundle):
     """MONAI's property check resolves every required id (trainer, evaluator, ...): on tiny data, tiny network."""
     from monai.bundle import ConfigWorkflow
 
@@ -82,7 +75,7 @@ def test_bundle_properties(tiny_manifest, tmp_path):
         "manifest": str(tiny_manifest),
         "output_dir": str(tmp_path / "train"),
         "slice_cache_dir": str(tmp_path / "cache"),
-        **TINY,
+        **tiny_bundle,
     }
     assert props("train", "train.json", **train) == []
     assert (CONFIGS / "inference.json").is_file(), "bundle/configs/inference.json is a required zoo file"
@@ -181,7 +174,7 @@ def test_check_bundle_finds_each_problem(schema, tmp_path):
     assert Path("models/model.pt") not in bundle_files(root)
 
 
-def test_packed_bundle_trains_after_unpacking_elsewhere(tiny_manifest, tmp_path):
+def test_packed_bundle_trains_after_unpacking_elsewhere(tiny_manifest, tmp_path, tiny_bundle_args):
     zip_path = pack_bundle(BUNDLE_ROOT, tmp_path / "bundle.zip")
     with zipfile.ZipFile(zip_path) as zf:
         names = zf.namelist()
@@ -226,8 +219,7 @@ def test_packed_bundle_trains_after_unpacking_elsewhere(tiny_manifest, tmp_path)
         "--max_epochs",
         "1",
     ]
-    for k, v in TINY.items():
-        cmd += [f"--{k}", json.dumps(v) if isinstance(v, list) else str(v)]
+    cmd += tiny_bundle_args
     r = subprocess.run(cmd, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (out / "models" / "model.pt").is_file()

@@ -19,13 +19,6 @@ import pytest
 
 from coronary_calcium.train.bundle import run_bundle
 
-TINY = {
-    "network_name": "tiny_cnn",
-    "image_size": [32, 32],
-    "batch_size": 8,
-    "precision": "fp32",
-    "channels_last": False,
-}
 SCALARS = {"train_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "val_roc_auc", "learning_rate"}
 IMAGES = {"cam/layer2", "cam/layer3"}  # tiny_cnn's CAM layers
 WAIT_S = 60
@@ -67,7 +60,7 @@ def _wait_for(what: str, probe, server: subprocess.Popen, deadline: float):
 
 
 @pytest.fixture(scope="module")
-def logdir(tiny_manifest, tmp_path_factory) -> Path:
+def logdir(tiny_manifest, tmp_path_factory, tiny_bundle) -> Path:
     """Like `tensorboard --logdir bundle/runs`: one folder per network, its events in <network>/tensorboard."""
     runs = tmp_path_factory.mktemp("runs")
     run_bundle(
@@ -77,7 +70,7 @@ def logdir(tiny_manifest, tmp_path_factory) -> Path:
             "output_dir": str(runs / "tiny_cnn"),
             "slice_cache_dir": str(runs.parent / "tb_cache"),
             "max_epochs": 2,
-            **TINY,
+            **tiny_bundle,
         },
     )
     return runs

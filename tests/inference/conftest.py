@@ -10,17 +10,15 @@ import pytest
 from coronary_calcium.inference import calibrate, load_model
 from coronary_calcium.train.bundle import run_bundle
 
-TINY = {"network_name": "tiny_cnn", "image_size": [32, 32], "batch_size": 8, "precision": "fp32",
-        "channels_last": False}
 
 
 @pytest.fixture(scope="session")
-def trained_run(tiny_manifest, tmp_path_factory) -> Path:
+def trained_run(tiny_manifest, tmp_path_factory, tiny_bundle) -> Path:
     """Output folder of a tiny_cnn training run whose models/ holds model.pt and thresholds.json."""
     out = tmp_path_factory.mktemp("inference_run") / "tiny"
     run_bundle(["train"], {"manifest": str(tiny_manifest), "output_dir": str(out),
-                           "slice_cache_dir": str(out.parent / "cache"), "max_epochs": 2, **TINY})
-    calibrate(tiny_manifest, out, "tiny_cnn", image_size=TINY["image_size"], progress=False)
+                           "slice_cache_dir": str(out.parent / "cache"), "max_epochs": 2, **tiny_bundle})
+    calibrate(tiny_manifest, out, "tiny_cnn", image_size=tiny_bundle["image_size"], progress=False)
     return out
 
 

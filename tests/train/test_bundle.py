@@ -20,19 +20,21 @@ from coronary_calcium.report.tensorboard import read_scalars
 from coronary_calcium.train.bundle import BUNDLE_ROOT, run_bundle
 
 REPO = BUNDLE_ROOT.parent
-TINY = {"network_name": "tiny_cnn", "image_size": [32, 32], "batch_size": 8, "precision": "fp32",
-        "channels_last": False}
+@pytest.fixture(scope="module")
+def overrides(tiny_bundle):
+    """overrides(manifest, out, **extra): the tiny bundle's ids for a run writing to ``out``."""
 
+    def make(manifest: Path, out: Path, **extra) -> dict:
+        return {"manifest": str(manifest), "output_dir": str(out), "slice_cache_dir": str(out.parent / "cache"),
+                **tiny_bundle, **extra}
 
-def _overrides(manifest: Path, out: Path, **extra) -> dict:
-    return {"manifest": str(manifest), "output_dir": str(out), "slice_cache_dir": str(out.parent / "cache"),
-            **TINY, **extra}
+    return make
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_manifest, tmp_path_factory) -> Path:
+def trained(tiny_manifest, tmp_path_factory, overrides) -> Path:
     out = tmp_path_factory.mktemp("run") / "tiny"
-    run_bundle(["train"], _overrides(tiny_manifest, out, max_epochs=2))
+    run_bundle(["train"], overrides(tiny_manifest, out, max_epochs=2))
     return out
 
 
@@ -53,24 +55,24 @@ def test_train_writes_checkpoints_and_tensorboard_scalars(trained):
     assert {"cam/layer2/peak_pos", "cam/layer3/peak_neg"} <= set(scalars)
 
 
-def test_wrong_cam_layer_fails_at_config_load(tiny_manifest, tmp_path):
+def test_wrong_cam_layer_fails_at_config_load(tiny_manifest, tmp_path, overrides):
     with pytest.raises(InputError, match="layer9") as e:
-        run_bundle(["train"], _overrides(tiny_manifest, tmp_path / "x", cam_layers=["layer9"], max_epochs=1))
+        run_bundle(["train"], overrides(tiny_manifest, tmp_path / "x", cam_layers=["layer9"], max_epochs=1))
     assert "layer3" in str(e.value)  # the valid names are listed
     assert not (tmp_path / "x" / "models").exists()
 
 
-def test_resume_continues_the_epoch_count(trained, tiny_manifest):
+def test_resume_continues_the_epoch_count(trained, tiny_manifest, overrides):
     before = torch.load(trained / "models" / "last.pt", map_location="cpu", weights_only=False)
-    run_bundle(["train"], _overrides(tiny_manifest, trained, max_epochs=3))
+    run_bundle(["train"], overrides(tiny_manifest, trained, max_epochs=3))
     after = torch.load(trained / "models" / "last.pt", map_location="cpu", weights_only=False)
     assert after["trainer"]["iteration"] == before["trainer"]["iteration"] + before["trainer"]["epoch_length"]
     steps = [s for s, _ in read_scalars(trained / "tensorboard")["val_accuracy"]]
     assert steps == [1, 2, 3]  # epoch 3 only was trained in the second run
 
 
-def test_evaluate_writes_metrics_tables_and_figures(trained, tiny_manifest):
-    run_bundle(["train", "evaluate"], _overrides(tiny_manifest, trained))
+def test_evaluate_writes_metrics_tables_and_figures(trained, tiny_manifest, overrides):
+    run_bundle(["train", "evaluate"], overrides(tiny_manifest, trained))
     ev = trained / "eval"
     metrics = json.loads((ev / "test_metrics.json").read_text())
     assert metrics["n"] == 20  # 2 test patients x 10 slices
@@ -86,11 +88,11 @@ def test_evaluate_writes_metrics_tables_and_figures(trained, tiny_manifest):
     assert (ev / "cam_montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_checkpoint_of_another_architecture_is_refused(trained, tiny_manifest, tmp_path):
+def test_checkpoint_of_another_architecture_is_refused(trained, tiny_manifest, tmp_path, overrides):
     bad = tmp_path / "other.pt"
     torch.save({"network": {"conv.weight": torch.zeros(3, 3)}}, bad)
     with pytest.raises(InputError) as e:
-        run_bundle(["train", "evaluate"], _overrides(tiny_manifest, trained, ckpt_file=str(bad)))
+        run_bundle(["train", "evaluate"], overrides(tiny_manifest, trained, ckpt_file=str(bad)))
     assert "does not fit" in str(e.value)
     # resuming from a last checkpoint saved by another architecture
     out = tmp_path / "resume"
@@ -98,7 +100,7 @@ def test_checkpoint_of_another_architecture_is_refused(trained, tiny_manifest, t
     torch.save({"network": {"conv.weight": torch.zeros(3, 3)}, "optimizer": {}, "lr_scheduler": {}, "trainer": {}},
                out / "models" / "last.pt")
     with pytest.raises(InputError) as e:
-        run_bundle(["train"], _overrides(tiny_manifest, out, max_epochs=1))
+        run_bundle(["train"], overrides(tiny_manifest, out, max_epochs=1))
     assert "checkpoint does not fit this network" in str(e.value)
 
 
@@ -132,26 +134,24 @@ def _env() -> dict:
     return env
 
 
-def test_monai_bundle_cli_evaluates(trained, tiny_manifest):
+def test_monai_bundle_cli_evaluates(trained, tiny_manifest, tiny_bundle_args):
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
            "['bundle/configs/train.json','bundle/configs/evaluate.json']", "--bundle_root", "bundle",
            "--manifest", str(tiny_manifest), "--output_dir", str(trained), "--validate#split", "validation",
            "--slice_cache_dir", str(trained.parent / "cache")]
-    for k, v in TINY.items():
-        cmd += [f"--{k}", json.dumps(v) if isinstance(v, list) else str(v)]
+    cmd += tiny_bundle_args
     r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((trained / "eval" / "validation_metrics.json").read_text())["n"] == 20
 
 
-def test_two_process_gloo_training(tiny_manifest, tmp_path):
+def test_two_process_gloo_training(tiny_manifest, tmp_path, tiny_bundle_args):
     torchrun = Path(sys.executable).parent / "torchrun"
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "monai.bundle", "run",
            "--config_file", "['bundle/configs/train.json','bundle/configs/multi_gpu_train.json']",
            "--bundle_root", "bundle", "--manifest", str(tiny_manifest), "--output_dir", str(tmp_path / "ddp"),
            "--max_epochs", "2", "--slice_cache_dir", str(tmp_path / "cache")]
-    for k, v in TINY.items():
-        cmd += [f"--{k}", json.dumps(v) if isinstance(v, list) else str(v)]
+    cmd += tiny_bundle_args
     r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "ddp" / "models" / "model.pt").is_file()
@@ -159,9 +159,9 @@ def test_two_process_gloo_training(tiny_manifest, tmp_path):
     assert len(list((tmp_path / "ddp" / "tensorboard").iterdir())) == 1  # one writer, rank 0 only
 
 
-def test_cam_montage_command_writes_a_png(trained, tiny_manifest, tmp_path, capsys):
+def test_cam_montage_command_writes_a_png(trained, tiny_manifest, tmp_path, capsys, overrides):
     out = tmp_path / "montage.png"
-    sets = [f"{k}={json.dumps(v)}" for k, v in _overrides(tiny_manifest, trained).items() if k != "manifest"]
+    sets = [f"{k}={json.dumps(v)}" for k, v in overrides(tiny_manifest, trained).items() if k != "manifest"]
     argv = ["cam-montage", "--manifest", str(tiny_manifest), "--out", str(out)]
     for s in sets:
         argv += ["--set", s]
@@ -170,8 +170,8 @@ def test_cam_montage_command_writes_a_png(trained, tiny_manifest, tmp_path, caps
     assert f"wrote {out}" in capsys.readouterr().out
 
 
-def test_calibrate_then_infer_from_the_command_line(trained, tiny_manifest, tmp_path, capsys):
-    sets = [f"{k}={json.dumps(v)}" for k, v in _overrides(tiny_manifest, trained).items() if k != "manifest"]
+def test_calibrate_then_infer_from_the_command_line(trained, tiny_manifest, tmp_path, capsys, overrides):
+    sets = [f"{k}={json.dumps(v)}" for k, v in overrides(tiny_manifest, trained).items() if k != "manifest"]
     argv = ["calibrate", "--manifest", str(tiny_manifest)]
     for s in sets:
         argv += ["--set", s]
