@@ -334,3 +334,20 @@ def test_write_report_json_and_tensorboard(tmp_path) -> None:
     event = acc.Scalars("localization/act3/pointing_3mm")[0]
     assert event.step == 7
     assert event.value == pytest.approx(result["layers"]["act3"]["pointing_game"]["3mm"]["hit_rate"])
+
+
+def test_calcium_pointing_game_with_candidate_pixels(trained: _Net) -> None:
+    data = _dataset(seed=7)
+    plain = evaluate_localization(trained, ["act3"], data, original_size=ORIGINAL, sanity_check=False, progress=False)
+    assert plain["layers"]["act3"]["pointing_game_calcium"] is None  # no candidates given
+    for item in data:  # candidates: the deposit plus a bright 2 x 12 "rib" along the top edge, far from it
+        cand = item["mask"].clone()
+        cand[0, 0:2, 10:22] = 1
+        item["candidates"] = cand
+    result = evaluate_localization(trained, ["act3"], data, original_size=ORIGINAL, sanity_check=False,
+                                   progress=False)
+    game = result["layers"]["act3"]["pointing_game_calcium"]
+    assert set(game) == {"0mm", "3mm"}
+    assert game["0mm"]["chance"] == pytest.approx(BLOB * BLOB / (BLOB * BLOB + 24))
+    assert game["3mm"]["hit_rate"] >= result["layers"]["act3"]["pointing_game"]["3mm"]["hit_rate"]
+    assert game["3mm"]["hit_rate"] >= 0.8  # the trained blob detector ranks the blob above the rib

@@ -189,3 +189,25 @@ def test_randomisation_sanity() -> None:
     assert torch.equal(torch.random.get_rng_state(), rng_before)
     with pytest.raises(InputError):
         randomisation_sanity(model, ["conv2"], x, mode="partial")
+
+
+def test_pointing_game_among_calcium_candidates() -> None:
+    """Restricted to the pixels >= 130 HU, the maximum must beat bone, not soft tissue; chance = candidate share."""
+    mask = np.zeros((10, 10), bool)
+    mask[2:4, 2:4] = True  # the coronary deposit: 4 candidate pixels
+    bone = np.zeros((10, 10), bool)
+    bone[6:9, 5:9] = True  # brighter bone: 12 candidate pixels
+    candidates = mask | bone
+    sal = np.zeros((10, 10))
+    sal[0, 9] = 1.0  # the map's maximum on soft tissue (no candidate)
+    sal[2, 3] = 0.6  # the deposit
+    sal[7, 7] = 0.4  # the bone
+    assert not pointing_game(sal, mask)
+    assert pointing_game(sal, mask, within=candidates)
+    sal[7, 7] = 0.8  # now the bone outranks the deposit
+    assert not pointing_game(sal, mask, within=candidates)
+    assert pointing_game_chance(mask, within=candidates) == pytest.approx(4 / 16)
+    assert pointing_game_chance(mask, (1.0, 1.0), 3.0, within=candidates) == pytest.approx(4 / 16)  # bone > 3 mm away
+    assert not pointing_game(np.zeros((10, 10)), mask, within=candidates)  # a flat map points nowhere
+    with pytest.raises(InputError, match="within"):
+        pointing_game(sal, mask, within=np.ones((5, 5)))

@@ -146,6 +146,8 @@ class _LayerAccumulator:
         self.tolerances = [float(t) for t in tolerances_mm]
         self.hits: dict[float, list[bool]] = {t: [] for t in self.tolerances}
         self.chances: dict[float, list[float]] = {t: [] for t in self.tolerances}
+        self.calcium_hits: dict[float, list[bool]] = {t: [] for t in self.tolerances}
+        self.calcium_chances: dict[float, list[float]] = {t: [] for t in self.tolerances}
         self.ebpg: list[float] = []
         self.ebpg_chance: list[float] = []
         self.iou: list[float] = []
@@ -154,10 +156,15 @@ class _LayerAccumulator:
         self.pos_peaks: list[float] = []
         self.neg_peaks: list[float] = []
 
-    def add_positive(self, saliency: np.ndarray, mask: np.ndarray, spacing: tuple[float, float]) -> None:
+    def add_positive(
+        self, saliency: np.ndarray, mask: np.ndarray, spacing: tuple[float, float], candidates: np.ndarray | None
+    ) -> None:
         for t in self.tolerances:
             self.hits[t].append(pointing_game(saliency, mask, spacing, t))
             self.chances[t].append(pointing_game_chance(mask, spacing, t))
+            if candidates is not None:
+                self.calcium_hits[t].append(pointing_game(saliency, mask, spacing, t, within=candidates))
+                self.calcium_chances[t].append(pointing_game_chance(mask, spacing, t, within=candidates))
         self.ebpg.append(energy_pointing_game(saliency, mask))
         self.ebpg_chance.append(energy_pointing_game_chance(mask))
         iou, dice = otsu_iou_dice(saliency, mask)
@@ -169,20 +176,25 @@ class _LayerAccumulator:
         def lift_of(score: list, chance: list) -> float | None:
             return _json_float(lift(float(np.mean(score)), float(np.mean(chance)))) if score else None
 
-        pos = np.asarray(self.pos_peaks, dtype=np.float64)
-        neg = np.asarray(self.neg_peaks, dtype=np.float64)
-        return {
-            "n_positive_slices": len(self.ebpg),
-            "pointing_game": {
+        def game(hits: dict[float, list[bool]], chances: dict[float, list[float]]) -> dict:
+            return {
                 f"{t:g}mm": {
                     "tolerance_mm": t,
-                    "hit_rate": _mean(self.hits[t]),
-                    "chance": _mean(self.chances[t]),
-                    "lift": lift_of(self.hits[t], self.chances[t]),
-                    "hits": int(np.sum(self.hits[t])),
+                    "hit_rate": _mean(hits[t]),
+                    "chance": _mean(chances[t]),
+                    "lift": lift_of(hits[t], chances[t]),
+                    "hits": int(np.sum(hits[t])),
                 }
                 for t in self.tolerances
-            },
+            }
+
+        pos = np.asarray(self.pos_peaks, dtype=np.float64)
+        neg = np.asarray(self.neg_peaks, dtype=np.float64)
+        calcium = any(self.calcium_hits[t] for t in self.tolerances)
+        return {
+            "n_positive_slices": len(self.ebpg),
+            "pointing_game": game(self.hits, self.chances),
+            "pointing_game_calcium": game(self.calcium_hits, self.calcium_chances) if calcium else None,
             "energy_pointing_game": {
                 "mean": _mean(self.ebpg),
                 "chance": _mean(self.ebpg_chance),
@@ -253,12 +265,17 @@ def evaluate_localization(
     mask_key: str = "mask",
     label_key: str = "label",
     spacing_key: str = "pixel_spacing",
+    candidates_key: str = "candidates",
 ) -> dict:
     """CAM localization metrics of ``layers`` of ``network`` over ``dataset``; a JSON-ready dict.
 
     dataset: a Sequence (list of dicts, MONAI/torch Dataset) of samples after the deterministic transforms, each
     with ``image`` (C,H,W) float, ``mask`` (1,H,W) 0/1, ``label`` 0/1, ``pixel_spacing`` (row, col mm of the
-    original slice; see the module docstring and ``original_size``), optional ``scan_id``/``slice_index``.
+    original slice; see the module docstring and ``original_size``), optional ``scan_id``/``slice_index`` and
+    ``candidates`` (1,H,W) 0/1, the pixels at or above the calcium threshold (coronary or not: bone, aortic and valve
+    calcium too). With candidates, each layer also gets "pointing_game_calcium": the pointing game with the map's
+    maximum looked for among the candidate pixels only, and its chance rate (a random candidate pixel); it measures
+    whether the map puts the coronary deposit above the brighter bone and the aortic calcium.
     Every slice is explained for class 1 (calcium) with one CAM object (hooks registered once), ``batch_size``
     slices per call, on the network's device; ``precision="bf16"`` runs the CAM under bf16 autocast.
 
@@ -271,7 +288,8 @@ def evaluate_localization(
     Returns ``{"method", "precision", "class_idx", "tolerances_mm", "layers": {layer: metrics}, "n_slices",
     "n_positive", "n_positive_with_mask", "n_negative", "best_layer", "best_layer_by", "seconds", "spacing"}``.
     Per layer: "n_positive_slices" and the metric entries of ``localization_summary``, same keys and definitions
-    ("pointing_game" {"0mm", "3mm": {tolerance_mm, hit_rate, chance, lift, hits}}, "energy_pointing_game" {mean,
+    ("pointing_game" {"0mm", "3mm": {tolerance_mm, hit_rate, chance, lift, hits}}, "pointing_game_calcium" (same
+    form, or None without candidates), "energy_pointing_game" {mean,
     chance, lift}, "otsu" {iou, dice}, "auprc" {mean, baseline, lift}, "peak" {auc, n_pos, n_neg, pos_median,
     neg_quantiles {q50, q90, q95, q99}, neg_max}), plus "raw_map_size" [h, w] and "sanity" ({"mode", "n_samples",
     "rho": {step: rho}, "rho_final"}, or None when skipped or no positive slice has a mask).
@@ -321,7 +339,7 @@ def evaluate_localization(
 
     with CAM(network, layers, method) as cam:
         for batch in tqdm(loader, desc=f"CAM localization ({method})", unit="batch", disable=not progress):
-            images, labels, masks, spacings = [], [], [], []
+            images, labels, masks, spacings, candidates = [], [], [], [], []
             for k, item in enumerate(batch):
                 for key in (image_key, label_key):
                     if key not in item:
@@ -337,11 +355,13 @@ def evaluate_localization(
                 img = torch.as_tensor(_to_numpy(item[image_key]), dtype=torch.float32)
                 if img.ndim != 3:
                     raise InputError("image", f"expected (C,H,W), got shape {tuple(img.shape)}")
-                mask = None
+                mask = candidate = None
                 if label == POSITIVE_CLASS and item.get(mask_key) is not None:
                     m = _to_numpy(item[mask_key]).reshape(-1, *img.shape[1:])[0] > 0
                     if m.any():
                         mask = m
+                        if item.get(candidates_key) is not None:
+                            candidate = _to_numpy(item[candidates_key]).reshape(-1, *img.shape[1:])[0] > 0
                         n_pos_mask += 1
                         if spacing_key not in item:
                             raise InputError(
@@ -359,6 +379,7 @@ def evaluate_localization(
                 images.append(img)
                 labels.append(label)
                 masks.append(mask)
+                candidates.append(candidate)
             if not images:
                 continue
             x = torch.stack(images).to(device)
@@ -374,7 +395,7 @@ def evaluate_localization(
                     if masks[i] is not None:
                         if up is None:
                             up = res.upsampled[:, 0].cpu().numpy()
-                        a.add_positive(up[i], masks[i], spacings[i])
+                        a.add_positive(up[i], masks[i], spacings[i], candidates[i])
 
     out_layers: dict[str, dict] = {}
     for layer in layers:
@@ -430,6 +451,9 @@ def _scalars(result: dict) -> dict[str, float]:
             values[f"pointing_{key}"] = pg.get("hit_rate")
             values[f"pointing_{key}_chance"] = pg.get("chance")
             values[f"pointing_{key}_lift"] = pg.get("lift")
+        for key, pg in (m.get("pointing_game_calcium") or {}).items():
+            values[f"pointing_calcium_{key}"] = pg.get("hit_rate")
+            values[f"pointing_calcium_{key}_chance"] = pg.get("chance")
         ebpg = m.get("energy_pointing_game", {})
         values["ebpg"] = ebpg.get("mean")
         values["ebpg_lift"] = ebpg.get("lift")

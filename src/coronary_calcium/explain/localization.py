@@ -76,26 +76,54 @@ def _dilate_mm(mask: np.ndarray, spacing_mm: Sequence[float], tolerance_mm: floa
     return dist <= tolerance_mm + 1e-9
 
 
+def _within(within: object | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    if within is None:
+        return None
+    w = _as_2d(within, "within") > 0
+    if w.shape != shape:
+        raise InputError("within", f"shape {w.shape} differs from the map's {shape}")
+    return w
+
+
 def pointing_game(
-    saliency: object, mask: object, spacing_mm: Sequence[float] = (1.0, 1.0), tolerance_mm: float = 0.0
+    saliency: object,
+    mask: object,
+    spacing_mm: Sequence[float] = (1.0, 1.0),
+    tolerance_mm: float = 0.0,
+    within: object | None = None,
 ) -> bool:
     """True if the saliency maximum lies in the mask dilated by ``tolerance_mm`` (Euclidean, in mm).
 
-    Ties go to the first maximum in row-major order; an all-zero map points nowhere and counts as a miss.
+    ``within``: look for the maximum only among these pixels, e.g. every pixel >= 130 HU (coronary calcium, but
+    also bone, aortic and valve calcium): the hit rate then says whether the map ranks the coronary deposit above
+    the other bright structures, the seed paper's claim. Ties go to the first maximum in row-major order; an
+    all-zero map (over ``within``) points nowhere and counts as a miss.
     """
     s, g = _check(saliency, mask)
     if not g.any():
         raise InputError("mask", "is empty: the pointing game needs a positive slice")
-    if s.max() <= 0:
+    w = _within(within, s.shape)
+    if w is not None:
+        if not w.any():
+            return False
+        s = np.where(w, s, -np.inf)
+    if not s.max() > 0:
         return False
     r, c = np.unravel_index(int(np.argmax(s)), s.shape)
     return bool(_dilate_mm(g, spacing_mm, tolerance_mm)[r, c])
 
 
-def pointing_game_chance(mask: object, spacing_mm: Sequence[float] = (1.0, 1.0), tolerance_mm: float = 0.0) -> float:
-    """Hit rate of a uniformly random point: area fraction of the mask dilated by ``tolerance_mm``."""
+def pointing_game_chance(
+    mask: object, spacing_mm: Sequence[float] = (1.0, 1.0), tolerance_mm: float = 0.0, within: object | None = None
+) -> float:
+    """Hit rate of a uniformly random point (of ``within`` when given): the fraction of those pixels inside the
+    mask dilated by ``tolerance_mm``."""
     g = _as_2d(mask, "mask") > 0
-    return float(_dilate_mm(g, spacing_mm, tolerance_mm).mean())
+    hit = _dilate_mm(g, spacing_mm, tolerance_mm)
+    w = _within(within, g.shape)
+    if w is None:
+        return float(hit.mean())
+    return float(hit[w].mean()) if w.any() else 0.0
 
 
 def energy_pointing_game(saliency: object, mask: object) -> float:
