@@ -197,9 +197,12 @@ def test_report_shows_figures_and_localization(experiment):
             assert data[:8] == PNG
             assert base64.b64encode(data).decode() in page  # embedded: the HTML stands alone
         layers = json.loads((out / name / "eval" / "localization.json").read_text())["layers"]
-        for layer in layers:
-            assert any(line.startswith(f"| {layer}") for line in md.splitlines()), layer
+        for layer, metrics in layers.items():
+            row = next(line for line in md.splitlines() if line.startswith(f"| {layer}"))
+            calcium = metrics["pointing_game_calcium"]["3mm"]  # the test split's samples carry candidates
+            assert f"| {calcium['hit_rate']:.3f} (chance {calcium['chance']:.3f}) |" in row, row
     assert md.count("### CAM localization per layer") == 2
+    assert "| Pointing game 3 mm among calcium |" in md
     assert "(chance " in md and "(lift " in md and "(baseline " in md
     assert page.startswith("<!DOCTYPE html>") and "<table>" in page and 'src="data:image/png;base64,' in page
     assert "not run: ImageNet weights not available offline" in page

@@ -104,6 +104,7 @@ def _localization_table(loc: Mapping[str, Any]) -> tuple[list[str], list[list[st
         "Positive slices",
         "Pointing game 0 mm",
         "Pointing game 3 mm",
+        "Pointing game 3 mm among calcium",
         "EBPG",
         "Otsu IoU",
         "Otsu Dice",
@@ -115,6 +116,7 @@ def _localization_table(loc: Mapping[str, Any]) -> tuple[list[str], list[list[st
     best = loc.get("best_layer")
     for layer, m in (loc.get("layers") or {}).items():
         pg = m.get("pointing_game") or {}
+        pgc = (m.get("pointing_game_calcium") or {}).get("3mm") or {}
         ebpg = m.get("energy_pointing_game") or {}
         auprc = m.get("auprc") or {}
         otsu = m.get("otsu") or {}
@@ -125,6 +127,7 @@ def _localization_table(loc: Mapping[str, Any]) -> tuple[list[str], list[list[st
                 str(m.get("n_positive_slices", _NA)),
                 _with((pg.get("0mm") or {}).get("hit_rate"), (pg.get("0mm") or {}).get("chance"), "chance"),
                 _with((pg.get("3mm") or {}).get("hit_rate"), (pg.get("3mm") or {}).get("chance"), "chance"),
+                _with(pgc.get("hit_rate"), pgc.get("chance"), "chance"),
                 _with(ebpg.get("mean"), ebpg.get("lift"), "lift"),
                 _num(otsu.get("iou")),
                 _num(otsu.get("dice")),
@@ -222,7 +225,9 @@ def report_blocks(summary: Mapping[str, Any], out_dir: str | os.PathLike) -> lis
                     f"{loc.get('method', 'CAM')} of the calcium class on {loc.get('n_positive', _NA)} positive "
                     f"({loc.get('n_positive_with_mask', _NA)} with a mask) and {loc.get('n_negative', _NA)} negative "
                     "slices. Pointing game: the map's peak within the calcium mask (dilated by 0 / 3 mm), with its "
-                    "chance rate; EBPG: share of the map's energy inside the mask, with its lift over chance; Otsu "
+                    "chance rate; among calcium: the peak looked for among the pixels >= the calcium threshold only "
+                    "(bone, aortic and valve calcium included), with the share of those pixels near the mask as chance; "
+                    "EBPG: share of the map's energy inside the mask, with its lift over chance; Otsu "
                     "IoU/Dice of the thresholded map; AUPRC of the map against the mask with the pixel baseline; "
                     "peak AUC: the raw map peak separating positive from negative slices; sanity rho: rank "
                     "correlation with the maps after randomising the weights (near 0 is good). Best layer by "
