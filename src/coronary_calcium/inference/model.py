@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coronary_calcium.data.transforms import check_hu_windows
+from coronary_calcium.data.transforms import MaxPoolResized, apply_hu_windows, check_hu_windows
 from coronary_calcium.errors import InputError
 from coronary_calcium.explain.cam import CAM
 from coronary_calcium.inference.thresholds import CHECKPOINT_FILE, Thresholds, load_thresholds, thresholds_path
@@ -36,8 +36,6 @@ def build_preprocessing(hu_windows: tuple[tuple[float, float], ...], image_size:
     """The training pipeline's deterministic transforms for key "image": (Z, H, W) HU slices -> (Z, n_windows,
     *image_size) network input."""
     from monai.transforms import Compose, EnsureTyped, Lambdad
-
-    from coronary_calcium.data.transforms import MaxPoolResized, apply_hu_windows
 
     windows = check_hu_windows(hu_windows)
     return Compose([
