@@ -178,17 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_montage)
-    p = sub.add_parser("train", help="train a classifier with the bundle (bundle/configs/train.json)")
-    _add_bundle_args(p)
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("evaluate", help="evaluate the best checkpoint on the test patients (evaluate.json)")
-    _add_bundle_args(p)
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("calibrate", help="choose the inference thresholds on the validation split (thresholds.json)")
-    _add_bundle_args(p)
-    p.set_defaults(func=_cmd_train)
+    for name, text in (
+        ("train", "train a classifier with the bundle (bundle/configs/train.json)"),
+        ("evaluate", "evaluate the best checkpoint on the test patients (evaluate.json)"),
+        ("calibrate", "choose the inference thresholds on the validation split (thresholds.json)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        _add_bundle_args(p)
+        p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("infer", help="score scans: slice probabilities, CAMs, lesions, Agatston per scan, report")
     p.add_argument("input", type=Path, help="a manifest, a DICOM series folder, a NIfTI/MetaImage file, or a folder of scans")
@@ -202,17 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     from coronary_calcium.experiment import add_experiment_arguments, cmd_experiment
     from coronary_calcium.zoo import add_check_arguments, add_pack_arguments, cmd_check_bundle, cmd_pack
 
-    p = sub.add_parser("experiment", help="the paper's five configurations trained and evaluated, one report")
-    add_experiment_arguments(p)
-    p.set_defaults(func=cmd_experiment)
-
-    p = sub.add_parser("pack", help="zip the bundle (with the package) for use elsewhere")
-    add_pack_arguments(p)
-    p.set_defaults(func=cmd_pack)
-
-    p = sub.add_parser("check-bundle", help="the MONAI Model Zoo's offline checks on bundle/")
-    add_check_arguments(p)
-    p.set_defaults(func=cmd_check_bundle)
+    for name, text, add_arguments, func in (
+        ("experiment", "the paper's five configurations trained and evaluated, one report", add_experiment_arguments,
+         cmd_experiment),
+        ("pack", "zip the bundle (with the package) for use elsewhere", add_pack_arguments, cmd_pack),
+        ("check-bundle", "the MONAI Model Zoo's offline checks on bundle/", add_check_arguments, cmd_check_bundle),
+    ):
+        p = sub.add_parser(name, help=text)
+        add_arguments(p)
+        p.set_defaults(func=func)
 
     p = sub.add_parser("cam-montage", help="PNG of Grad-CAM overlays, rows = layers shallow to deep, for a trained network")
     _add_bundle_args(p)
