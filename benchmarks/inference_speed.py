@@ -62,6 +62,7 @@ def synthetic_volume(seed: int = 0) -> CTVolume:
 def _thresholds(ckpt: Path, network: str, t_slice: float, layer: str) -> None:
     save_thresholds(Thresholds(network_name=network, checkpoint=ckpt.name, checkpoint_sha256=file_sha256(ckpt),
                                t_slice=t_slice, t_cam=0.5, cam_layer=layer, image_size=(256, 256),
+                               field_of_view_mm=training_defaults()["field_of_view_mm"],
                                validation={"note": "benchmark: random weights, thresholds set by hand"}),
                     ckpt.parent / "thresholds.json")
 
@@ -120,7 +121,7 @@ def main() -> None:
         read_s = time.perf_counter() - t0
         analyzer = model.analyzer
         t0 = time.perf_counter()
-        x = analyzer.preprocess(volume.hu)
+        x = analyzer.preprocess(volume.hu, volume.spacing)
         preprocess_s = time.perf_counter() - t0
 
         def forward() -> None:
@@ -131,15 +132,15 @@ def main() -> None:
         forward()  # warm-up
         forward_s, _ = _median_time(forward, reps)
         t0 = time.perf_counter()
-        analyzer.cam_maps(volume.hu, range(volume.shape[0]), x)
+        analyzer.cam_maps(volume.hu, range(volume.shape[0]), x, volume.spacing)
         cam_s = time.perf_counter() - t0
         accuracy = {}
         if not args.quick and analyzer.precision != "fp32":
             fp32 = load_model(models, device="cpu", precision="fp32")
-            p32 = fp32.analyzer.probabilities(volume.hu)
-            plow = analyzer.probabilities(volume.hu)
+            p32 = fp32.analyzer.probabilities(volume.hu, pixel_spacing=volume.spacing)
+            plow = analyzer.probabilities(volume.hu, pixel_spacing=volume.spacing)
             with torch.inference_mode():  # random weights saturate the softmax: compare the logits as well
-                l32 = fp32.analyzer._inferer(fp32.analyzer.preprocess(volume.hu), fp32.analyzer.network)
+                l32 = fp32.analyzer._inferer(fp32.analyzer.preprocess(volume.hu, volume.spacing), fp32.analyzer.network)
                 llow = analyzer._inferer(x, analyzer.network)
             accuracy = {"max_abs_probability_difference_vs_fp32": float(np.abs(p32 - plow).max()),
                         "max_logit_difference_vs_fp32_relative": float((l32 - llow).abs().max() / l32.abs().max())}

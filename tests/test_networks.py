@@ -332,6 +332,8 @@ def test_cam_layers_exist_with_stride_at_most_16_before_the_final_conv(name, bui
     assert strides == EXPECTED_STRIDES[name]
     assert min(strides[layer] for layer in layers[:-1]) <= 16
     assert strides[layers[-1]] == max(strides.values())  # the final conv layer is the coarsest
+    gate = NETWORKS[name].gate_layer  # the fine map that gates the CAMs: pixel-scale detail
+    assert gate is not None and layer_strides(model, [gate])[gate] <= 2
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -127,6 +127,7 @@ _RESOLVED_IDS = (
     "precision",
     "channels_last",
     "image_size",
+    "field_of_view_mm",
     "batch_size",
     "max_epochs",
     "learning_rate",

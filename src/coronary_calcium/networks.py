@@ -84,6 +84,8 @@ class NetworkSpec:
     pretrained_ignore: tuple[str, ...] = ()
     weights_hint: str = ""
     for_testing: bool = False
+    # A shallow layer (stride <= 2) whose LayerCAM gates the cam_layers' maps (see coronary_calcium.explain.cam).
+    gate_layer: str | None = None
     # Pooling before the classifier: average, as in the paper's networks. ("max" suits deposits covering well
     # under 1 % of a slice, but from scratch at the default learning rate its early logits made training unstable.)
     global_pool: str = "avg"
@@ -105,6 +107,7 @@ NETWORKS: dict[str, NetworkSpec] = {
             pretrained=False,
             trainable="all",
             cam_layers=("Mixed_6e", "Mixed_7c"),
+            gate_layer="Conv2d_1a_3x3",
             description="Inception-v3 trained from scratch, all layers trainable (the paper's best, 97 %).",
         ),
         NetworkSpec(
@@ -114,6 +117,7 @@ NETWORKS: dict[str, NetworkSpec] = {
             trainable="last_layer",
             trainable_modules=("fc",),
             cam_layers=("Mixed_6e", "Mixed_7c"),
+            gate_layer="Conv2d_1a_3x3",
             description="ImageNet Inception-v3, frozen; only the new classifier `fc` is trained.",
             # torchvision's inception_v3_google-*.pth carries the auxiliary classifier; timm builds none.
             pretrained_ignore=("AuxLogits.",),
@@ -129,6 +133,7 @@ NETWORKS: dict[str, NetworkSpec] = {
             trainable="last_layer",
             trainable_modules=("fc",),
             cam_layers=("block11", "act4"),
+            gate_layer="act1",
             description="ImageNet Xception (Chollet; timm legacy_xception), frozen; only the new classifier `fc` "
             "is trained.",
             weights_hint="timm 'legacy_xception.tf_in1k' (Hugging Face timm/legacy_xception.tf_in1k, "
@@ -145,6 +150,7 @@ NETWORKS: dict[str, NetworkSpec] = {
             # `fc`, which is always trained. block1..block12 (entry/middle flow and block13) stay frozen.
             trainable_modules=("conv3", "bn3", "conv4", "bn4", "fc"),
             cam_layers=("block11", "act4"),
+            gate_layer="act1",
             description="ImageNet Xception (timm legacy_xception); the last four layers (conv3, bn3, conv4, bn4) "
             "and the new classifier `fc` are trained, the rest is frozen.",
             weights_hint="timm 'legacy_xception.tf_in1k' (Hugging Face timm/legacy_xception.tf_in1k, "
@@ -158,6 +164,7 @@ NETWORKS: dict[str, NetworkSpec] = {
             # features.22 = ReLU of block4_conv3 (stride 8), features.29 = ReLU of block5_conv3 (stride 16),
             # the last conv layer before the final pool and timm's ConvMlp `pre_logits` head.
             cam_layers=("features.22", "features.29"),
+            gate_layer="features.3",  # ReLU of block1_conv2 (stride 1)
             description="VGG16 trained from scratch, all layers trainable (shallow baseline; timm head with "
             "ConvMlp pre_logits).",
         ),
@@ -167,6 +174,7 @@ NETWORKS: dict[str, NetworkSpec] = {
             pretrained=False,
             trainable="all",
             cam_layers=("layer2", "layer3"),
+            gate_layer="stem",
             description="Four-conv test network (~8 k parameters) for fast tests and CI; not a paper model.",
             for_testing=True,
         ),

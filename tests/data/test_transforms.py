@@ -7,7 +7,17 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from coronary_calcium.data.transforms import HUWindows, HUWindowsd, MaxPoolResize, MaxPoolResized, apply_hu_windows
+from coronary_calcium.data.transforms import (
+    FieldOfViewd,
+    HUWindows,
+    HUWindowsd,
+    MaxPoolResize,
+    MaxPoolResized,
+    apply_hu_windows,
+    crop_or_pad_to_box,
+    field_of_view_box,
+    uncrop_from_box,
+)
 from coronary_calcium.errors import InputError
 from coronary_calcium.train.bundle import BUNDLE_ROOT
 
@@ -21,8 +31,44 @@ def test_max_pooling_keeps_a_one_pixel_deposit_and_any_mask_pixel():
     mask[0, 7, 7] = 1
     d = MaxPoolResized(keys=("image", "mask"), spatial_size=(4, 4))({"image": img, "mask": mask})
     assert d["mask"].dtype == torch.uint8 and d["mask"].sum() == 1 and d["mask"][0, 3, 3] == 1
-    with pytest.raises(ValueError, match="only downsamples"):
-        MaxPoolResize((16, 16))(img)
+    up = MaxPoolResize((16, 12))(img)  # upsampling repeats pixels: no blending, the peak keeps its HU
+    assert up.shape == (1, 16, 12) and up.max() == 400.0 and set(up.unique().tolist()) == {40.0, 400.0}
+
+
+def test_field_of_view_gives_every_scan_the_same_millimetres_per_pixel():
+    """A 0.4 mm gated slice is padded and a 0.8 mm chest slice cropped to 250 mm: after resizing, one deposit covers
+    the same size and the spacing of the network's grid is 250 mm / 256 for both."""
+    d = {}
+    for spacing, n in ((0.4, 625), (0.8, 312)):
+        img = torch.full((1, 512, 512), 40.0)
+        img[0, 250:253, 250:253] = 400.0  # a 3 x 3 pixel deposit near the centre
+        mask = (img >= 130).to(torch.uint8)
+        d[spacing] = FieldOfViewd(("image", "mask"), 250.0, values=(-1024.0, 0.0))(
+            {"image": img, "mask": mask, "pixel_spacing": [spacing, spacing]}
+        )
+        assert d[spacing]["image"].shape == (1, n, n) and d[spacing]["field_size"] == [n, n]
+        assert d[spacing]["mask"].sum() == 9  # the centred deposit is kept, cropped or padded
+    padded = d[0.4]["image"]
+    assert padded[0, 0, 0] == -1024.0 and padded[0, 56, 56] == -1024.0 and padded[0, 57, 57] == 40.0
+    assert d[0.8]["image"][0, 0, 0] == 40.0  # cropped: no padding
+    box = field_of_view_box((512, 512), (0.8, 0.8), 250.0)
+    assert box == ((312, 100), (312, 100))
+    x = np.arange(512 * 512, dtype=np.float32).reshape(512, 512)
+    back = uncrop_from_box(crop_or_pad_to_box(torch.as_tensor(x), box, -1.0).numpy(), (512, 512), box)
+    assert np.array_equal(back[100:412, 100:412], x[100:412, 100:412]) and back[:100].sum() == 0
+    box = field_of_view_box((512, 512), (0.4, 0.4), 250.0)
+    assert np.array_equal(uncrop_from_box(crop_or_pad_to_box(torch.as_tensor(x), box, -1.0).numpy(), (512, 512), box), x)
+    assert FieldOfViewd("image", None)({"image": img})["image"] is img  # None: unchanged, no spacing needed
+
+
+@pytest.mark.parametrize("fov, spacing, item", [(0.0, [0.5, 0.5], "field_of_view_mm"), (250.0, [0.5], "pixel_spacing"),
+                                                (250.0, [0.5, -1.0], "pixel_spacing"), (250.0, None, "pixel_spacing")])
+def test_bad_field_of_view_or_spacing_is_refused(fov, spacing, item):
+    sample = {"image": torch.zeros((1, 8, 8))}
+    if spacing is not None:
+        sample["pixel_spacing"] = spacing
+    with pytest.raises(InputError, match=item):
+        FieldOfViewd("image", fov)(sample)
 
 
 def test_hu_windows_stack_one_scaled_channel_per_window():
@@ -58,7 +104,7 @@ def test_training_augmentation_keeps_calcium_above_the_threshold():
     peaks = []
     for seed in range(30):
         pipeline.set_random_state(seed)
-        out = pipeline({"image": image.copy(), "mask": mask.copy()})
+        out = pipeline({"image": image.copy(), "mask": mask.copy(), "pixel_spacing": [250 / 64, 250 / 64]})
         assert out["image"].shape == (2, 64, 64)
         if out["mask"].sum() == 1:  # nearest rotation may drop the pixel, then it drops from the mask too
             peaks.append(float(out["image"][1][out["mask"][0] > 0].max()))

@@ -225,3 +225,24 @@ def test_numpy_integer_class_idx() -> None:
         b = cam(x, 1)["features.5"]
     torch.testing.assert_close(a.raw, b.raw)
     assert a.class_idx.tolist() == [1, 1, 1]
+
+
+def test_gated_map_is_the_layer_map_times_the_normalised_gate() -> None:
+    """gate_layer: each layer's upsampled map x the gate layer's min-max LayerCAM, from one pass; the same as two
+    separate CAM calls; gate-only layers are not returned."""
+    model = _model()
+    x = torch.randn(3, 1, 16, 16)
+    cls = torch.tensor([1, 0, 1])
+    with CAM(model, ["features.5"], "gradcam", gate_layer="features.1") as cam:
+        res = cam(x, cls)
+    assert set(res) == {"features.5", "features.5*features.1"}
+    with CAM(model, ["features.5"], "gradcam") as deep, CAM(model, ["features.1"], "layercam") as fine:
+        coarse = deep(x, cls)["features.5"].upsampled
+        gate = fine(x, cls)["features.1"].normalised
+    gated = res["features.5*features.1"]
+    torch.testing.assert_close(gated.upsampled, coarse * gate)
+    torch.testing.assert_close(gated.raw, gated.upsampled)
+    torch.testing.assert_close(gated.peak, (coarse * gate).flatten(1).amax(1))
+    assert gated.normalised.amax() == 1.0 and gated.upsampled.shape == (3, 1, 16, 16)
+    with pytest.raises(InputError, match="unknown CAM method"):
+        CAM(model, ["features.5"], gate_layer="features.1", gate_method="guided")

@@ -351,3 +351,21 @@ def test_calcium_pointing_game_with_candidate_pixels(trained: _Net) -> None:
     assert game["0mm"]["chance"] == pytest.approx(BLOB * BLOB / (BLOB * BLOB + 24))
     assert game["3mm"]["hit_rate"] >= result["layers"]["act3"]["pointing_game"]["3mm"]["hit_rate"]
     assert game["3mm"]["hit_rate"] >= 0.8  # the trained blob detector ranks the blob above the rib
+
+
+def test_gated_maps_are_reported_beside_the_layers(trained: _Net) -> None:
+    """gate_layer adds "<layer>*<gate>" entries with the same metrics; their pointing game is that of the product
+    map, checked against localization_summary on maps made by hand."""
+    data = _dataset(seed=7)
+    result = evaluate_localization(trained, ["act3"], data, gate_layer="act1", original_size=ORIGINAL,
+                                   sanity_check=False, progress=False)
+    assert set(result["layers"]) == {"act3", "act3*act1"} and result["gate_layer"] == "act1"
+    gated = result["layers"]["act3*act1"]
+    assert gated["raw_map_size"] == [SIZE, SIZE] and gated["sanity"] is None
+    positives = [d for d in data if d["label"] == 1]
+    x = torch.stack([d["image"] for d in positives])
+    with CAM(trained, ["act3"], "gradcam") as deep, CAM(trained, ["act1"], "layercam") as fine:
+        maps = (deep(x, 1)["act3"].upsampled * fine(x, 1)["act1"].normalised)[:, 0].numpy()
+    ref = localization_summary(maps, [d["mask"][0].numpy() for d in positives], [GRID_SPACING] * len(positives))
+    assert gated["pointing_game"]["3mm"]["hit_rate"] == pytest.approx(ref["pointing_game"]["3mm"]["hit_rate"])
+    assert gated["pointing_game"]["3mm"]["hit_rate"] >= 0.8

@@ -97,10 +97,18 @@ def test_cam_maps_are_on_the_original_matrix(tiny_model):
     rng = np.random.default_rng(1)
     hu = rng.normal(0, 50, size=(3, 40, 56)).astype(np.float32)
     analyzer: SliceAnalyzer = tiny_model.analyzer
-    maps = analyzer.cam_maps(hu, [0, 2])
+    maps = analyzer.cam_maps(hu, [0, 2], pixel_spacing=(0.5, 0.5))
     assert maps.shape == (2, 40, 56) and maps.dtype == np.float32
     assert np.all((maps >= 0) & (maps <= 1))
-    assert analyzer.probabilities(hu).shape == (3,)
+    assert analyzer.probabilities(hu, pixel_spacing=(0.5, 0.5)).shape == (3,)
+    fov = dataclasses.replace(analyzer, field_of_view_mm=16.0)  # 32 x 32 pixels at 0.5 mm, centred on the 40 x 56
+    with pytest.raises(InputError, match="pixel spacing"):
+        fov.preprocess(hu)
+    framed = fov.cam_maps(hu, [0, 2], pixel_spacing=(3.0, 0.5, 0.5))
+    assert framed.shape == (2, 40, 56) and np.all((framed >= 0) & (framed <= 1))
+    assert framed[:, :, :12].max() == 0 and framed[:, :, 44:].max() == 0  # outside the 16 mm field: no CAM
+    assert framed[:, 4:36, 12:44].max() > 0
+    fov.close()
     empty = CTVolume(hu=np.full((2, 40, 56), -1000.0, np.float32), spacing=(3.0, 0.5, 0.5))
     result = infer_scan(empty, tiny_model, scan_id="air")
     assert result.agatston == 0.0 and result.category == "0" and result.candidates == []

@@ -100,27 +100,33 @@ def test_save_and_load_round_trip(tmp_path):
 
 def test_preprocessing_equals_the_training_pipeline():
     """Slices-as-channels preprocessing gives each slice exactly what train.json's deterministic transforms give:
-    max-pooled HU, then one [0, 1] channel per HU window."""
+    max-pooled HU, then one [0, 1] channel per HU window; with a field of view, cropped / padded first."""
     from monai.bundle import ConfigParser
 
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE_ROOT / "configs" / "train.json"))
-    parser["image_size"] = [40, 24]
-    train_pipeline = parser.get_parsed_content("validate#preprocessing")
     rng = np.random.default_rng(3)
     hu = rng.normal(0, 400, size=(3, 50, 30)).astype(np.int16).astype(np.float32)
     windows = ((-250.0, 950.0), (130.0, 630.0))
-    ours = build_preprocessing(windows, (40, 24))({"image": hu})["image"]
-    assert ours.shape == (3, 2, 40, 24)
-    for k in range(3):
-        ref = train_pipeline({"image": hu[k][None].astype(np.int16).astype(np.float32),
-                              "mask": np.zeros((1, 50, 30), np.uint8)})["image"]
-        mine = build_preprocessing(windows, (40, 24))({"image": hu[k][None].astype(np.int16)})["image"][0]
-        assert ref.shape == (2, 40, 24)
-        assert torch.equal(torch.as_tensor(mine), torch.as_tensor(ref))
-        assert torch.equal(torch.as_tensor(ours[k]), torch.as_tensor(ref))
-    pooled = torch.nn.functional.adaptive_max_pool2d(torch.as_tensor(hu[:1].astype(np.int16)).float(), (40, 24))
-    assert torch.allclose(ours[0, 1], ((pooled[0] - 130.0) / 500.0).clamp(0, 1))  # the calcium window, by hand
+    for fov, size in ((None, (40, 24)), (30.0, (24, 24))):  # 30 mm at 0.8 mm: 38 rows of 50 kept, 30 columns padded
+        parser = ConfigParser()
+        parser.read_config(str(BUNDLE_ROOT / "configs" / "train.json"))
+        parser["image_size"] = list(size)
+        parser["field_of_view_mm"] = fov
+        train_pipeline = parser.get_parsed_content("validate#preprocessing")
+        ours = build_preprocessing(windows, size, fov)({"image": hu, "pixel_spacing": [0.8, 0.8]})["image"]
+        assert ours.shape == (3, 2, *size)
+        for k in range(3):
+            ref = train_pipeline({"image": hu[k][None].astype(np.int16).astype(np.float32),
+                                  "mask": np.zeros((1, 50, 30), np.uint8), "pixel_spacing": [0.8, 0.8]})["image"]
+            assert ref.shape == (2, *size)
+            assert torch.equal(torch.as_tensor(ours[k]), torch.as_tensor(ref))
+        if fov is None:
+            pooled = torch.nn.functional.adaptive_max_pool2d(torch.as_tensor(hu[:1]), size)
+            assert torch.allclose(ours[0, 1], ((pooled[0] - 130.0) / 500.0).clamp(0, 1))  # calcium window by hand
+        else:
+            field = torch.full((1, 38, 38), -1024.0)
+            field[:, :, 4:34] = torch.as_tensor(hu[:1, 6:44])  # centred: rows 6..43 kept, 4 columns of air each side
+            pooled = torch.nn.functional.adaptive_max_pool2d(field, size)
+            assert torch.allclose(ours[0, 0], ((pooled[0] + 250.0) / 1200.0).clamp(0, 1))
 
 
 def test_channels_must_match_the_hu_windows_and_version_1_files_still_load(tmp_path):
@@ -133,3 +139,7 @@ def test_channels_must_match_the_hu_windows_and_version_1_files_still_load(tmp_p
         Thresholds(**base, hu_windows=[[950, -250]])
     old = Thresholds.from_dict({**base, "hu_window": [-200, 800], "in_channels": 1, "version": 1})
     assert old.hu_windows == ((-200.0, 800.0),) and old.in_channels == 1
+    assert old.field_of_view_mm is None  # files before version 3: trained without a field of view, none applied
+    assert Thresholds.from_dict({**base, "field_of_view_mm": 250}).field_of_view_mm == 250.0
+    with pytest.raises(InputError, match="field_of_view_mm"):
+        Thresholds(**base, field_of_view_mm=-5.0)

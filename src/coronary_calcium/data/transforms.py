@@ -1,4 +1,10 @@
-"""The two transforms MONAI lacks here: downsampling by max-pooling, and several HU windows as channels.
+"""The transforms MONAI lacks here: a fixed field of view in millimetres, downsampling by max-pooling, and several
+HU windows as channels.
+
+MONAI's `ResizeWithPadOrCrop` takes a size in pixels; `FieldOfView` takes millimetres and each slice's pixel
+spacing, so a 200 mm cardiac-gated reconstruction and a 400 mm chest scan both reach the network with the heart at
+one scale (otherwise the heart's size tells the network which kind of scan it sees, a shortcut that does not
+transfer), and `field_of_view_box` lets CAMs be mapped back onto the original matrix.
 
 MONAI's `Resized` averages ("area") or interpolates; halving a 512 x 512 slice that way spreads a 1 mm^2 calcium
 deposit (2-6 pixels) over its darker neighbours until it drops below the calcium threshold, so the slice label
@@ -10,19 +16,118 @@ anatomy and a calcium window starting at the scoring threshold) as input channel
 
 from __future__ import annotations
 
+import math
 from typing import Hashable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
-from monai.utils import convert_to_tensor
+from monai.utils import convert_to_tensor, ensure_tuple_rep
 
 from coronary_calcium.errors import InputError
 
 
+AIR_HU = -1024.0
+
+
+def field_of_view_box(
+    shape: Sequence[int], spacing_mm: Sequence[float], field_of_view_mm: float
+) -> tuple[tuple[int, int], ...]:
+    """Per in-plane axis, ``(n, offset)``: the ``n``-pixel grid spanning ``field_of_view_mm`` at the slice's spacing,
+    centred on the slice; pixel ``i`` of that grid is pixel ``i + offset`` of the slice (a negative offset pads)."""
+    fov = float(field_of_view_mm)
+    if not math.isfinite(fov) or fov <= 0:
+        raise InputError("field_of_view_mm", f"must be a positive number of millimetres, got {field_of_view_mm!r}")
+    sp = [float(v) for v in np.asarray(spacing_mm, dtype=np.float64).reshape(-1)]
+    if len(sp) != 2 or not all(math.isfinite(v) and v > 0 for v in sp):
+        raise InputError("pixel_spacing", f"need (row, column) spacing > 0 mm for a field of view, got {spacing_mm!r}")
+    box = []
+    for size, step in zip(shape[-2:], sp):
+        n = max(1, int(round(fov / step)))
+        box.append((n, (int(size) - n) // 2))
+    return tuple(box)
+
+
+def _overlap(size: int, n: int, offset: int) -> tuple[slice, slice]:
+    """Matching (slice-grid, field-grid) index ranges of one axis."""
+    lo, hi = max(offset, 0), min(offset + n, size)
+    return slice(lo, hi), slice(lo - offset, hi - offset)
+
+
+def crop_or_pad_to_box(img: torch.Tensor, box: Sequence[tuple[int, int]], value: float) -> torch.Tensor:
+    """(..., H, W) -> (..., n_rows, n_cols): the field-of-view grid, ``value`` where it lies outside the slice."""
+    (nr, orr), (nc, oc) = box
+    out = torch.full((*img.shape[:-2], nr, nc), value, dtype=img.dtype, device=img.device)
+    (sr, dr), (sc, dc) = _overlap(img.shape[-2], nr, orr), _overlap(img.shape[-1], nc, oc)
+    out[..., dr, dc] = img[..., sr, sc]
+    return out
+
+
+def uncrop_from_box(maps: np.ndarray, shape: Sequence[int], box: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Inverse of `crop_or_pad_to_box` for (..., n_rows, n_cols) maps: back on the (H, W) slice, 0 outside the field."""
+    (nr, orr), (nc, oc) = box
+    h, w = int(shape[-2]), int(shape[-1])
+    out = np.zeros((*maps.shape[:-2], h, w), dtype=maps.dtype)
+    (sr, dr), (sc, dc) = _overlap(h, nr, orr), _overlap(w, nc, oc)
+    out[..., sr, sc] = maps[..., dr, dc]
+    return out
+
+
+class FieldOfView(Transform):
+    """Centre-crop or pad a (..., H, W) slice to a square ``field_of_view_mm`` at its own pixel spacing (mm);
+    ``field_of_view_mm=None`` leaves it unchanged. Padding is ``value`` (air for HU, 0 for masks)."""
+
+    def __init__(self, field_of_view_mm: float | None, value: float = AIR_HU) -> None:
+        if field_of_view_mm is not None:
+            field_of_view_box((1, 1), (1.0, 1.0), field_of_view_mm)  # checks the value
+        self.field_of_view_mm = field_of_view_mm
+        self.value = float(value)
+
+    def __call__(self, img: torch.Tensor, spacing_mm: Sequence[float]) -> torch.Tensor:
+        t = convert_to_tensor(img, track_meta=False)
+        if self.field_of_view_mm is None:
+            return t
+        if t.ndim < 2:
+            raise ValueError(f"FieldOfView expects (..., H, W), got shape {tuple(t.shape)}")
+        return crop_or_pad_to_box(t, field_of_view_box(t.shape, spacing_mm, self.field_of_view_mm), self.value)
+
+
+class FieldOfViewd(MapTransform):
+    """Dictionary version of `FieldOfView`: the spacing comes from ``spacing_key``; ``values`` pads each key (one
+    value, or one per key). The field's size before resizing goes to ``size_key``: the resized grid's spacing is
+    ``field_of_view_mm / image size``, which localization metrics need."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        field_of_view_mm: float | None,
+        values: Sequence[float] | float = AIR_HU,
+        spacing_key: str = "pixel_spacing",
+        size_key: str = "field_size",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.croppers = [FieldOfView(field_of_view_mm, v) for v in ensure_tuple_rep(values, len(self.keys))]
+        self.spacing_key = spacing_key
+        self.size_key = size_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        if self.croppers[0].field_of_view_mm is None:
+            return d
+        if self.spacing_key not in d:
+            raise InputError(self.spacing_key, "missing from the sample: a field of view in mm needs the pixel spacing")
+        for key, cropper in self.key_iterator(d, self.croppers):
+            d[key] = cropper(d[key], d[self.spacing_key])
+            d[self.size_key] = list(d[key].shape[-2:])
+        return d
+
+
 class MaxPoolResize(Transform):
-    """Resize a channel-first 2D image (C, H, W) to `spatial_size` by adaptive max-pooling (downsampling only)."""
+    """Resize a channel-first 2D image (C, H, W) to `spatial_size` by adaptive max-pooling. An axis shorter than the
+    target is first repeated (nearest neighbour, an integer factor), so values are never blended."""
 
     def __init__(self, spatial_size: Sequence[int]) -> None:
         self.spatial_size = tuple(int(s) for s in spatial_size)
@@ -31,10 +136,12 @@ class MaxPoolResize(Transform):
         t = convert_to_tensor(img, track_meta=False)
         if t.ndim != 3:
             raise ValueError(f"MaxPoolResize expects (C, H, W), got shape {tuple(t.shape)}")
-        if t.shape[1] < self.spatial_size[0] or t.shape[2] < self.spatial_size[1]:
-            raise ValueError(f"MaxPoolResize only downsamples: {tuple(t.shape[1:])} -> {self.spatial_size}")
         dtype = t.dtype
-        out = F.adaptive_max_pool2d(t[None].float(), self.spatial_size)[0]
+        t = t.float()
+        for axis, target in ((1, self.spatial_size[0]), (2, self.spatial_size[1])):
+            if t.shape[axis] < target:
+                t = t.repeat_interleave(-(-target // t.shape[axis]), dim=axis)
+        out = F.adaptive_max_pool2d(t[None], self.spatial_size)[0]
         return out.to(dtype)
 
 

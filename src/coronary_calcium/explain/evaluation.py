@@ -9,8 +9,8 @@ check on a few positive slices. Metrics are accumulated slice by slice, so memor
 
 Spacing. Samples carry ``pixel_spacing`` (row, column mm) of the ORIGINAL slice, while image and mask have been
 resized to (H, W). The spacing of the resized grid is ``pixel_spacing * original_size / (H, W)``, with the original
-(rows, columns) taken from the sample's ``original_size`` key when present, else from the ``original_size``
-argument (default 512 x 512). Pass ``original_size=None`` when ``pixel_spacing`` already refers to the image grid.
+(rows, columns) taken from the sample's ``field_size`` key (the grid `FieldOfViewd` cropped or padded the slice to)
+or ``original_size`` key when present, else from the ``original_size`` argument (default 512 x 512). Pass ``original_size=None`` when ``pixel_spacing`` already refers to the image grid.
 """
 
 from __future__ import annotations
@@ -250,6 +250,7 @@ def evaluate_localization(
     dataset: Sequence[Mapping[str, Any]],
     *,
     method: str = "gradcam",
+    gate_layer: str | None = None,
     batch_size: int = 16,
     tolerances_mm: Sequence[float] = (0.0, 3.0),
     max_negative: int | None = None,
@@ -276,6 +277,8 @@ def evaluate_localization(
     calcium too). With candidates, each layer also gets "pointing_game_calcium": the pointing game with the map's
     maximum looked for among the candidate pixels only, and its chance rate (a random candidate pixel); it measures
     whether the map puts the coronary deposit above the brighter bone and the aortic calcium.
+    gate_layer: also report each layer's map gated by this shallow layer's LayerCAM (see
+    `coronary_calcium.explain.cam`), under the key ``"<layer>*<gate_layer>"`` (no sanity check for those).
     Every slice is explained for class 1 (calcium) with one CAM object (hooks registered once), ``batch_size``
     slices per call, on the network's device; ``precision="bf16"`` runs the CAM under bf16 autocast.
 
@@ -332,12 +335,13 @@ def evaluate_localization(
         num_workers=num_workers,
         collate_fn=_collate,
     )
-    acc = {layer: _LayerAccumulator(tolerances) for layer in layers}
+    keys = layers + ([f"{layer}*{gate_layer}" for layer in layers] if gate_layer is not None else [])
+    acc = {key: _LayerAccumulator(tolerances) for key in keys}
     raw_sizes: dict[str, list[int]] = {}
     n_pos = n_pos_mask = n_neg = 0
     sanity_x: list[torch.Tensor] = []
 
-    with CAM(network, layers, method) as cam:
+    with CAM(network, layers, method, gate_layer=gate_layer) as cam:
         for batch in tqdm(loader, desc=f"CAM localization ({method})", unit="batch", disable=not progress):
             images, labels, masks, spacings, candidates = [], [], [], [], []
             for k, item in enumerate(batch):
@@ -368,7 +372,7 @@ def evaluate_localization(
                                 f"sample {item.get('scan_id', '?')}/{item.get('slice_index', k)}",
                                 f"missing {spacing_key!r} (row, column mm) needed for the mm tolerances",
                             )
-                        size = item.get("original_size", original_size)
+                        size = item.get("field_size", item.get("original_size", original_size))
                         spacings.append(resized_spacing(item[spacing_key], img.shape[1:], size))
                         if sanity_check and len(sanity_x) < sanity_samples:
                             sanity_x.append(img)
@@ -398,7 +402,7 @@ def evaluate_localization(
                         a.add_positive(up[i], masks[i], spacings[i], candidates[i])
 
     out_layers: dict[str, dict] = {}
-    for layer in layers:
+    for layer in keys:
         metrics = acc[layer].summary()
         metrics["raw_map_size"] = raw_sizes.get(layer)
         metrics["sanity"] = None
@@ -420,6 +424,8 @@ def evaluate_localization(
     key = _tolerance_key(tolerances)
     result = {
         "method": method,
+        "gate_layer": gate_layer,
+        "gate_method": "layercam" if gate_layer is not None else None,
         "precision": precision,
         "class_idx": POSITIVE_CLASS,
         "tolerances_mm": tolerances,

@@ -48,6 +48,7 @@ def write_layer_montage(
     out_png: str | Path,
     *,
     method: str = "gradcam",
+    gate_layer: str | None = None,
     titles: Sequence[str] | None = None,
     class_idx: int = POSITIVE_CLASS,
     window: tuple[float, float] | None = (0.0, 1.0),
@@ -66,7 +67,8 @@ def write_layer_montage(
     ground-truth mask contour in green. Heat maps share one scale per row (the row's maximum raw value, shown on
     the row's colour bar), so a weak map looks weak next to a strong one. Each panel is annotated with the
     predicted probability of ``class_idx`` and the raw CAM peak. Row labels: layer name and raw map size; column
-    titles: ``titles`` or "scan_id / slice k" and the label. Samples need ``image`` (C,H,W) of one shape and
+    titles: ``titles`` or "scan_id / slice k" and the label. With ``gate_layer``, the gated maps
+    (`coronary_calcium.explain.cam`, "<layer>*<gate_layer>") follow as extra rows. Samples need ``image`` (C,H,W) of one shape and
     ``label``; ``mask``, ``scan_id``, ``slice_index`` are optional. Rendered with matplotlib's Agg canvas (no
     pyplot state), written atomically; the figure is ``panel_inches`` per panel at ``dpi``.
     """
@@ -106,8 +108,10 @@ def write_layer_montage(
     param = next(unwrap_model(network).parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     x = torch.stack(images)
-    with CAM(network, rows, method) as cam:
+    with CAM(network, rows, method, gate_layer=gate_layer) as cam:
         results = cam(x.to(device), class_idx)
+        if gate_layer is not None:
+            rows = rows + [cam.gated_name(layer) for layer in rows]
     gray = x[:, 0].numpy()
     first = next(iter(results.values()))
     probs = torch.softmax(first.logits, 1)[:, class_idx].cpu().numpy()

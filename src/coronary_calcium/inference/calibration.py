@@ -49,12 +49,14 @@ __all__ = ["calibrate", "choose_thresholds", "training_defaults", "DEFAULT_SLICE
 DEFAULT_SLICE_GRID = tuple(round(v, 4) for v in np.linspace(0.0, 1.0, 21))
 DEFAULT_CAM_GRID = tuple(round(v, 4) for v in np.linspace(0.0, 1.0, 21))
 _FALLBACK_DEFAULTS = {"network_name": "inception_v3_scratch", "hu_windows": [[-250.0, 950.0], [130.0, 630.0]],
-                      "image_size": [256, 256], "calcium_threshold_hu": 130.0, "min_lesion_area_mm2": 1.0}
+                      "image_size": [256, 256], "field_of_view_mm": None, "calcium_threshold_hu": 130.0,
+                      "min_lesion_area_mm2": 1.0}
+FROM_TRAINING = "train.json"  # field_of_view_mm default: train.json's value (None itself means "no crop")
 
 
 def training_defaults(train_config: str | Path | None = None) -> dict[str, Any]:
-    """network_name, hu_windows, image_size, in_channels (one per window), calcium_threshold_hu, min_lesion_area_mm2
-    of the bundle's ``configs/train.json`` (the values the classifier is trained with unless overridden)."""
+    """network_name, hu_windows, image_size, field_of_view_mm, in_channels (one per window), calcium_threshold_hu,
+    min_lesion_area_mm2 of the bundle's ``configs/train.json`` (the values the classifier is trained with unless overridden)."""
     if train_config is None:
         from coronary_calcium.train.bundle import BUNDLE_ROOT
 
@@ -179,8 +181,10 @@ def choose_thresholds(
     hu_windows: Sequence[Sequence[float]] | None = None,
     image_size: Sequence[int] | None = None,
     in_channels: int | None = None,
+    field_of_view_mm: float | str | None = FROM_TRAINING,
     cam_layer: str | None = None,
     cam_method: str = "gradcam",
+    cam_gate_layer: str | None = None,
     cam_score: str = "normalised",
     scoring: ScoringConfig | None = None,
     slice_grid: Sequence[float] | None = None,
@@ -196,6 +200,8 @@ def choose_thresholds(
     data: a manifest (its ``split`` scans, which need reference labels or COCA XML), slice records as made by
     `slice_records` (their masks are the reference), or (CTVolume, labels) pairs.
     cam_layer: defaults to the network spec's intermediate CAM layer (stride <= 16), ``cam_layers[0]``.
+    field_of_view_mm: the slices' centre crop / pad in mm before resizing; default train.json's, None for none.
+    cam_gate_layer: gate the CAM by this shallow layer's LayerCAM (the network spec's ``gate_layer``); None: not.
     scoring: candidate / scoring rules; defaults to ScoringConfig with the training's HU threshold and minimum area.
     The ``checkpoint`` (a file) is recorded with its sha256 when given.
     """
@@ -204,6 +210,8 @@ def choose_thresholds(
     hu_windows = check_hu_windows(hu_windows if hu_windows is not None else defaults["hu_windows"])
     image_size = tuple(int(v) for v in (image_size if image_size is not None else defaults["image_size"]))
     in_channels = int(in_channels if in_channels is not None else len(hu_windows))
+    if field_of_view_mm == FROM_TRAINING:
+        field_of_view_mm = defaults["field_of_view_mm"]
     cam_layer = cam_layer or spec.cam_layers[0]
     if cam_score not in CAM_SCORES:
         raise InputError("cam_score", f"must be one of {list(CAM_SCORES)}, got {cam_score!r}")
@@ -215,11 +223,15 @@ def choose_thresholds(
     precision = precision or default_precision(dev)
     # Validate the choices (layer names, methods) before reading any data.
     probe = Thresholds(network_name=spec.name, checkpoint="", checkpoint_sha256="", t_slice=0.5, t_cam=0.5,
-                       cam_layer=cam_layer, cam_method=cam_method, cam_score=cam_score, hu_windows=hu_windows,
-                       image_size=image_size, in_channels=in_channels, scoring=config.to_dict())
-    validate_cam_layers(network, cam_layer)
-    analyzer = SliceAnalyzer(network=network, hu_windows=hu_windows, image_size=image_size, cam_layer=cam_layer,
-                             cam_method=cam_method, cam_score=cam_score, device=dev, precision=precision,
+                       cam_layer=cam_layer, cam_method=cam_method, cam_gate_layer=cam_gate_layer,
+                       cam_score=cam_score, hu_windows=hu_windows,
+                       image_size=image_size, in_channels=in_channels, field_of_view_mm=field_of_view_mm,
+                       scoring=config.to_dict())
+    validate_cam_layers(network, [cam_layer] + ([cam_gate_layer] if cam_gate_layer else []))
+    analyzer = SliceAnalyzer(network=network, hu_windows=hu_windows, image_size=image_size,
+                             field_of_view_mm=probe.field_of_view_mm, cam_layer=cam_layer,
+                             cam_method=cam_method, cam_gate_layer=cam_gate_layer, cam_score=cam_score, device=dev,
+                             precision=precision,
                              channels_last=(precision == "bf16") if channels_last is None else bool(channels_last),
                              batch_size=batch_size)
     cases, n_cases, described = _cases(data, split)
@@ -280,10 +292,12 @@ def choose_thresholds(
         t_cam=t_cam,
         cam_layer=probe.cam_layer,
         cam_method=cam_method,
+        cam_gate_layer=cam_gate_layer,
         cam_score=cam_score,
         hu_windows=hu_windows,
         image_size=image_size,
         in_channels=in_channels,
+        field_of_view_mm=probe.field_of_view_mm,
         scoring=config.to_dict(),
         validation=validation,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -305,7 +319,8 @@ def calibrate(
 
     ckpt_dir: defaults to ``<output_dir>/models`` (the training bundle's layout); give one of the two.
     network_name: defaults to train.json's ``network_name``. Other keyword arguments go to `choose_thresholds`
-    (hu_windows, image_size, in_channels, cam_layer, cam_method, cam_score, scoring, device, precision, ...):
+    (hu_windows, image_size, in_channels, field_of_view_mm, cam_layer, cam_method, cam_gate_layer, cam_score,
+    scoring, device, precision, ...):
     pass the values the model was trained with when they differ from train.json's.
     """
     if ckpt_dir is None:

@@ -1,8 +1,9 @@
 """A trained slice classifier ready for inference: preprocessing, batched slice probabilities and CAM maps.
 
 The preprocessing is the training pipeline's deterministic part (``bundle/configs/train.json``,
-``deterministic_transforms`` and ``window_transforms``): ``EnsureTyped`` (float32), ``MaxPoolResized`` and the HU
-windows as channels (``HUWindows``), with the parameters saved in ``thresholds.json``. A whole volume goes through
+``deterministic_transforms`` and ``window_transforms``): ``EnsureTyped`` (float32), ``FieldOfViewd`` (centre crop /
+pad to a field of view in mm, when the model was trained with one), ``MaxPoolResized`` and the HU windows as
+channels (``HUWindows``), with the parameters saved in ``thresholds.json``. A whole volume goes through
 them at once with its slices as channels: every transform acts per slice, so each slice comes out exactly as the
 training pipeline makes it (a test checks this against train.json).
 """
@@ -21,7 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coronary_calcium.data.transforms import MaxPoolResized, apply_hu_windows, check_hu_windows
+from coronary_calcium.data.transforms import (
+    AIR_HU,
+    FieldOfViewd,
+    MaxPoolResized,
+    apply_hu_windows,
+    check_hu_windows,
+    field_of_view_box,
+    uncrop_from_box,
+)
 from coronary_calcium.errors import InputError
 from coronary_calcium.explain.cam import CAM
 from coronary_calcium.inference.thresholds import CHECKPOINT_FILE, Thresholds, load_thresholds, thresholds_path
@@ -32,14 +41,17 @@ POSITIVE_CLASS = 1
 
 
 @functools.lru_cache(maxsize=8)
-def build_preprocessing(hu_windows: tuple[tuple[float, float], ...], image_size: tuple[int, int]) -> Any:
+def build_preprocessing(
+    hu_windows: tuple[tuple[float, float], ...], image_size: tuple[int, int], field_of_view_mm: float | None = None
+) -> Any:
     """The training pipeline's deterministic transforms for key "image": (Z, H, W) HU slices -> (Z, n_windows,
-    *image_size) network input."""
+    *image_size) network input. With a field of view the sample also needs "pixel_spacing" (row, column mm)."""
     from monai.transforms import Compose, EnsureTyped, Lambdad
 
     windows = check_hu_windows(hu_windows)
     return Compose([
         EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
+        FieldOfViewd(keys="image", field_of_view_mm=field_of_view_mm, values=AIR_HU),
         MaxPoolResized(keys="image", spatial_size=tuple(int(s) for s in image_size)),
         # slices stand in the channel axis here: each gets its own window channels
         Lambdad(keys="image", func=lambda x: apply_hu_windows(x.unsqueeze(1), windows, dim=1)),
@@ -56,8 +68,9 @@ def _device(device: str | torch.device | None) -> torch.device:
 class SliceAnalyzer:
     """Classifier + CAM over the axial slices of a volume.
 
-    ``probabilities(hu)`` gives P(coronary calcium) per slice; ``cam_maps(hu, slices)`` the positive class's CAM
-    of the chosen slices at ``cam_layer``, resized to the original matrix (bilinear), per-slice min-max
+    ``probabilities(hu, pixel_spacing)`` gives P(coronary calcium) per slice; ``cam_maps(hu, slices,
+    pixel_spacing)`` the positive class's CAM of the chosen slices at ``cam_layer``, resized (bilinear) to the field
+    of view's grid and placed back on the original matrix (0 outside the field), per-slice min-max
     normalised (``cam_score="normalised"``) or raw. Batches of ``batch_size`` slices run under autocast at
     ``precision`` ("bf16" on CPUs/GPUs that support it, see `default_precision`), channels_last when asked.
     """
@@ -66,7 +79,9 @@ class SliceAnalyzer:
     hu_windows: tuple[tuple[float, float], ...]
     image_size: tuple[int, int]
     cam_layer: str
+    field_of_view_mm: float | None = None
     cam_method: str = "gradcam"
+    cam_gate_layer: str | None = None
     cam_score: str = "normalised"
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "fp32"
@@ -86,9 +101,19 @@ class SliceAnalyzer:
 
     # -- building blocks ------------------------------------------------------------------------------------
 
-    def preprocess(self, hu: np.ndarray) -> torch.Tensor:
-        """(Z, H, W) HU -> (Z, n_windows, *image_size) float32 network input (a plain tensor), on the CPU."""
-        out = build_preprocessing(self.hu_windows, self.image_size)({"image": np.asarray(hu, dtype=np.float32)})
+    def _spacing(self, pixel_spacing: Sequence[float] | None) -> list[float] | None:
+        if self.field_of_view_mm is None:
+            return None
+        if pixel_spacing is None:
+            raise InputError("pixel_spacing", f"the model crops a {self.field_of_view_mm:g} mm field of view: give "
+                             "the slices' (row, column) pixel spacing")
+        return [float(v) for v in np.asarray(pixel_spacing, dtype=np.float64).reshape(-1)[-2:]]
+
+    def preprocess(self, hu: np.ndarray, pixel_spacing: Sequence[float] | None = None) -> torch.Tensor:
+        """(Z, H, W) HU -> (Z, n_windows, *image_size) float32 network input (a plain tensor), on the CPU.
+        ``pixel_spacing`` (row, column mm; a (z, row, column) spacing works too) is needed with a field of view."""
+        sample = {"image": np.asarray(hu, dtype=np.float32), "pixel_spacing": self._spacing(pixel_spacing)}
+        out = build_preprocessing(self.hu_windows, self.image_size, self.field_of_view_mm)(sample)
         x = out["image"]
         if hasattr(x, "as_tensor"):  # a MetaTensor would route every network op through MONAI's meta handling
             x = x.as_tensor()
@@ -105,8 +130,13 @@ class SliceAnalyzer:
 
     def _cam_object(self) -> CAM:
         if self._cam is None:  # hooks registered once per model
-            self._cam = CAM(self.network, [self.cam_layer], self.cam_method)
+            self._cam = CAM(self.network, [self.cam_layer], self.cam_method, gate_layer=self.cam_gate_layer)
         return self._cam
+
+    @property
+    def cam_key(self) -> str:
+        """The CAM result used: the layer's map, or its gated map with a ``cam_gate_layer``."""
+        return self.cam_layer if self.cam_gate_layer is None else f"{self.cam_layer}*{self.cam_gate_layer}"
 
     def close(self) -> None:
         """Remove the CAM hooks."""
@@ -116,9 +146,10 @@ class SliceAnalyzer:
 
     # -- per volume ---------------------------------------------------------------------------------------
 
-    def probabilities(self, hu: np.ndarray, x: torch.Tensor | None = None) -> np.ndarray:
-        """P(positive) per slice (float64, length Z); ``x`` = ``preprocess(hu)`` when already made."""
-        x = self.preprocess(hu) if x is None else x
+    def probabilities(self, hu: np.ndarray, x: torch.Tensor | None = None,
+                      pixel_spacing: Sequence[float] | None = None) -> np.ndarray:
+        """P(positive) per slice (float64, length Z); ``x`` = ``preprocess(hu, pixel_spacing)`` when already made."""
+        x = self.preprocess(hu, pixel_spacing) if x is None else x
         out = []
         with torch.inference_mode():
             for batch in self._batches(x):
@@ -129,14 +160,15 @@ class SliceAnalyzer:
         return torch.cat(out).double().numpy()
 
     def probabilities_and_cams(self, hu: np.ndarray, slices: Sequence[int] | None = None,
-                               x: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+                               x: torch.Tensor | None = None,
+                               pixel_spacing: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """P(positive) per slice and the positive class's CAM at the network's input size, from one pass.
 
         The CAM's forward pass gives the logits too, so classifying and explaining ``slices`` (default: all)
         costs about one forward pass plus the backward pass down to the CAM layer. Returns the probabilities of
         ``slices`` and their maps (len(slices), *image_size), normalised or raw per ``cam_score``.
         """
-        x = self.preprocess(hu) if x is None else x
+        x = self.preprocess(hu, pixel_spacing) if x is None else x
         if slices is not None:
             x = x[[int(k) for k in slices]]
         if x.shape[0] == 0:
@@ -148,27 +180,35 @@ class SliceAnalyzer:
             if self.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with self._autocast():
-                result = cam(batch, POSITIVE_CLASS)[self.cam_layer]
+                result = cam(batch, POSITIVE_CLASS)[self.cam_key]
             probs.append(torch.softmax(result.logits.float(), dim=1)[:, POSITIVE_CLASS].cpu())
             m = result.normalised if self.cam_score == "normalised" else result.upsampled
             maps.append(m[:, 0].float().cpu())
         return torch.cat(probs).double().numpy(), torch.cat(maps).numpy().astype(np.float32, copy=False)
 
-    def to_original(self, maps: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-        """Maps at the network's input size resized (bilinear) to the original (H, W) matrix."""
+    def to_original(self, maps: np.ndarray, shape: Sequence[int],
+                    pixel_spacing: Sequence[float] | None = None) -> np.ndarray:
+        """Maps at the network's input size resized (bilinear) to the field of view's grid, or to the whole (H, W)
+        matrix without one, and placed on the original matrix (0 outside the field)."""
         h, w = int(shape[-2]), int(shape[-1])
+        spacing = self._spacing(pixel_spacing)
+        box = None if spacing is None else field_of_view_box((h, w), spacing, self.field_of_view_mm)
+        grid = (h, w) if box is None else (box[0][0], box[1][0])
         m = torch.as_tensor(np.asarray(maps, dtype=np.float32))
-        if m.shape[0] == 0 or tuple(m.shape[1:]) == (h, w):
-            return m.numpy().reshape(m.shape[0], h, w)
-        out = F.interpolate(m[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-        out = out.clamp(0.0, 1.0) if self.cam_score == "normalised" else out.clamp_min(0.0)
-        return out.numpy()
+        if m.shape[0] == 0:
+            return np.zeros((0, h, w), dtype=np.float32)
+        if tuple(m.shape[1:]) != grid:
+            m = F.interpolate(m[:, None], size=grid, mode="bilinear", align_corners=False)[:, 0]
+            m = m.clamp(0.0, 1.0) if self.cam_score == "normalised" else m.clamp_min(0.0)
+        out = m.numpy()
+        return out if box is None else uncrop_from_box(out, (h, w), box)
 
-    def cam_maps(self, hu: np.ndarray, slices: Sequence[int], x: torch.Tensor | None = None) -> np.ndarray:
+    def cam_maps(self, hu: np.ndarray, slices: Sequence[int], x: torch.Tensor | None = None,
+                 pixel_spacing: Sequence[float] | None = None) -> np.ndarray:
         """CAM of the positive class on the given slices, (len(slices), H, W) float32 on the original matrix."""
         slices = [int(k) for k in slices]
-        _, maps = self.probabilities_and_cams(hu, slices, x)
-        return self.to_original(maps, np.shape(hu))
+        _, maps = self.probabilities_and_cams(hu, slices, x, pixel_spacing)
+        return self.to_original(maps, np.shape(hu), pixel_spacing)
 
 
 @dataclass
@@ -197,9 +237,11 @@ class InferenceModel:
             "t_cam": t.t_cam,
             "cam_layer": t.cam_layer,
             "cam_method": t.cam_method,
+            "cam_gate_layer": t.cam_gate_layer,
             "cam_score": t.cam_score,
             "hu_windows": [list(w) for w in t.hu_windows],
             "image_size": list(t.image_size),
+            "field_of_view_mm": t.field_of_view_mm,
             "validation_f1": t.validation.get("f1"),
             "precision": self.analyzer.precision,
             "device": str(self.analyzer.device),
@@ -243,8 +285,10 @@ def load_model(
         network=network,
         hu_windows=thresholds.hu_windows,
         image_size=thresholds.image_size,
+        field_of_view_mm=thresholds.field_of_view_mm,
         cam_layer=thresholds.cam_layer,
         cam_method=thresholds.cam_method,
+        cam_gate_layer=thresholds.cam_gate_layer,
         cam_score=thresholds.cam_score,
         device=dev,
         precision=precision,

@@ -88,14 +88,14 @@ def analyse_volume(
     the probabilities); only the chosen slices' maps are resized to the original matrix and kept.
     Returns ``probabilities``, ``candidates``, ``cam_slices``, ``cam_maps`` and ``cam_scores``.
     """
-    probs, small = analyzer.probabilities_and_cams(hu)
+    probs, small = analyzer.probabilities_and_cams(hu, pixel_spacing=spacing)
     candidates = find_lesions(hu, spacing, slice_thickness=slice_thickness, config=config)
     if callable(cam_slices):
         cam_slices = cam_slices(probs)
     if cam_slices is None:
         cam_slices = sorted({int(les.slices[0]) for les in candidates})
     cam_slices = [int(k) for k in cam_slices]
-    maps = analyzer.to_original(small[cam_slices], np.shape(hu))
+    maps = analyzer.to_original(small[cam_slices], np.shape(hu), spacing)
     return {
         "probabilities": probs,
         "candidates": candidates,

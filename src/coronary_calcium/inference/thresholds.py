@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coronary_calcium.data.transforms import check_hu_windows
+from coronary_calcium.data.transforms import check_hu_windows, field_of_view_box
 from coronary_calcium.errors import InputError
 from coronary_calcium.explain.cam import METHODS
 from coronary_calcium.report.files import write_json
@@ -24,7 +24,9 @@ from coronary_calcium.scoring.agatston import ScoringConfig
 
 THRESHOLDS_FILE = "thresholds.json"
 CHECKPOINT_FILE = "model.pt"
-THRESHOLDS_VERSION = 2  # 2: several HU windows (hu_windows) instead of one (hu_window)
+# 2: several HU windows (hu_windows) instead of one (hu_window); 3: field_of_view_mm and cam_gate_layer (absent
+# before: None, no crop and no gating)
+THRESHOLDS_VERSION = 3
 MISSING = "thresholds missing: run coronary-calcium calibrate / evaluate first"
 CAM_SCORES = ("normalised", "raw")
 # ScoringConfig.to_dict() adds these derived values; they are not constructor arguments.
@@ -66,9 +68,11 @@ class Thresholds:
     cam_layer: str
     cam_method: str = "gradcam"
     cam_score: str = "normalised"
+    cam_gate_layer: str | None = None  # the CAM is gated by this shallow layer's LayerCAM (explain.cam); None: not
     hu_windows: tuple[tuple[float, float], ...] = ((-250.0, 950.0), (130.0, 630.0))
     image_size: tuple[int, int] = (256, 256)
     in_channels: int | None = None  # one channel per HU window; None: len(hu_windows)
+    field_of_view_mm: float | None = None  # slices centre-cropped / padded to this many mm first; None: not
     scoring: dict[str, Any] = field(default_factory=lambda: ScoringConfig().to_dict())
     validation: dict[str, Any] = field(default_factory=dict)
     created: str = ""
@@ -79,6 +83,9 @@ class Thresholds:
         self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise InputError("image_size", f"must be two positive sizes, got {self.image_size}")
+        if self.field_of_view_mm is not None:
+            field_of_view_box((1, 1), (1.0, 1.0), self.field_of_view_mm)  # refuses a non-positive value
+            self.field_of_view_mm = float(self.field_of_view_mm)
         if self.in_channels is None:
             self.in_channels = len(self.hu_windows)
         if self.in_channels != len(self.hu_windows):
@@ -108,11 +115,13 @@ class Thresholds:
         out["preprocessing"] = {
             "transforms": [
                 "EnsureTyped(dtype=float32)",
+                *([f"FieldOfViewd(field_of_view_mm={self.field_of_view_mm})"] if self.field_of_view_mm else []),
                 f"MaxPoolResized(spatial_size={list(self.image_size)})",
                 f"HUWindows(windows={[list(w) for w in self.hu_windows]})",
             ],
             "hu_windows": [list(w) for w in self.hu_windows],
             "image_size": list(self.image_size),
+            "field_of_view_mm": self.field_of_view_mm,
             "in_channels": self.in_channels,
         }
         out["rule"] = ("a candidate lesion counts when slice_probability >= t_slice and cam_score >= t_cam "
