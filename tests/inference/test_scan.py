@@ -112,3 +112,23 @@ def test_cam_maps_are_on_the_original_matrix(tiny_model):
     empty = CTVolume(hu=np.full((2, 40, 56), -1000.0, np.float32), spacing=(3.0, 0.5, 0.5))
     result = infer_scan(empty, tiny_model, scan_id="air")
     assert result.agatston == 0.0 and result.category == "0" and result.candidates == []
+
+
+def test_candidate_cam_scores_by_max_or_mean():
+    """A small deposit inside the map's hot spot and a large bright component that only touches it: by the maximum
+    both score high, by the mean only the deposit does."""
+    from coronary_calcium.inference.scan import candidate_cam_scores
+    from coronary_calcium.scoring.agatston import ScoringConfig, find_lesions
+
+    hu = np.full((2, 20, 20), 40.0, np.float32)
+    hu[1, 4:6, 4:6] = 400.0  # deposit, 4 pixels
+    hu[1, 10:20, 0:20] = 700.0  # "bone", 200 pixels
+    maps = np.zeros((1, 20, 20), np.float32)
+    maps[0, 2:11, 2:8] = 1.0  # hot spot over the deposit and one row of the bone
+    lesions = sorted(find_lesions(hu, (3.0, 1.0, 1.0), config=ScoringConfig()), key=lambda les: les.area_mm2[0])
+    assert [les.area_mm2[0] for les in lesions] == [4.0, 200.0]
+    assert candidate_cam_scores(lesions, hu.shape, maps, [1]) == [1.0, 1.0]
+    assert candidate_cam_scores(lesions, hu.shape, maps, [1], "mean") == [1.0, pytest.approx(6 / 200)]
+    assert candidate_cam_scores(lesions, hu.shape, maps, [0]) == [None, None]  # no map on their slice
+    with pytest.raises(InputError, match="cam_pooling"):
+        candidate_cam_scores(lesions, hu.shape, maps, [1], "median")

@@ -143,3 +143,6 @@ def test_channels_must_match_the_hu_windows_and_version_1_files_still_load(tmp_p
     assert Thresholds.from_dict({**base, "field_of_view_mm": 250}).field_of_view_mm == 250.0
     with pytest.raises(InputError, match="field_of_view_mm"):
         Thresholds(**base, field_of_view_mm=-5.0)
+    assert old.cam_pooling == "max" and old.cam_gate_layer is None  # earlier files: the maximum, no gating
+    with pytest.raises(InputError, match="cam_pooling"):
+        Thresholds(**base, cam_pooling="median")

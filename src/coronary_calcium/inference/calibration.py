@@ -186,6 +186,7 @@ def choose_thresholds(
     cam_method: str = "gradcam",
     cam_gate_layer: str | None = None,
     cam_score: str = "normalised",
+    cam_pooling: str = "max",
     scoring: ScoringConfig | None = None,
     slice_grid: Sequence[float] | None = None,
     cam_grid: Sequence[float] | None = None,
@@ -201,6 +202,7 @@ def choose_thresholds(
     `slice_records` (their masks are the reference), or (CTVolume, labels) pairs.
     cam_layer: defaults to the network spec's intermediate CAM layer (stride <= 16), ``cam_layers[0]``.
     field_of_view_mm: the slices' centre crop / pad in mm before resizing; default train.json's, None for none.
+    cam_pooling: a candidate's CAM score is the "max" or the "mean" of the map over its pixels.
     cam_gate_layer: gate the CAM by this shallow layer's LayerCAM (the network spec's ``gate_layer``); None: not.
     scoring: candidate / scoring rules; defaults to ScoringConfig with the training's HU threshold and minimum area.
     The ``checkpoint`` (a file) is recorded with its sha256 when given.
@@ -224,13 +226,14 @@ def choose_thresholds(
     # Validate the choices (layer names, methods) before reading any data.
     probe = Thresholds(network_name=spec.name, checkpoint="", checkpoint_sha256="", t_slice=0.5, t_cam=0.5,
                        cam_layer=cam_layer, cam_method=cam_method, cam_gate_layer=cam_gate_layer,
-                       cam_score=cam_score, hu_windows=hu_windows,
+                       cam_score=cam_score, cam_pooling=cam_pooling, hu_windows=hu_windows,
                        image_size=image_size, in_channels=in_channels, field_of_view_mm=field_of_view_mm,
                        scoring=config.to_dict())
     validate_cam_layers(network, [cam_layer] + ([cam_gate_layer] if cam_gate_layer else []))
     analyzer = SliceAnalyzer(network=network, hu_windows=hu_windows, image_size=image_size,
                              field_of_view_mm=probe.field_of_view_mm, cam_layer=cam_layer,
-                             cam_method=cam_method, cam_gate_layer=cam_gate_layer, cam_score=cam_score, device=dev,
+                             cam_method=cam_method, cam_gate_layer=cam_gate_layer, cam_score=cam_score,
+                             cam_pooling=cam_pooling, device=dev,
                              precision=precision,
                              channels_last=(precision == "bf16") if channels_last is None else bool(channels_last),
                              batch_size=batch_size)
@@ -294,6 +297,7 @@ def choose_thresholds(
         cam_method=cam_method,
         cam_gate_layer=cam_gate_layer,
         cam_score=cam_score,
+        cam_pooling=cam_pooling,
         hu_windows=hu_windows,
         image_size=image_size,
         in_channels=in_channels,
@@ -320,7 +324,7 @@ def calibrate(
     ckpt_dir: defaults to ``<output_dir>/models`` (the training bundle's layout); give one of the two.
     network_name: defaults to train.json's ``network_name``. Other keyword arguments go to `choose_thresholds`
     (hu_windows, image_size, in_channels, field_of_view_mm, cam_layer, cam_method, cam_gate_layer, cam_score,
-    scoring, device, precision, ...):
+    cam_pooling, scoring, device, precision, ...):
     pass the values the model was trained with when they differ from train.json's.
     """
     if ckpt_dir is None:

@@ -83,6 +83,7 @@ class SliceAnalyzer:
     cam_method: str = "gradcam"
     cam_gate_layer: str | None = None
     cam_score: str = "normalised"
+    cam_pooling: str = "max"
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "fp32"
     channels_last: bool = False
@@ -239,6 +240,7 @@ class InferenceModel:
             "cam_method": t.cam_method,
             "cam_gate_layer": t.cam_gate_layer,
             "cam_score": t.cam_score,
+            "cam_pooling": t.cam_pooling,
             "hu_windows": [list(w) for w in t.hu_windows],
             "image_size": list(t.image_size),
             "field_of_view_mm": t.field_of_view_mm,
@@ -290,6 +292,7 @@ def load_model(
         cam_method=thresholds.cam_method,
         cam_gate_layer=thresholds.cam_gate_layer,
         cam_score=thresholds.cam_score,
+        cam_pooling=thresholds.cam_pooling,
         device=dev,
         precision=precision,
         channels_last=(precision == "bf16") if channels_last is None else bool(channels_last),

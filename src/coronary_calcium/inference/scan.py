@@ -19,6 +19,7 @@ import numpy as np
 
 from coronary_calcium.errors import InputError
 from coronary_calcium.inference.model import InferenceModel, SliceAnalyzer
+from coronary_calcium.inference.thresholds import CAM_POOLINGS
 from coronary_calcium.io.volume import CTVolume
 from coronary_calcium.labels import CORONARY_LABELS, LABEL_NAMES
 from coronary_calcium.scoring.agatston import (
@@ -57,9 +58,14 @@ def check_volume(volume: CTVolume, item: object = "volume") -> None:
 
 
 def candidate_cam_scores(
-    candidates: Sequence[Lesion], shape: Sequence[int], maps: np.ndarray, map_slices: Sequence[int]
+    candidates: Sequence[Lesion], shape: Sequence[int], maps: np.ndarray, map_slices: Sequence[int],
+    pooling: str = "max",
 ) -> list[float | None]:
-    """Per candidate (2D lesion), the maximum of its slice's CAM map inside its pixels; None where no map."""
+    """Per candidate (2D lesion), the maximum (``pooling="max"``) or mean ("mean") of its slice's CAM map inside its
+    pixels; None where no map. The mean keeps a large bone component that only touches the map's hot spot low."""
+    if pooling not in CAM_POOLINGS:
+        raise InputError("cam_pooling", f"must be one of {list(CAM_POOLINGS)}, got {pooling!r}")
+    reduce = np.max if pooling == "max" else np.mean
     where = {int(k): i for i, k in enumerate(map_slices)}
     plane = int(shape[1]) * int(shape[2])
     scores: list[float | None] = []
@@ -68,7 +74,7 @@ def candidate_cam_scores(
         if i is None or lesion.voxels is None:
             scores.append(None)
             continue
-        scores.append(float(maps[i].ravel()[np.asarray(lesion.voxels) % plane].max()))
+        scores.append(float(reduce(maps[i].ravel()[np.asarray(lesion.voxels) % plane])))
     return scores
 
 
@@ -101,7 +107,7 @@ def analyse_volume(
         "candidates": candidates,
         "cam_slices": cam_slices,
         "cam_maps": maps,
-        "cam_scores": candidate_cam_scores(candidates, np.shape(hu), maps, cam_slices),
+        "cam_scores": candidate_cam_scores(candidates, np.shape(hu), maps, cam_slices, analyzer.cam_pooling),
     }
 
 
@@ -317,7 +323,7 @@ def infer_scan(
     notes = [n for n in score.notes if not n.startswith("no artery labels")]
     notes.append(
         f"coronary calcium = candidate lesions (>= {config.threshold:g} HU, >= {config.min_area_mm2:g} mm^2 per slice) "
-        f"on slices with probability >= {t.t_slice:g} whose CAM score ({t.cam_score} {t.cam_method} at "
+        f"on slices with probability >= {t.t_slice:g} whose CAM score ({t.cam_pooling} of the {t.cam_score} {t.cam_method} at "
         f"{t.cam_layer}) is >= {t.t_cam:g}; non-coronary calcium is excluded by the model alone"
     )
     kvp = volume.meta.get("kvp")

@@ -29,6 +29,7 @@ CHECKPOINT_FILE = "model.pt"
 THRESHOLDS_VERSION = 3
 MISSING = "thresholds missing: run coronary-calcium calibrate / evaluate first"
 CAM_SCORES = ("normalised", "raw")
+CAM_POOLINGS = ("max", "mean")  # a candidate's CAM score: the maximum or the mean of the map over its pixels
 # ScoringConfig.to_dict() adds these derived values; they are not constructor arguments.
 _DERIVED_SCORING_KEYS = ("threshold_hu_used", "weight_cutpoints_hu")
 
@@ -68,6 +69,7 @@ class Thresholds:
     cam_layer: str
     cam_method: str = "gradcam"
     cam_score: str = "normalised"
+    cam_pooling: str = "max"
     cam_gate_layer: str | None = None  # the CAM is gated by this shallow layer's LayerCAM (explain.cam); None: not
     hu_windows: tuple[tuple[float, float], ...] = ((-250.0, 950.0), (130.0, 630.0))
     image_size: tuple[int, int] = (256, 256)
@@ -95,6 +97,8 @@ class Thresholds:
             raise InputError("cam_method", f"must be one of {list(METHODS)}, got {self.cam_method!r}")
         if self.cam_score not in CAM_SCORES:
             raise InputError("cam_score", f"must be one of {list(CAM_SCORES)}, got {self.cam_score!r}")
+        if self.cam_pooling not in CAM_POOLINGS:
+            raise InputError("cam_pooling", f"must be one of {list(CAM_POOLINGS)}, got {self.cam_pooling!r}")
         for name in ("t_slice", "t_cam"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -125,7 +129,7 @@ class Thresholds:
             "in_channels": self.in_channels,
         }
         out["rule"] = ("a candidate lesion counts when slice_probability >= t_slice and cam_score >= t_cam "
-                       "(cam_score: maximum of the CAM inside the lesion's pixels)")
+                       f"(cam_score: {self.cam_pooling} of the CAM over the lesion's pixels)")
         return out
 
     @classmethod
