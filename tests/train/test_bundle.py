@@ -84,7 +84,9 @@ def test_evaluate_writes_metrics_tables_and_figures(trained, tiny_manifest, over
         assert (ev / name).stat().st_size > 0, name
     assert (ev / "test_confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     loc = json.loads((ev / "localization.json").read_text())
-    assert set(loc["layers"]) == {"layer2", "layer3"} and loc["n_positive"] > 0
+    # each CAM layer, and each gated by the network's gate layer (tiny_cnn: "stem")
+    assert set(loc["layers"]) == {"layer2", "layer3", "layer2*stem", "layer3*stem"} and loc["n_positive"] > 0
+    assert loc["gate_layer"] == "stem"
     assert (ev / "cam_montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
