@@ -140,7 +140,8 @@ def main() -> None:
             p32 = fp32.analyzer.probabilities(volume.hu, pixel_spacing=volume.spacing)
             plow = analyzer.probabilities(volume.hu, pixel_spacing=volume.spacing)
             with torch.inference_mode():  # random weights saturate the softmax: compare the logits as well
-                l32 = fp32.analyzer._inferer(fp32.analyzer.preprocess(volume.hu, volume.spacing), fp32.analyzer.network)
+                x32 = fp32.analyzer.preprocess(volume.hu, volume.spacing)
+                l32 = fp32.analyzer._inferer(x32, fp32.analyzer.network)
                 llow = analyzer._inferer(x, analyzer.network)
             accuracy = {"max_abs_probability_difference_vs_fp32": float(np.abs(p32 - plow).max()),
                         "max_logit_difference_vs_fp32_relative": float((l32 - llow).abs().max() / l32.abs().max())}

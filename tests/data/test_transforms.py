@@ -57,11 +57,14 @@ def test_field_of_view_gives_every_scan_the_same_millimetres_per_pixel():
     back = uncrop_from_box(crop_or_pad_to_box(torch.as_tensor(x), box, -1.0).numpy(), (512, 512), box)
     assert np.array_equal(back[100:412, 100:412], x[100:412, 100:412]) and back[:100].sum() == 0
     box = field_of_view_box((512, 512), (0.4, 0.4), 250.0)
-    assert np.array_equal(uncrop_from_box(crop_or_pad_to_box(torch.as_tensor(x), box, -1.0).numpy(), (512, 512), box), x)
+    padded = crop_or_pad_to_box(torch.as_tensor(x), box, -1.0).numpy()
+    assert np.array_equal(uncrop_from_box(padded, (512, 512), box), x)
     assert FieldOfViewd("image", None)({"image": img})["image"] is img  # None: unchanged, no spacing needed
 
 
-@pytest.mark.parametrize("fov, spacing, item", [(0.0, [0.5, 0.5], "field_of_view_mm"), (250.0, [0.5], "pixel_spacing"),
+@pytest.mark.parametrize("fov, spacing, item", [(0.0, [0.5, 0.5], "field_of_view_mm"),
+                                                ("wide", [0.5, 0.5], "field_of_view_mm"),
+                                                (250.0, [0.5], "pixel_spacing"),
                                                 (250.0, [0.5, -1.0], "pixel_spacing"), (250.0, None, "pixel_spacing")])
 def test_bad_field_of_view_or_spacing_is_refused(fov, spacing, item):
     sample = {"image": torch.zeros((1, 8, 8))}

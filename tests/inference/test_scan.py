@@ -104,6 +104,8 @@ def test_cam_maps_are_on_the_original_matrix(tiny_model):
     fov = dataclasses.replace(analyzer, field_of_view_mm=16.0)  # 32 x 32 pixels at 0.5 mm, centred on the 40 x 56
     with pytest.raises(InputError, match="pixel spacing"):
         fov.preprocess(hu)
+    with pytest.raises(InputError, match="cam_pooling"):  # refused when built, before any forward pass
+        dataclasses.replace(analyzer, cam_pooling="median")
     framed = fov.cam_maps(hu, [0, 2], pixel_spacing=(3.0, 0.5, 0.5))
     assert framed.shape == (2, 40, 56) and np.all((framed >= 0) & (framed <= 1))
     assert framed[:, :, :12].max() == 0 and framed[:, :, 44:].max() == 0  # outside the 16 mm field: no CAM

@@ -32,14 +32,27 @@ from coronary_calcium.errors import InputError
 AIR_HU = -1024.0
 
 
+def check_field_of_view(field_of_view_mm: float | None) -> float | None:
+    """``field_of_view_mm`` as a float (None stays None: no crop); InputError unless it is a positive number."""
+    if field_of_view_mm is None:
+        return None
+    try:
+        fov = float(field_of_view_mm)
+    except (TypeError, ValueError):
+        fov = math.nan
+    if not math.isfinite(fov) or fov <= 0:
+        raise InputError("field_of_view_mm", f"must be a positive number of millimetres, got {field_of_view_mm!r}")
+    return fov
+
+
 def field_of_view_box(
     shape: Sequence[int], spacing_mm: Sequence[float], field_of_view_mm: float
 ) -> tuple[tuple[int, int], ...]:
     """Per in-plane axis, ``(n, offset)``: the ``n``-pixel grid spanning ``field_of_view_mm`` at the slice's spacing,
     centred on the slice; pixel ``i`` of that grid is pixel ``i + offset`` of the slice (a negative offset pads)."""
-    fov = float(field_of_view_mm)
-    if not math.isfinite(fov) or fov <= 0:
-        raise InputError("field_of_view_mm", f"must be a positive number of millimetres, got {field_of_view_mm!r}")
+    fov = check_field_of_view(field_of_view_mm)
+    if fov is None:
+        raise InputError("field_of_view_mm", "a field-of-view box needs a field of view, got None")
     sp = [float(v) for v in np.asarray(spacing_mm, dtype=np.float64).reshape(-1)]
     if len(sp) != 2 or not all(math.isfinite(v) and v > 0 for v in sp):
         raise InputError("pixel_spacing", f"need (row, column) spacing > 0 mm for a field of view, got {spacing_mm!r}")
@@ -80,9 +93,7 @@ class FieldOfView(Transform):
     ``field_of_view_mm=None`` leaves it unchanged. Padding is ``value`` (air for HU, 0 for masks)."""
 
     def __init__(self, field_of_view_mm: float | None, value: float = AIR_HU) -> None:
-        if field_of_view_mm is not None:
-            field_of_view_box((1, 1), (1.0, 1.0), field_of_view_mm)  # checks the value
-        self.field_of_view_mm = field_of_view_mm
+        self.field_of_view_mm = check_field_of_view(field_of_view_mm)
         self.value = float(value)
 
     def __call__(self, img: torch.Tensor, spacing_mm: Sequence[float]) -> torch.Tensor:

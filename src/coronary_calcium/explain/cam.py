@@ -26,9 +26,11 @@ from torch import nn
 
 from coronary_calcium.errors import InputError
 
-__all__ = ["CAM", "CAMResult", "METHODS", "layer_stride", "valid_layer_names", "unwrap_model"]
+__all__ = ["CAM", "CAMResult", "GATE_METHOD", "METHODS", "gated_name", "layer_stride", "valid_layer_names",
+           "unwrap_model"]
 
 METHODS = ("gradcam", "hirescam", "layercam")
+GATE_METHOD = "layercam"  # the fine map that gates the others
 _INTERP = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
@@ -142,7 +144,7 @@ class CAM:
         layers: Sequence[str],
         method: str = "gradcam",
         gate_layer: str | None = None,
-        gate_method: str = "layercam",
+        gate_method: str = GATE_METHOD,
     ):
         if isinstance(layers, str):
             layers = [layers]
@@ -218,7 +220,7 @@ class CAM:
 
     def gated_name(self, layer: str) -> str:
         """Result key of ``layer``'s map gated by ``gate_layer``."""
-        return f"{layer}*{self.gate_layer}"
+        return gated_name(layer, self.gate_layer)
 
     def _combine(self, act: torch.Tensor, grad: torch.Tensor, method: str | None = None) -> torch.Tensor:
         spatial = tuple(range(2, act.ndim))
@@ -296,6 +298,11 @@ class CAM:
                 gated = out[layer].upsampled * gate
                 out[self.gated_name(layer)] = result(gated, gated)
         return out
+
+
+def gated_name(layer: str, gate_layer: str | None) -> str:
+    """Result key of ``layer``'s map gated by ``gate_layer`` ("<layer>*<gate_layer>"); ``layer`` itself without one."""
+    return layer if gate_layer is None else f"{layer}*{gate_layer}"
 
 
 def _infer_in_chans(model: nn.Module) -> int:

@@ -10,7 +10,8 @@ check on a few positive slices. Metrics are accumulated slice by slice, so memor
 Spacing. Samples carry ``pixel_spacing`` (row, column mm) of the ORIGINAL slice, while image and mask have been
 resized to (H, W). The spacing of the resized grid is ``pixel_spacing * original_size / (H, W)``, with the original
 (rows, columns) taken from the sample's ``field_size`` key (the grid `FieldOfViewd` cropped or padded the slice to)
-or ``original_size`` key when present, else from the ``original_size`` argument (default 512 x 512). Pass ``original_size=None`` when ``pixel_spacing`` already refers to the image grid.
+or ``original_size`` key when present, else from the ``original_size`` argument (default 512 x 512). Pass
+``original_size=None`` when ``pixel_spacing`` already refers to the image grid.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from coronary_calcium.errors import InputError
-from coronary_calcium.explain.cam import CAM, METHODS, unwrap_model
+from coronary_calcium.explain.cam import CAM, GATE_METHOD, METHODS, gated_name, unwrap_model
 from coronary_calcium.explain.localization import (
     energy_pointing_game,
     energy_pointing_game_chance,
@@ -335,7 +336,7 @@ def evaluate_localization(
         num_workers=num_workers,
         collate_fn=_collate,
     )
-    keys = layers + ([f"{layer}*{gate_layer}" for layer in layers] if gate_layer is not None else [])
+    keys = layers + ([gated_name(layer, gate_layer) for layer in layers] if gate_layer is not None else [])
     acc = {key: _LayerAccumulator(tolerances) for key in keys}
     raw_sizes: dict[str, list[int]] = {}
     n_pos = n_pos_mask = n_neg = 0
@@ -425,7 +426,7 @@ def evaluate_localization(
     result = {
         "method": method,
         "gate_layer": gate_layer,
-        "gate_method": "layercam" if gate_layer is not None else None,
+        "gate_method": GATE_METHOD if gate_layer is not None else None,
         "precision": precision,
         "class_idx": POSITIVE_CLASS,
         "tolerances_mm": tolerances,

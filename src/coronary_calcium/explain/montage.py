@@ -68,9 +68,9 @@ def write_layer_montage(
     the row's colour bar), so a weak map looks weak next to a strong one. Each panel is annotated with the
     predicted probability of ``class_idx`` and the raw CAM peak. Row labels: layer name and raw map size; column
     titles: ``titles`` or "scan_id / slice k" and the label. With ``gate_layer``, the gated maps
-    (`coronary_calcium.explain.cam`, "<layer>*<gate_layer>") follow as extra rows. Samples need ``image`` (C,H,W) of one shape and
-    ``label``; ``mask``, ``scan_id``, ``slice_index`` are optional. Rendered with matplotlib's Agg canvas (no
-    pyplot state), written atomically; the figure is ``panel_inches`` per panel at ``dpi``.
+    (`coronary_calcium.explain.cam`, "<layer>*<gate_layer>") follow as extra rows. Samples need ``image`` (C,H,W) of
+    one shape and ``label``; ``mask``, ``scan_id``, ``slice_index`` are optional. Rendered with matplotlib's Agg
+    canvas (no pyplot state), written atomically; the figure is ``panel_inches`` per panel at ``dpi``.
     """
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable

@@ -56,7 +56,8 @@ FROM_TRAINING = "train.json"  # field_of_view_mm default: train.json's value (No
 
 def training_defaults(train_config: str | Path | None = None) -> dict[str, Any]:
     """network_name, hu_windows, image_size, field_of_view_mm, in_channels (one per window), calcium_threshold_hu,
-    min_lesion_area_mm2 of the bundle's ``configs/train.json`` (the values the classifier is trained with unless overridden)."""
+    min_lesion_area_mm2 of the bundle's ``configs/train.json`` (the values the classifier is trained with unless
+    overridden)."""
     if train_config is None:
         from coronary_calcium.train.bundle import BUNDLE_ROOT
 
@@ -233,8 +234,7 @@ def choose_thresholds(
     analyzer = SliceAnalyzer(network=network, hu_windows=hu_windows, image_size=image_size,
                              field_of_view_mm=probe.field_of_view_mm, cam_layer=cam_layer,
                              cam_method=cam_method, cam_gate_layer=cam_gate_layer, cam_score=cam_score,
-                             cam_pooling=cam_pooling, device=dev,
-                             precision=precision,
+                             cam_pooling=cam_pooling, device=dev, precision=precision,
                              channels_last=(precision == "bf16") if channels_last is None else bool(channels_last),
                              batch_size=batch_size)
     cases, n_cases, described = _cases(data, split)

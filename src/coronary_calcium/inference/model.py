@@ -27,13 +27,20 @@ from coronary_calcium.data.transforms import (
     FieldOfViewd,
     MaxPoolResized,
     apply_hu_windows,
+    check_field_of_view,
     check_hu_windows,
     field_of_view_box,
     uncrop_from_box,
 )
 from coronary_calcium.errors import InputError
-from coronary_calcium.explain.cam import CAM
-from coronary_calcium.inference.thresholds import CHECKPOINT_FILE, Thresholds, load_thresholds, thresholds_path
+from coronary_calcium.explain.cam import CAM, gated_name
+from coronary_calcium.inference.thresholds import (
+    CAM_POOLINGS,
+    CHECKPOINT_FILE,
+    Thresholds,
+    load_thresholds,
+    thresholds_path,
+)
 from coronary_calcium.networks import create_network, load_checkpoint_weights, network_spec
 from coronary_calcium.train.precision import PRECISIONS, PrecisionInferer, default_precision, prepare_network
 
@@ -94,7 +101,10 @@ class SliceAnalyzer:
             raise InputError("precision", f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise InputError("batch_size", f"must be a positive integer, got {self.batch_size!r}")
+        if self.cam_pooling not in CAM_POOLINGS:  # before any forward pass, not after the first volume
+            raise InputError("cam_pooling", f"must be one of {list(CAM_POOLINGS)}, got {self.cam_pooling!r}")
         self.hu_windows = check_hu_windows(self.hu_windows)
+        self.field_of_view_mm = check_field_of_view(self.field_of_view_mm)
         self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
         self.network = prepare_network(self.network, self.device, self.channels_last).eval()
         self._inferer = PrecisionInferer(self.precision, self.channels_last)
@@ -137,7 +147,7 @@ class SliceAnalyzer:
     @property
     def cam_key(self) -> str:
         """The CAM result used: the layer's map, or its gated map with a ``cam_gate_layer``."""
-        return self.cam_layer if self.cam_gate_layer is None else f"{self.cam_layer}*{self.cam_gate_layer}"
+        return gated_name(self.cam_layer, self.cam_gate_layer)
 
     def close(self) -> None:
         """Remove the CAM hooks."""

@@ -323,8 +323,9 @@ def infer_scan(
     notes = [n for n in score.notes if not n.startswith("no artery labels")]
     notes.append(
         f"coronary calcium = candidate lesions (>= {config.threshold:g} HU, >= {config.min_area_mm2:g} mm^2 per slice) "
-        f"on slices with probability >= {t.t_slice:g} whose CAM score ({t.cam_pooling} of the {t.cam_score} {t.cam_method} at "
-        f"{t.cam_layer}) is >= {t.t_cam:g}; non-coronary calcium is excluded by the model alone"
+        f"on slices with probability >= {t.t_slice:g} whose CAM score ({t.cam_pooling} of the {t.cam_score} "
+        f"{t.cam_method} at {model.analyzer.cam_key}) is >= {t.t_cam:g}; non-coronary calcium is excluded by the "
+        "model alone"
     )
     kvp = volume.meta.get("kvp")
     if kvp not in (None, "") and float(kvp) != float(config.kvp):

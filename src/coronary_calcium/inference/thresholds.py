@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coronary_calcium.data.transforms import check_hu_windows, field_of_view_box
+from coronary_calcium.data.transforms import check_field_of_view, check_hu_windows
 from coronary_calcium.errors import InputError
 from coronary_calcium.explain.cam import METHODS
 from coronary_calcium.report.files import write_json
@@ -85,9 +85,7 @@ class Thresholds:
         self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise InputError("image_size", f"must be two positive sizes, got {self.image_size}")
-        if self.field_of_view_mm is not None:
-            field_of_view_box((1, 1), (1.0, 1.0), self.field_of_view_mm)  # refuses a non-positive value
-            self.field_of_view_mm = float(self.field_of_view_mm)
+        self.field_of_view_mm = check_field_of_view(self.field_of_view_mm)
         if self.in_channels is None:
             self.in_channels = len(self.hu_windows)
         if self.in_channels != len(self.hu_windows):
