@@ -11,7 +11,6 @@ from coronary_calcium.inference import calibrate, load_model
 from coronary_calcium.train.bundle import run_bundle
 
 
-
 @pytest.fixture(scope="session")
 def trained_run(tiny_manifest, tmp_path_factory, tiny_bundle) -> Path:
     """Output folder of a tiny_cnn training run whose models/ holds model.pt and thresholds.json."""

@@ -26,12 +26,19 @@ def test_kept_lesions_follow_the_rule_and_sum_to_the_totals(tiny_model, test_sca
     t = tiny_model.thresholds
     assert result.probabilities.shape == (volume.shape[0],)
     assert np.all((result.probabilities >= 0) & (result.probabilities <= 1))
-    for lesion, cam, kept in zip(result.candidates, result.cam_scores, result.kept):
+    assert t.decision == "lesion classifier" and result.lesion_probabilities.shape == (len(result.candidates),)
+    for lesion, q, kept in zip(result.candidates, result.lesion_probabilities, result.kept):
         p = result.probabilities[lesion.slices[0]]
-        assert kept == (p >= t.t_slice and cam is not None and cam >= t.t_cam)
-        if p >= t.t_slice:
-            assert cam is not None and 0.0 <= cam <= 1.0  # normalised CAM inside the lesion
+        assert kept == (p >= t.t_slice and q >= t.t_lesion)
+    for cam in result.cam_scores:
+        assert cam is not None and 0.0 <= cam <= 1.0  # normalised CAM inside the lesion
     d = result.to_dict()
+    assert all(les["lesion_probability"] >= t.t_lesion for les in d["lesions"])
+    for rej in d["rejected_candidates"]:
+        below = (f"slice probability < {t.t_slice:g}" if rej["slice_probability"] < t.t_slice
+                 else f"lesion probability < {t.t_lesion:g}")
+        assert rej["reason"] == below
+    assert d["model"]["decision"] == "lesion classifier" and d["model"]["t_lesion"] == t.t_lesion
     assert len(d["lesions"]) == int(result.kept.sum()) == d["totals"]["n_lesions"]
     assert len(d["lesions"]) + len(d["rejected_candidates"]) == d["n_candidates"]
     for key in ("agatston", "volume_mm3", "mass_mg"):
@@ -49,6 +56,18 @@ def test_kept_lesions_follow_the_rule_and_sum_to_the_totals(tiny_model, test_sca
         assert rec["centroid_lps_mm"] == pytest.approx(lps[:3].tolist(), abs=1e-2)
         assert volume.hu.reshape(-1)[lesion.voxels].max() == rec["peak_hu"]
     assert int((mask > 0).sum()) == sum(les.n_voxels for les in result.lesions)
+
+
+def test_without_a_classifier_the_slice_and_cam_rule_decides(tiny_model, test_scan):
+    volume, _ = test_scan
+    t = dataclasses.replace(tiny_model.thresholds, lesion_classifier=None, t_lesion=None)
+    result = infer_scan(volume, dataclasses.replace(tiny_model, thresholds=t))
+    assert result.lesion_probabilities is None and result.model["decision"] == "slice and CAM thresholds"
+    for lesion, cam, kept in zip(result.candidates, result.cam_scores, result.kept):
+        p = result.probabilities[lesion.slices[0]]
+        assert kept == (p >= t.t_slice and cam is not None and cam >= t.t_cam)
+    reasons = {r["reason"] for r in result.to_dict()["rejected_candidates"]}
+    assert reasons <= {f"slice probability < {t.t_slice:g}", f"CAM score < {t.t_cam:g}"}
 
 
 def test_reference_labels_name_arteries_but_do_not_change_the_decision(tiny_model, test_scan):

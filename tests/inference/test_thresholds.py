@@ -28,7 +28,14 @@ def test_calibrate_writes_complete_thresholds(ckpt_dir):
     v = saved["validation"]
     assert v["split"] == "validation" and v["n_scans"] == 2 and v["n_reference_lesions"] > 0
     assert 0.0 <= v["f1"] <= 1.0 and v["f1"] == pytest.approx(max(max(row) for row in v["grid"]["f1"]), abs=1e-6)
-    assert 0.0 <= saved["t_slice"] <= 1.0 and 0.0 <= saved["t_cam"] <= 1.0
+    assert 0.0 <= saved["t_slice"] <= 1.0 and 0.0 <= saved["t_cam"] <= 1.0 and 0.0 < saved["t_lesion"] < 1.0
+    # the lesion classifier decides; it was fitted on the training split's candidates, the rule chosen on validation
+    assert saved["decision"] == v["decision"] == "lesion classifier"
+    assert (v["t_slice"], v["t_lesion"]) == (saved["t_slice"], saved["t_lesion"])
+    fitted = saved["lesion_classifier"]["fitted_on"]
+    assert fitted["data"].endswith("(train)") and fitted["n_coronary"] > 0 and len(fitted["seeds"]) == 5
+    assert v["slice_and_cam"]["t_cam"] == saved["t_cam"]
+    assert v["slice_and_cam"]["f1"] == pytest.approx(max(max(row) for row in v["slice_and_cam_grid"]["f1"]))
     assert saved["created"][:4].isdigit()
     t = load_thresholds(ckpt_dir / "thresholds.json", ckpt_dir / "model.pt")
     assert (t.t_slice, t.t_cam) == (saved["t_slice"], saved["t_cam"])
@@ -72,11 +79,15 @@ def test_records_and_manifest_give_the_same_thresholds(tiny_manifest, ckpt_dir, 
                                       ckpt_dir / "model.pt", "tiny_cnn")
     records = slice_records(tiny_manifest, "validation", progress=False)
     kwargs = dict(image_size=t.image_size, device="cpu", precision=t.validation["precision"], progress=False)
-    from_records = choose_thresholds(network, "tiny_cnn", records, **kwargs)
+    with pytest.raises(InputError, match="give fit_data"):
+        choose_thresholds(network, "tiny_cnn", records, **kwargs)
+    from_records = choose_thresholds(network, "tiny_cnn", records, lesion_classifier=False, **kwargs)
+    assert from_records.lesion_classifier is None and from_records.decision == "slice and CAM thresholds"
     assert from_records.validation["n_reference_lesions"] == t.validation["n_reference_lesions"]
     assert from_records.validation["n_candidates"] == t.validation["n_candidates"]
-    assert (from_records.t_slice, from_records.t_cam) == (t.t_slice, t.t_cam)
-    assert from_records.validation["f1"] == pytest.approx(t.validation["f1"])
+    rule = t.validation["slice_and_cam"]
+    assert (from_records.t_slice, from_records.t_cam) == (rule["t_slice"], rule["t_cam"])
+    assert from_records.validation["f1"] == pytest.approx(rule["f1"])
 
 
 def test_bad_choices_are_refused_before_reading_data(ckpt_dir):

@@ -276,9 +276,11 @@ def run_inference(
         agreement_path = write_agreement(output_dir / AGREEMENT_FILE, agreement)
     report_path = None
     if report:
+        t = model.thresholds
         info = {"input": str(input_path), "model": model.network_name, "checkpoint": str(model.checkpoint),
-                "t_slice": model.thresholds.t_slice, "t_cam": model.thresholds.t_cam,
-                "CAM": f"{model.thresholds.cam_method} at {model.thresholds.cam_layer} ({model.thresholds.cam_score})"}
+                "decision": t.decision, "t_slice": t.t_slice,
+                **({"t_lesion": t.t_lesion} if t.lesion_classifier is not None else {"t_cam": t.t_cam}),
+                "CAM": f"{t.cam_method} at {model.analyzer.cam_key} ({t.cam_score}, {t.cam_pooling})"}
         report_path = write_report(output_dir / REPORT_FILE, rows, payloads, run_info=info, agreement=agreement)
     run = RunResult(output_dir=output_dir, rows=rows, summary_csv=summary, report_html=report_path,
                     agreement_json=agreement_path, agreement=agreement, results=results)

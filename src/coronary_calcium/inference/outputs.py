@@ -4,8 +4,8 @@
 Per scan folder ``<output_dir>/<scan_id>/``:
 - ``result.json``: the `ScanResult` (written last: its presence means the scan's outputs are complete);
 - ``lesions.nii.gz``: uint16 lesion ids (1..n, the ``lesions`` of result.json) on the input's grid, 0 elsewhere;
-- ``slices/slice_NNN.png``: each positive slice (probability >= t_slice): left the CT with kept lesions outlined
-  in green and rejected candidates in orange, right the same with the CAM heat map.
+- ``slices/slice_NNN.png``: each positive slice (probability >= t_slice) or slice with a kept lesion: left the CT
+  with kept lesions outlined in green and rejected candidates in orange, right the same with the CAM heat map.
 """
 
 from __future__ import annotations

@@ -2,9 +2,12 @@
 
 Candidates are the Agatston lesions of the whole slice (2D components of voxels >= the HU threshold with area >=
 the minimum, `find_lesions` without labels): coronary calcium, bone, aortic and valve calcium alike. A candidate is
-kept as coronary calcium when its slice's probability >= ``t_slice`` and its CAM score (the maximum of the
-positive class's CAM inside its pixels) >= ``t_cam``; the scan is then scored with `score_scan` restricted to the
-kept candidates' voxels.
+kept as coronary calcium when its slice's probability >= ``t_slice`` and the checkpoint's lesion classifier gives
+it a probability >= ``t_lesion`` (from its `lesion_features`: slice probability, CAM, size, density, 3D extent,
+position, surrounding tissue), or, for
+checkpoints calibrated without one, when its slice's probability >= ``t_slice`` and its CAM score (the maximum or
+mean of the positive class's CAM inside its pixels) >= ``t_cam``; the scan is then scored with `score_scan`
+restricted to the kept candidates' voxels.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from coronary_calcium.errors import InputError
+from coronary_calcium.inference.lesion_features import LESION_FEATURES, lesion_features
 from coronary_calcium.inference.model import InferenceModel, SliceAnalyzer
 from coronary_calcium.inference.thresholds import CAM_POOLINGS
 from coronary_calcium.io.volume import CTVolume
@@ -86,29 +90,36 @@ def analyse_volume(
     *,
     cam_slices: Sequence[int] | Callable[[np.ndarray], Sequence[int]] | None = None,
     slice_thickness: float | None = None,
+    features: bool = False,
 ) -> dict[str, Any]:
     """Slice probabilities, candidate lesions, and CAM maps / scores on ``cam_slices``.
 
     ``cam_slices``: slice indices, a function of the slice probabilities giving them, or None for every slice
     holding a candidate (what calibration needs). Every slice runs through the CAM once (its forward pass gives
     the probabilities); only the chosen slices' maps are resized to the original matrix and kept.
-    Returns ``probabilities``, ``candidates``, ``cam_slices``, ``cam_maps`` and ``cam_scores``.
+    Returns ``probabilities``, ``candidates``, ``cam_slices``, ``cam_maps`` and ``cam_scores``; with ``features``
+    also ``features``, the candidates' `lesion_features` (the CAM is then mapped back on every candidate slice
+    too, and ``cam_slices`` may hold more slices than asked).
     """
     probs, small = analyzer.probabilities_and_cams(hu, pixel_spacing=spacing)
     candidates = find_lesions(hu, spacing, slice_thickness=slice_thickness, config=config)
     if callable(cam_slices):
         cam_slices = cam_slices(probs)
+    candidate_slices = {int(les.slices[0]) for les in candidates}
     if cam_slices is None:
-        cam_slices = sorted({int(les.slices[0]) for les in candidates})
-    cam_slices = [int(k) for k in cam_slices]
+        cam_slices = candidate_slices
+    cam_slices = sorted({int(k) for k in cam_slices} | (candidate_slices if features else set()))
     maps = analyzer.to_original(small[cam_slices], np.shape(hu), spacing)
-    return {
+    found = {
         "probabilities": probs,
         "candidates": candidates,
         "cam_slices": cam_slices,
         "cam_maps": maps,
         "cam_scores": candidate_cam_scores(candidates, np.shape(hu), maps, cam_slices, analyzer.cam_pooling),
     }
+    if features:
+        found["features"] = lesion_features(hu, spacing, candidates, probs, maps, cam_slices, config)
+    return found
 
 
 def _majority(values: np.ndarray, allowed: Sequence[int] | None = None) -> int:
@@ -140,6 +151,7 @@ class ScanResult:
     model: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    lesion_probabilities: np.ndarray | None = None  # per candidate, with a lesion classifier
     reference: Any = None  # agreement_report.ScanReference, when the scan has one
     lesion_reference_labels: list[str] | None = None
     _lesion_candidate: list[int] = field(default_factory=list, repr=False)
@@ -191,6 +203,7 @@ class ScanResult:
                 "weight": int(lesion.slice_weight[0]) if lesion.slice_weight else None,
                 "slice_probability": float(self.probabilities[k]),
                 "cam_score": self.cam_scores[c],
+                "lesion_probability": self._lesion_probability(c),
                 "agatston": float(lesion.agatston),
                 "volume_mm3": float(lesion.volume_mm3),
                 "mass_mg": float(lesion.mass_mg),
@@ -201,16 +214,24 @@ class ScanResult:
             records.append(record)
         return records
 
+    def _lesion_probability(self, c: int) -> float | None:
+        return None if self.lesion_probabilities is None else round(float(self.lesion_probabilities[c]), 6)
+
     def rejected_records(self) -> list[dict[str, Any]]:
-        """Candidates not counted, with the reason (slice probability or CAM score below its threshold)."""
-        t_slice, t_cam = self.model["t_slice"], self.model["t_cam"]
+        """Candidates not counted, with the reason (a probability or CAM score below its threshold)."""
+        t_slice, t_cam, t_lesion = self.model["t_slice"], self.model["t_cam"], self.model.get("t_lesion")
         out = []
-        for lesion, cam, kept in zip(self.candidates, self.cam_scores, self.kept):
+        for c, (lesion, cam, kept) in enumerate(zip(self.candidates, self.cam_scores, self.kept)):
             if kept:
                 continue
             k = int(lesion.slices[0])
             p = float(self.probabilities[k])
-            reason = f"slice probability < {t_slice:g}" if p < t_slice else f"CAM score < {t_cam:g}"
+            if p < t_slice:
+                reason = f"slice probability < {t_slice:g}"
+            elif self.lesion_probabilities is not None:
+                reason = f"lesion probability < {t_lesion:g}"
+            else:
+                reason = f"CAM score < {t_cam:g}"
             out.append({
                 "slice": k,
                 "centroid_voxel_zyx": [round(float(v), 2) for v in lesion.centroid_zyx],
@@ -218,6 +239,7 @@ class ScanResult:
                 "peak_hu": float(lesion.peak_hu),
                 "slice_probability": round(p, 6),
                 "cam_score": None if cam is None else round(float(cam), 6),
+                "lesion_probability": self._lesion_probability(c),
                 "reason": reason,
             })
         return out
@@ -295,21 +317,35 @@ def infer_scan(
 
     labels: an optional reference label volume (project values) on the volume's grid; it only names the kept
     lesions' arteries (majority coronary label of their voxels) and is never used to keep or reject them.
-    keep_maps: keep the CAM maps of the positive slices (for overlays).
+    keep_maps: keep the CAM maps of the positive slices and of slices holding a kept lesion (for overlays).
     """
     start = time.perf_counter()
     scan_id = scan_id or str(volume.meta.get("scan_id") or volume.meta.get("source") or "scan")
     check_volume(volume, volume.meta.get("source") or scan_id)
     t = model.thresholds
     config = t.scoring_config()
+    classifier = t.lesion_classifier
     found = analyse_volume(volume.hu, volume.spacing, model.analyzer, config,
                            cam_slices=lambda p: np.flatnonzero(p >= t.t_slice),
-                           slice_thickness=volume.slice_thickness)
+                           slice_thickness=volume.slice_thickness, features=classifier is not None)
     probs = found["probabilities"]
     candidates: list[Lesion] = found["candidates"]
     cam_scores: list[float | None] = found["cam_scores"]
-    kept = np.array([probs[int(les.slices[0])] >= t.t_slice and cam is not None and cam >= t.t_cam
-                     for les, cam in zip(candidates, cam_scores)], dtype=bool)
+    lesion_probabilities = None
+    if classifier is not None:
+        columns = [LESION_FEATURES.index(name) for name in classifier.features]
+        lesion_probabilities = classifier.predict_proba(found["features"][:, columns])
+        on_positive = np.array([probs[int(les.slices[0])] >= t.t_slice for les in candidates], dtype=bool)
+        kept = on_positive & (lesion_probabilities >= t.t_lesion)
+    else:
+        kept = np.array([probs[int(les.slices[0])] >= t.t_slice and cam is not None and cam >= t.t_cam
+                         for les, cam in zip(candidates, cam_scores)], dtype=bool)
+    # Overlays show the positive slices and any slice with a kept lesion.
+    shown = set(np.flatnonzero(probs >= t.t_slice).tolist())
+    shown |= {int(les.slices[0]) for les, keep in zip(candidates, kept) if keep}
+    rows = [i for i, k in enumerate(found["cam_slices"]) if k in shown]
+    cam_slices = [found["cam_slices"][i] for i in rows]
+    cam_maps = found["cam_maps"][rows] if keep_maps else None
 
     mask = np.zeros(volume.shape, dtype=bool)
     flat = mask.reshape(-1)
@@ -321,12 +357,18 @@ def infer_scan(
     lesion_candidate = [first_voxel[int(les.voxels[0])] for les in score.lesions]
 
     notes = [n for n in score.notes if not n.startswith("no artery labels")]
-    notes.append(
-        f"coronary calcium = candidate lesions (>= {config.threshold:g} HU, >= {config.min_area_mm2:g} mm^2 per slice) "
-        f"on slices with probability >= {t.t_slice:g} whose CAM score ({t.cam_pooling} of the {t.cam_score} "
-        f"{t.cam_method} at {model.analyzer.cam_key}) is >= {t.t_cam:g}; non-coronary calcium is excluded by the "
-        "model alone"
-    )
+    found_where = f"candidate lesions (>= {config.threshold:g} HU, >= {config.min_area_mm2:g} mm^2 per slice)"
+    if classifier is not None:
+        notes.append(f"coronary calcium = {found_where} on slices with probability >= {t.t_slice:g} whose "
+                     f"lesion-classifier probability (boosted trees on {len(classifier.features)} features: slice "
+                     f"probability, {t.cam_method} at {model.analyzer.cam_key}, size, density, 3D extent, position, "
+                     f"surrounding tissue) is >= {t.t_lesion:g}; non-coronary calcium is excluded by the models alone")
+    else:
+        notes.append(
+            f"coronary calcium = {found_where} on slices with probability >= {t.t_slice:g} whose CAM score "
+            f"({t.cam_pooling} of the {t.cam_score} {t.cam_method} at {model.analyzer.cam_key}) is >= {t.t_cam:g}; "
+            "non-coronary calcium is excluded by the model alone"
+        )
     kvp = volume.meta.get("kvp")
     if kvp not in (None, "") and float(kvp) != float(config.kvp):
         notes.append(f"scan acquired at {float(kvp):g} kVp but scored with the {config.threshold:g} HU threshold the "
@@ -351,8 +393,9 @@ def infer_scan(
         cam_scores=cam_scores,
         kept=kept,
         score=score,
-        cam_slices=found["cam_slices"],
-        cam_maps=found["cam_maps"] if keep_maps else None,
+        cam_slices=cam_slices,
+        cam_maps=cam_maps,
+        lesion_probabilities=lesion_probabilities,
         model=model.provenance(),
         notes=notes,
         seconds=time.perf_counter() - start,

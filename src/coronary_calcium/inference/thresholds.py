@@ -19,14 +19,16 @@ from typing import Any
 from coronary_calcium.data.transforms import check_field_of_view, check_hu_windows
 from coronary_calcium.errors import InputError
 from coronary_calcium.explain.cam import METHODS
+from coronary_calcium.inference.lesion_classifier import LesionClassifier
+from coronary_calcium.inference.lesion_features import LESION_FEATURES
 from coronary_calcium.report.files import write_json
 from coronary_calcium.scoring.agatston import ScoringConfig
 
 THRESHOLDS_FILE = "thresholds.json"
 CHECKPOINT_FILE = "model.pt"
 # 2: several HU windows (hu_windows) instead of one (hu_window); 3: field_of_view_mm and cam_gate_layer (absent
-# before: None, no crop and no gating)
-THRESHOLDS_VERSION = 3
+# before: None, no crop and no gating); 4: lesion_classifier and t_lesion (absent before: the t_slice / t_cam rule)
+THRESHOLDS_VERSION = 4
 MISSING = "thresholds missing: run coronary-calcium calibrate / evaluate first"
 CAM_SCORES = ("normalised", "raw")
 CAM_POOLINGS = ("max", "mean")  # a candidate's CAM score: the maximum or the mean of the map over its pixels
@@ -54,8 +56,10 @@ def scoring_config_from_dict(values: dict[str, Any]) -> ScoringConfig:
 
 @dataclass
 class Thresholds:
-    """Decision rule of one checkpoint: a candidate lesion (2D component >= the HU threshold, >= the minimum area)
-    counts as coronary calcium when its slice's probability >= ``t_slice`` and its CAM score >= ``t_cam``.
+    """Decision rule of one checkpoint for a candidate lesion (2D component >= the HU threshold, >= the minimum
+    area) on a slice with probability >= ``t_slice``: with a ``lesion_classifier``, it counts as coronary calcium
+    when the classifier's probability (from its `lesion_features`) >= ``t_lesion``; without one, when its CAM
+    score >= ``t_cam``. ``t_slice`` also marks a scan's positive slices (overlays, reports).
 
     cam_score: "normalised" (per-slice min-max Grad-CAM in [0, 1]) or "raw" (un-normalised map strength),
     the maximum over the lesion's pixels on the original matrix.
@@ -76,6 +80,8 @@ class Thresholds:
     in_channels: int | None = None  # one channel per HU window; None: len(hu_windows)
     field_of_view_mm: float | None = None  # slices centre-cropped / padded to this many mm first; None: not
     scoring: dict[str, Any] = field(default_factory=lambda: ScoringConfig().to_dict())
+    lesion_classifier: LesionClassifier | None = None
+    t_lesion: float | None = None
     validation: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     version: int = THRESHOLDS_VERSION
@@ -97,8 +103,19 @@ class Thresholds:
             raise InputError("cam_score", f"must be one of {list(CAM_SCORES)}, got {self.cam_score!r}")
         if self.cam_pooling not in CAM_POOLINGS:
             raise InputError("cam_pooling", f"must be one of {list(CAM_POOLINGS)}, got {self.cam_pooling!r}")
-        for name in ("t_slice", "t_cam"):
+        if isinstance(self.lesion_classifier, dict):
+            self.lesion_classifier = LesionClassifier.from_dict(self.lesion_classifier)
+        if self.lesion_classifier is not None:
+            unknown = sorted(set(self.lesion_classifier.features) - set(LESION_FEATURES))
+            if unknown:
+                raise InputError("lesion_classifier", f"unknown features {unknown}; this version computes "
+                                 f"{list(LESION_FEATURES)}")
+            if self.t_lesion is None:
+                raise InputError("t_lesion", "a lesion classifier needs its threshold t_lesion")
+        for name in ("t_slice", "t_cam", "t_lesion"):
             value = getattr(self, name)
+            if value is None and name == "t_lesion":
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise InputError(name, f"must be a number, got {value!r}")
             setattr(self, name, float(value))
@@ -110,8 +127,19 @@ class Thresholds:
         """The scoring rules (HU threshold, minimum area, ...) the candidates are found and scored with."""
         return scoring_config_from_dict(self.scoring)
 
+    @property
+    def decision(self) -> str:
+        """"lesion classifier" or "slice and CAM thresholds": the rule that keeps candidates."""
+        return "lesion classifier" if self.lesion_classifier is not None else "slice and CAM thresholds"
+
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        classifier = self.lesion_classifier
+        self.lesion_classifier = None  # asdict would copy every tree array through deepcopy
+        try:
+            out = dataclasses.asdict(self)
+        finally:
+            self.lesion_classifier = classifier
+        out.pop("lesion_classifier")
         out["hu_windows"] = [list(w) for w in self.hu_windows]
         out["image_size"] = list(self.image_size)
         out["preprocessing"] = {
@@ -126,8 +154,14 @@ class Thresholds:
             "field_of_view_mm": self.field_of_view_mm,
             "in_channels": self.in_channels,
         }
-        out["rule"] = ("a candidate lesion counts when slice_probability >= t_slice and cam_score >= t_cam "
-                       f"(cam_score: {self.cam_pooling} of the CAM over the lesion's pixels)")
+        if classifier is not None:
+            out["rule"] = ("a candidate lesion counts when slice_probability >= t_slice and the lesion classifier's "
+                           "probability >= t_lesion (features: lesion_classifier.features)")
+        else:
+            out["rule"] = ("a candidate lesion counts when slice_probability >= t_slice and cam_score >= t_cam "
+                           f"(cam_score: {self.cam_pooling} of the CAM over the lesion's pixels)")
+        out["decision"] = self.decision
+        out["lesion_classifier"] = None if classifier is None else classifier.to_dict()  # last: the long part
         return out
 
     @classmethod
@@ -149,8 +183,9 @@ def thresholds_path(path: str | Path) -> Path:
 
 
 def save_thresholds(thresholds: Thresholds, path: str | Path) -> Path:
-    """Write ``thresholds`` as JSON (atomically) to ``path`` (a file, or a checkpoint folder)."""
-    return write_json(thresholds_path(path), thresholds.to_dict())
+    """Write ``thresholds`` as JSON (atomically) to ``path`` (a file, or a checkpoint folder); the lesion
+    classifier's trees (tens of thousands of numbers) go last, on one compact line."""
+    return write_json(thresholds_path(path), thresholds.to_dict(), compact=("lesion_classifier",))
 
 
 def load_thresholds(path: str | Path, checkpoint: str | Path | None = None) -> Thresholds:

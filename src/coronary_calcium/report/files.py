@@ -26,10 +26,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def write_json(path: str | Path, value: Any) -> Path:
-    """Write JSON (indent 2) atomically."""
+def write_json(path: str | Path, value: Any, compact: Sequence[str] = ()) -> Path:
+    """Write JSON (indent 2) atomically; the top-level keys in ``compact`` go last, each on one compact line
+    (long arrays a reader skips, e.g. a tree ensemble)."""
+    if compact:
+        if not isinstance(value, dict):
+            raise TypeError("compact keys need a JSON object")
+        head = {k: v for k, v in value.items() if k not in compact}
+        lines = [json.dumps(head, indent=2, default=_jsonable).rstrip()[:-1].rstrip()]
+        for k in (k for k in compact if k in value):
+            sep = "," if head or lines[1:] else ""
+            lines.append(f"{sep}\n  {json.dumps(k)}: "
+                         + json.dumps(value[k], separators=(",", ":"), default=_jsonable))
+        text = "".join(lines) + "\n}\n"
+    else:
+        text = json.dumps(value, indent=2, default=_jsonable) + "\n"
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(value, indent=2, default=_jsonable) + "\n")
+        tmp.write_text(text)
     return Path(path)
 
 

@@ -1,0 +1,139 @@
+"""Lesion features on hand-made volumes, and the exported boosted trees against scikit-learn's own predictions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from coronary_calcium.errors import InputError
+from coronary_calcium.inference.lesion_classifier import (
+    DEFAULT_SEEDS,
+    DEFAULT_TREE_PARAMS,
+    LesionClassifier,
+    fit_lesion_classifier,
+)
+from coronary_calcium.inference.lesion_features import LESION_FEATURES, lesion_features
+from coronary_calcium.inference.thresholds import Thresholds, file_sha256, load_thresholds, save_thresholds
+from coronary_calcium.scoring.agatston import ScoringConfig, find_lesions
+
+
+def _toy(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4))
+    y = (x[:, 0] + 0.5 * x[:, 1] * x[:, 2] + 0.3 * rng.normal(size=n)) > 0.8
+    return x, y
+
+
+def test_exported_trees_give_scikit_learns_probabilities():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    x, y = _toy()
+    clf = fit_lesion_classifier(x, y, ["a", "b", "c", "d"])
+    references = [HistGradientBoostingClassifier(**DEFAULT_TREE_PARAMS, random_state=seed).fit(x, y)
+                  for seed in DEFAULT_SEEDS]
+    x_new, _ = _toy(300, seed=1)
+    expected = np.mean([r.predict_proba(x_new)[:, 1] for r in references], axis=0)
+    np.testing.assert_allclose(clf.predict_proba(x_new), expected, rtol=1e-10, atol=1e-12)
+    assert clf.fitted_on["n_trees"] == [r.n_iter_ for r in references]
+    assert clf.fitted_on["n_coronary"] == int(y.sum())
+    assert len(set(clf.fitted_on["n_trees"])) > 1  # the seeds' held-out tenths differ
+    back = LesionClassifier.from_dict(json.loads(json.dumps(clf.to_dict())))
+    np.testing.assert_array_equal(back.predict_proba(x_new), clf.predict_proba(x_new))
+
+
+def test_bad_classifier_input_is_refused():
+    x, y = _toy(100)
+    with pytest.raises(InputError, match="needs coronary and other candidates"):
+        fit_lesion_classifier(x, np.zeros(100, bool), list("abcd"))
+    with pytest.raises(InputError, match="NaN"):
+        fit_lesion_classifier(np.where(x > 2, np.nan, x), y, list("abcd"))
+    with pytest.raises(InputError, match="100 finite non-negative weights"):
+        fit_lesion_classifier(x, y, list("abcd"), sample_weight=-np.ones(100))
+    clf = fit_lesion_classifier(x, y, list("abcd"))
+    with pytest.raises(InputError, match=r"expected \(n, 4\)"):
+        clf.predict_proba(x[:, :3])
+    broken = clf.to_dict()
+    tree = broken["members"][1]["trees"][0]
+    inner = tree["leaf"].index(0)
+    tree["left"][inner] = len(tree["left"]) + 5
+    with pytest.raises(InputError, match="member 1 tree 0: a node points outside"):
+        LesionClassifier.from_dict(broken)
+
+
+def _chest() -> tuple[np.ndarray, tuple[float, float, float]]:
+    """(8, 64, 64) at 2.5 x 1 x 1 mm: a body of fat with soft tissue, a 3 x 3 calcium speck in the fat on slice 3 and
+    a bone bar through every slice."""
+    hu = np.full((8, 64, 64), -1000.0, dtype=np.float32)
+    hu[:, 8:56, 8:56] = -100.0  # fat
+    hu[:, 30:50, 30:50] = 40.0  # soft tissue
+    hu[3, 20:23, 40:43] = 400.0  # calcium in fat, one slice
+    hu[:, 48:52, 14:20] = 900.0  # bone through all slices
+    return hu, (2.5, 1.0, 1.0)
+
+
+def test_lesion_features_of_a_calcium_speck_and_a_bone():
+    hu, spacing = _chest()
+    config = ScoringConfig()
+    candidates = find_lesions(hu, spacing, config=config)
+    probs = np.linspace(0.0, 0.7, 8)
+    slices = sorted({int(c.slices[0]) for c in candidates})
+    maps = np.zeros((len(slices), 64, 64), dtype=np.float32)
+    maps[slices.index(3), 20:23, 40:43] = np.array([[0.2, 0.4, 0.6]] * 3)  # CAM on the speck only
+    f = lesion_features(hu, spacing, candidates, probs, maps, slices, config)
+    assert f.shape == (len(candidates), len(LESION_FEATURES)) and np.isfinite(f).all()
+    col = {name: i for i, name in enumerate(LESION_FEATURES)}
+    speck = next(i for i, c in enumerate(candidates) if c.peak_hu == 400.0)
+    bone3 = next(i for i, c in enumerate(candidates) if c.peak_hu == 900.0 and c.slices == [3])
+    s, b = f[speck], f[bone3]
+    assert s[col["slice_probability"]] == pytest.approx(0.3)
+    assert s[col["neighbour_probability"]] == pytest.approx(0.4)
+    assert s[col["cam_mean"]] == pytest.approx(0.4, abs=1e-6) and s[col["cam_max"]] == pytest.approx(0.6, abs=1e-6)
+    assert b[col["cam_max"]] == 0.0
+    assert s[col["log_area_mm2"]] == pytest.approx(np.log(9.0))
+    assert s[col["log_peak_hu"]] == pytest.approx(np.log(400.0))
+    assert s[col["component_z_mm"]] == pytest.approx(2.5) and b[col["component_z_mm"]] == pytest.approx(20.0)
+    assert s[col["log_component_mm3"]] == pytest.approx(np.log(9 * 2.5))
+    assert b[col["log_component_mm3"]] == pytest.approx(np.log(8 * 24 * 2.5))
+    # the body (hu > -400) is the 48 x 48 square centred on 31.5: the speck lies 10 rows above, 10 columns right
+    assert s[col["body_dy_mm"]] == pytest.approx(-10.5, abs=0.6) and s[col["body_dx_mm"]] == pytest.approx(9.5, abs=0.6)
+    # in a 7 x 7 square around each speck pixel: fat but the speck itself; around the bone: bone, fat, air
+    assert s[col["fat_3mm"]] > 0.7 and s[col["lung_3mm"]] == 0.0 and s[col["soft_3mm"]] == 0.0
+    assert b[col["dense_3mm"]] > s[col["dense_3mm"]]
+    assert b[col["lung_8mm"]] > 0.0  # the bone lies near the body's edge
+
+
+def test_lesion_features_need_a_map_per_candidate_slice():
+    hu, spacing = _chest()
+    candidates = find_lesions(hu, spacing)
+    with pytest.raises(InputError, match="no CAM map"):
+        lesion_features(hu, spacing, candidates, np.zeros(8), np.zeros((1, 64, 64)), [3], ScoringConfig())
+
+
+def test_thresholds_keep_the_classifier_and_refuse_unknown_features(tmp_path):
+    x, y = _toy(300)
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"weights")
+    rng = np.random.default_rng(0)
+    xf = rng.normal(size=(300, len(LESION_FEATURES)))
+    xf[:, :4] = x
+    clf = fit_lesion_classifier(xf, y, LESION_FEATURES)
+    t = Thresholds(network_name="tiny_cnn", checkpoint="model.pt", checkpoint_sha256=file_sha256(ckpt), t_slice=0.5,
+                   t_cam=0.6, cam_layer="layer2", lesion_classifier=clf, t_lesion=0.4)
+    save_thresholds(t, tmp_path)
+    text = (tmp_path / "thresholds.json").read_text()
+    saved = json.loads(text)
+    assert saved["decision"] == "lesion classifier" and list(saved)[-1] == "lesion_classifier"
+    assert text.splitlines()[1] == '  "network_name": "tiny_cnn",'  # indented for people to read ...
+    assert text.splitlines()[-2].startswith('  "lesion_classifier": {"kind":')  # ... but the trees on one line
+    back = load_thresholds(tmp_path, ckpt)
+    assert back.t_lesion == 0.4 and back.decision == "lesion classifier"
+    np.testing.assert_array_equal(back.lesion_classifier.predict_proba(xf), clf.predict_proba(xf))
+    with pytest.raises(InputError, match="t_lesion"):
+        Thresholds(network_name="tiny_cnn", checkpoint="m.pt", checkpoint_sha256="", t_slice=0.5, t_cam=0.5,
+                   cam_layer="layer2", lesion_classifier=clf)
+    other = fit_lesion_classifier(x, y, ["slice_probability", "not_a_feature", "cam_mean", "cam_max"])
+    with pytest.raises(InputError, match="unknown features"):
+        Thresholds(network_name="tiny_cnn", checkpoint="m.pt", checkpoint_sha256="", t_slice=0.5, t_cam=0.5,
+                   cam_layer="layer2", lesion_classifier=other, t_lesion=0.5)
