@@ -3,7 +3,9 @@
 Usage: python benchmarks/inference_speed.py [--quick] [--threads N] [--network inception_v3_scratch]
 
 A synthetic chest-like volume (body, lungs, spine, calcium specks) is written as a DICOM series; the network has
-random weights (timing only) and a temporary thresholds.json. Two cases bracket real scans:
+random weights (timing only) and a temporary thresholds.json with a lesion classifier of the usual size (5 x 150
+trees of 31 leaves, fitted on random features; so every candidate's features are computed and classified). Two
+cases bracket real scans:
 - "all positive": t_slice = 0, so every slice gets a CAM, candidate scores and a PNG overlay (the upper bound);
 - "none positive": t_slice above 1, so the run is read + classify + score + write (the lower bound).
 Each is timed through `run_inference` (model loaded once, outside the timing), and compared with a bare forward
@@ -24,10 +26,13 @@ import numpy as np
 import torch
 
 from coronary_calcium.inference import load_model, run_inference
+from coronary_calcium.inference.calibration import training_defaults
+from coronary_calcium.inference.lesion_classifier import LesionClassifier, fit_lesion_classifier
+from coronary_calcium.inference.lesion_features import LESION_FEATURES, lesion_features
+from coronary_calcium.inference.scan import analyse_volume
 from coronary_calcium.inference.thresholds import Thresholds, file_sha256, save_thresholds
 from coronary_calcium.io.dicom import read_dicom_series, write_dicom_series
 from coronary_calcium.io.volume import CTVolume
-from coronary_calcium.inference.calibration import training_defaults
 from coronary_calcium.networks import create_network
 
 SHAPE = (48, 512, 512)
@@ -59,10 +64,19 @@ def synthetic_volume(seed: int = 0) -> CTVolume:
     return CTVolume(hu=np.rint(np.clip(hu, -1024, 3071)), spacing=(3.0, 0.488, 0.488), origin=(-125.0, -125.0, 0.0))
 
 
-def _thresholds(ckpt: Path, network: str, t_slice: float, layer: str) -> None:
+def _classifier() -> LesionClassifier:
+    """A lesion classifier the size of a real one (timing only)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20000, len(LESION_FEATURES)))
+    y = x[:, 0] + 0.5 * x[:, 1] * x[:, 2] + rng.normal(size=x.shape[0]) > 2.0
+    return fit_lesion_classifier(x, y, LESION_FEATURES, params={"early_stopping": False, "max_iter": 150})
+
+
+def _thresholds(ckpt: Path, network: str, t_slice: float, layer: str, classifier: LesionClassifier) -> None:
     save_thresholds(Thresholds(network_name=network, checkpoint=ckpt.name, checkpoint_sha256=file_sha256(ckpt),
                                t_slice=t_slice, t_cam=0.5, cam_layer=layer, image_size=(256, 256),
                                field_of_view_mm=training_defaults()["field_of_view_mm"],
+                               lesion_classifier=classifier, t_lesion=0.5,
                                validation={"note": "benchmark: random weights, thresholds set by hand"}),
                     ckpt.parent / "thresholds.json")
 
@@ -97,11 +111,12 @@ def main() -> None:
         torch.save({"network": network.state_dict()}, models / "model.pt")
         layer = network.coronary_spec.cam_layers[0]
 
+        classifier = _classifier()
         figures: dict[str, dict] = {}
         cases = [("all_positive", 0.0)] + ([] if args.quick else [("none_positive", 1.01)])
         model = None
         for name, t_slice in cases:
-            _thresholds(models / "model.pt", args.network, t_slice, layer)
+            _thresholds(models / "model.pt", args.network, t_slice, layer, classifier)
             model = load_model(models, device="cpu", precision=args.precision)
             out = tmp / f"out_{name}"
             run_inference(series, out, model=model, progress=False, overwrite=True)  # warm-up
@@ -134,6 +149,15 @@ def main() -> None:
         t0 = time.perf_counter()
         analyzer.cam_maps(volume.hu, range(volume.shape[0]), x, volume.spacing)
         cam_s = time.perf_counter() - t0
+        found = analyse_volume(volume.hu, volume.spacing, analyzer, model.thresholds.scoring_config(),
+                               slice_thickness=volume.slice_thickness)
+        t0 = time.perf_counter()
+        features = lesion_features(volume.hu, volume.spacing, found["candidates"], found["probabilities"],
+                                   found["cam_maps"], found["cam_slices"], model.thresholds.scoring_config())
+        features_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        classifier.predict_proba(features)
+        classify_s = time.perf_counter() - t0
         accuracy = {}
         if not args.quick and analyzer.precision != "fp32":
             fp32 = load_model(models, device="cpu", precision="fp32")
@@ -164,7 +188,9 @@ def main() -> None:
         "forward_seconds": round(forward_s, 3),
         "ratio_to_forward": round(e2e / forward_s, 2),
         "stages_seconds": {"read_dicom": round(read_s, 3), "preprocess": round(preprocess_s, 3),
-                           "forward": round(forward_s, 3), "cam_all_slices": round(cam_s, 3)},
+                           "forward": round(forward_s, 3), "cam_all_slices": round(cam_s, 3),
+                           "lesion_features": round(features_s, 3), "lesion_classifier": round(classify_s, 3)},
+        "n_candidates": len(found["candidates"]),
         "cases": figures,
         **accuracy,
         "goal_seconds": GOAL_S,
