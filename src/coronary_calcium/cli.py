@@ -119,7 +119,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from coronary_calcium.train.bundle import BUNDLE_ROOT
 
     ckpt_dir = args.ckpt_dir or BUNDLE_ROOT / "runs" / args.network / "models"
-    result = run_inference(args.input, args.out, ckpt_dir=ckpt_dir, overwrite=args.overwrite, split=args.split)
+    result = run_inference(args.input, args.out, ckpt_dir=ckpt_dir, overwrite=args.overwrite, split=args.split,
+                           rule=args.rule)
     print(f"{result.n_ok} scan(s) scored, {result.n_error} failed; summary: {result.summary_csv}")
     if result.report_html is not None:
         print(f"report: {result.report_html}")
@@ -195,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt-dir", type=Path, help="folder holding model.pt and thresholds.json (overrides --network)")
     p.add_argument("--split", help="with a manifest: only this split")
     p.add_argument("--overwrite", action="store_true", help="replace existing results")
+    p.add_argument("--rule", help="decision rule: 'classifier' (the lesion classifier) or 'slice-cam' (slice "
+                   "probability and CAM score, e.g. for phantoms, unlike the training anatomy); default: the "
+                   "thresholds file's")
     p.set_defaults(func=_cmd_infer)
 
     from coronary_calcium.experiment import add_experiment_arguments, cmd_experiment

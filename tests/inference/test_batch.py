@@ -193,7 +193,7 @@ def test_monai_bundle_cli_runs_inference(tiny_manifest, ckpt_dir, tmp_path):
     out = tmp_path / "cli"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundle/configs/inference.json",
            "--bundle_root", "bundle", "--input", str(tiny_manifest), "--output_dir", str(out),
-           "--ckpt_dir", str(ckpt_dir), "--split", "test", "--progress", "False"]
+           "--ckpt_dir", str(ckpt_dir), "--split", "test", "--progress", "False", "--rule", "slice-cam"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -201,6 +201,8 @@ def test_monai_bundle_cli_runs_inference(tiny_manifest, ckpt_dir, tmp_path):
     test_scans = manifest.split("test")
     _check_outputs(out, [s.scan_id for s in test_scans], {s.scan_id: s.image for s in test_scans})
     assert (out / "agreement.json").is_file()
+    result = json.loads((out / test_scans[0].scan_id / "result.json").read_text())
+    assert result["model"]["decision"] == "slice and CAM thresholds"  # --rule reached the model
 
 
 def test_agreement_read_back_from_the_output_folder(manifest_run, tiny_manifest):

@@ -133,6 +133,14 @@ def test_thresholds_keep_the_classifier_and_refuse_unknown_features(tmp_path):
     with pytest.raises(InputError, match="t_lesion"):
         Thresholds(network_name="tiny_cnn", checkpoint="m.pt", checkpoint_sha256="", t_slice=0.5, t_cam=0.5,
                    cam_layer="layer2", lesion_classifier=clf)
+    t.validation = {"slice_and_cam": {"t_slice": 0.35, "t_cam": 0.6}}
+    rule = t.with_rule("slice-cam")
+    assert rule.lesion_classifier is None and rule.decision == "slice and CAM thresholds" and rule.t_slice == 0.35
+    assert t.with_rule("classifier") is t and t.with_rule(None) is t
+    with pytest.raises(InputError, match="must be one of"):
+        t.with_rule("trees")
+    with pytest.raises(InputError, match="calibrated without a lesion classifier"):
+        rule.with_rule("classifier")
     other = fit_lesion_classifier(x, y, ["slice_probability", "not_a_feature", "cam_mean", "cam_max"])
     with pytest.raises(InputError, match="unknown features"):
         Thresholds(network_name="tiny_cnn", checkpoint="m.pt", checkpoint_sha256="", t_slice=0.5, t_cam=0.5,

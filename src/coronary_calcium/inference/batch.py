@@ -233,12 +233,14 @@ def run_inference(
     overlays: bool = True,
     report: bool = True,
     evaluate: bool = True,
+    rule: str | None = None,
 ) -> RunResult:
     """Score every scan of ``input_path`` into ``output_dir`` (see the module docstring); return the `RunResult`.
 
     The model is ``model`` (from `load_model`) or ``<ckpt_dir>/<checkpoint>`` with its thresholds.json. Writes
     ``<scan_id>/result.json``, ``<scan_id>/lesions.nii.gz``, ``<scan_id>/slices/*.png``, ``summary.csv``,
     ``report.html`` and, for a manifest whose scans have references (and ``evaluate``), ``agreement.json``.
+    ``rule`` ("classifier", "slice-cam" or None for the thresholds file's own) applies when the model is loaded here.
     Raises `InputError` before any work when results exist and ``overwrite`` is False, and after writing the
     summary when no scan could be scored.
     """
@@ -252,7 +254,7 @@ def run_inference(
         if ckpt_dir is None:
             raise InputError("ckpt_dir", "give the checkpoint folder (holding model.pt and thresholds.json)")
         model = load_model(ckpt_dir, checkpoint=checkpoint, device=device, precision=precision,
-                           batch_size=batch_size)
+                           batch_size=batch_size, rule=rule)
     output_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     results: list[ScanResult] = []

@@ -275,8 +275,11 @@ def load_model(
     precision: str | None = None,
     channels_last: bool | None = None,
     batch_size: int = 16,
+    rule: str | None = None,
 ) -> InferenceModel:
     """Load ``<ckpt_dir>/<checkpoint>`` and its ``thresholds.json`` (checked against the checkpoint's sha256).
+
+    ``rule``: "classifier" or "slice-cam" to choose the decision rule (`Thresholds.with_rule`); None: the file's.
 
     ``network``: an already built network of the thresholds' architecture (e.g. a bundle's ``network_def``); its
     weights are replaced by the checkpoint's. ``precision`` defaults to `default_precision` of the device
@@ -289,7 +292,7 @@ def load_model(
     if not ckpt.is_file():
         raise InputError(ckpt, "checkpoint not found (train the model first)")
     tfile = thresholds_path(ckpt_dir if ckpt_dir.is_dir() else ckpt.parent)
-    thresholds = load_thresholds(tfile, ckpt)
+    thresholds = load_thresholds(tfile, ckpt).with_rule(rule)
     spec = network_spec(thresholds.network_name)
     if network is None:
         network = create_network(spec.name, in_channels=thresholds.in_channels, num_classes=2, for_checkpoint=True)

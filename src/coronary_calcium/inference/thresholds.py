@@ -31,6 +31,7 @@ CHECKPOINT_FILE = "model.pt"
 THRESHOLDS_VERSION = 4
 MISSING = "thresholds missing: run coronary-calcium calibrate / evaluate first"
 CAM_SCORES = ("normalised", "raw")
+RULES = ("classifier", "slice-cam")  # the decision rules a thresholds file can apply (`Thresholds.with_rule`)
 CAM_POOLINGS = ("max", "mean")  # a candidate's CAM score: the maximum or the mean of the map over its pixels
 # ScoringConfig.to_dict() adds these derived values; they are not constructor arguments.
 _DERIVED_SCORING_KEYS = ("threshold_hu_used", "weight_cutpoints_hu")
@@ -131,6 +132,22 @@ class Thresholds:
     def decision(self) -> str:
         """"lesion classifier" or "slice and CAM thresholds": the rule that keeps candidates."""
         return "lesion classifier" if self.lesion_classifier is not None else "slice and CAM thresholds"
+
+    def with_rule(self, rule: str | None) -> Thresholds:
+        """These thresholds applying ``rule``: "classifier" (the lesion classifier; an error without one),
+        "slice-cam" (the slice-and-CAM rule with its own validated t_slice, e.g. for data unlike the training
+        anatomy such as phantoms), or None (the file's own decision)."""
+        if rule is None:
+            return self
+        if rule not in RULES:
+            raise InputError("rule", f"must be one of {list(RULES)}, got {rule!r}")
+        if rule == "classifier":
+            if self.lesion_classifier is None:
+                raise InputError("rule", "these thresholds were calibrated without a lesion classifier: run "
+                                 "coronary-calcium calibrate again, or use rule 'slice-cam'")
+            return self
+        t_slice = self.validation.get("slice_and_cam", {}).get("t_slice", self.t_slice)
+        return dataclasses.replace(self, lesion_classifier=None, t_lesion=None, t_slice=float(t_slice))
 
     def to_dict(self) -> dict[str, Any]:
         classifier = self.lesion_classifier
