@@ -60,6 +60,19 @@ def test_bad_classifier_input_is_refused():
     tree["left"][inner] = len(tree["left"]) + 5
     with pytest.raises(InputError, match="member 1 tree 0: a node points outside"):
         LesionClassifier.from_dict(broken)
+    tree["left"][inner] = 0  # back to the root: a loop
+    with pytest.raises(InputError, match="back up the tree"):
+        LesionClassifier.from_dict(broken)
+    tree["left"][inner] = "a"
+    with pytest.raises(InputError, match="must hold numbers"):
+        LesionClassifier.from_dict(broken)
+    bad_members = {**clf.to_dict(), "members": [{"baseline": "x", "trees": []}]}
+    for bad in ([1, 2], {**clf.to_dict(), "features": 3}, bad_members):
+        with pytest.raises(InputError, match="lesion_classifier"):
+            LesionClassifier.from_dict(bad)
+    with pytest.raises(InputError, match="lesion_classifier"):
+        Thresholds(network_name="tiny_cnn", checkpoint="m.pt", checkpoint_sha256="", t_slice=0.5, t_cam=0.5,
+                   cam_layer="layer2", lesion_classifier="trees", t_lesion=0.5)
 
 
 def _chest() -> tuple[np.ndarray, tuple[float, float, float]]:

@@ -81,6 +81,8 @@ def test_records_and_manifest_give_the_same_thresholds(tiny_manifest, ckpt_dir, 
     kwargs = dict(image_size=t.image_size, device="cpu", precision=t.validation["precision"], progress=False)
     with pytest.raises(InputError, match="give fit_data"):
         choose_thresholds(network, "tiny_cnn", records, **kwargs)
+    with pytest.raises(InputError, match="slice records carry neither the slice increment"):
+        choose_thresholds(network, "tiny_cnn", records, fit_data=tiny_manifest, **kwargs)
     from_records = choose_thresholds(network, "tiny_cnn", records, lesion_classifier=False, **kwargs)
     assert from_records.lesion_classifier is None and from_records.decision == "slice and CAM thresholds"
     assert from_records.validation["n_reference_lesions"] == t.validation["n_reference_lesions"]

@@ -1,8 +1,9 @@
 """Inference: thresholds saved with a checkpoint, per-scan scoring, batch runs with reports, agreement.
 
 Public API:
-- `calibrate(manifest, output_dir, network_name, ...)` / `choose_thresholds(...)`: choose (t_slice, t_cam) on the
-  validation split and write ``<ckpt_dir>/thresholds.json``;
+- `calibrate(manifest, output_dir, network_name, ...)` / `choose_thresholds(...)`: fit the lesion classifier on the
+  training split, choose (t_slice, t_lesion) and (t_slice, t_cam) on the validation split, write
+  ``<ckpt_dir>/thresholds.json``;
 - `load_thresholds(path, checkpoint)` / `save_thresholds(thresholds, path)`;
 - `load_model(ckpt_dir)` -> `InferenceModel`; `infer_scan(volume, model)` -> `ScanResult`;
 - `run_inference(input_path, output_dir, ckpt_dir=...)` -> `RunResult`;

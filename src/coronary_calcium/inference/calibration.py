@@ -88,7 +88,8 @@ def _cases_from_records(records: Sequence[Mapping[str, Any]]) -> Iterable[tuple[
     """Slice records (`coronary_calcium.data.slices.slice_records`) regrouped into volumes per scan.
 
     The records' ``mask`` (coronary calcium >= the threshold) becomes the reference labels; the slice increment is
-    not known and set to 1 mm (it plays no part in choosing thresholds: lesions are 2D).
+    not known and set to 1 mm (no part of the slice-and-CAM rule: lesions are 2D), and aortic / valve calcium is
+    not told apart, so records serve the slice-and-CAM rule only (the lesion classifier's features need both).
     """
     by_scan: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for r in records:
@@ -113,6 +114,13 @@ def _cases_from_manifest(manifest: Manifest, split: str) -> Iterable[tuple[str, 
             raise InputError(scan.image, f"scan {scan.scan_id} has no reference (labels or COCA XML): choosing "
                              "thresholds needs reference lesions")
         yield scan.scan_id, volume.hu, volume.spacing, labels
+
+
+def _are_records(data: Any) -> bool:
+    """Slice records (dicts), as opposed to a manifest or (CTVolume, labels) pairs."""
+    if isinstance(data, (str, Path, Manifest)) or data is None:
+        return False
+    return bool(len(data)) and isinstance(data[0], Mapping)
 
 
 def _cases(data: Any, split: str) -> tuple[Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], int, str]:
@@ -300,6 +308,10 @@ def choose_thresholds(
             raise InputError("fit_data", "the lesion classifier is fitted on other patients than the validation "
                              "data: give fit_data (or a manifest), or lesion_classifier=False")
         fit_data = data
+    if lesion_classifier and any(_are_records(d) for d in (data, fit_data)):
+        raise InputError("data", "slice records carry neither the slice increment nor aortic / valve labels, which "
+                         "the lesion classifier's features and fit need: give a manifest or (CTVolume, labels) "
+                         "pairs, or lesion_classifier=False")
     analyzer = SliceAnalyzer(network=network, hu_windows=hu_windows, image_size=image_size,
                              field_of_view_mm=probe.field_of_view_mm, cam_layer=cam_layer,
                              cam_method=cam_method, cam_gate_layer=cam_gate_layer, cam_score=cam_score,
@@ -400,7 +412,8 @@ def calibrate(
     split: str = "validation",
     **kwargs: Any,
 ) -> Thresholds:
-    """Load ``<ckpt_dir>/model.pt``, choose its thresholds on the manifest's validation split, write
+    """Load ``<ckpt_dir>/model.pt``, fit its lesion classifier on the manifest's training split and choose its
+    thresholds on the validation split (both need reference labels or COCA XML), write
     ``<ckpt_dir>/thresholds.json``; return the thresholds.
 
     ckpt_dir: defaults to ``<output_dir>/models`` (the training bundle's layout); give one of the two.

@@ -35,16 +35,29 @@ _TREE_KEYS = ("feature", "threshold", "left", "right", "value", "leaf")
 
 
 def _tree_arrays(tree: Any, name: str, n_features: int) -> dict[str, np.ndarray]:
+    """One tree's arrays, checked: integer indices, finite numbers, and children after their parent (as
+    scikit-learn numbers them), so every sample reaches a leaf."""
     if not isinstance(tree, Mapping) or any(k not in tree for k in _TREE_KEYS):
         raise InputError("lesion_classifier", f"{name} must hold {list(_TREE_KEYS)}")
-    a = {k: np.asarray(tree[k]) for k in _TREE_KEYS}
+    try:
+        a = {k: np.asarray(tree[k], dtype=np.float64) for k in _TREE_KEYS}
+    except (TypeError, ValueError):
+        raise InputError("lesion_classifier", f"{name}: its arrays must hold numbers") from None
     n = a["feature"].size
     if n == 0 or any(v.ndim != 1 or v.size != n for v in a.values()):
         raise InputError("lesion_classifier", f"{name}: its arrays must be 1D and of one length")
-    inner = a["leaf"] == 0
-    if inner.any() and (a["feature"][inner].min() < 0 or a["feature"][inner].max() >= n_features
-                        or a["left"][inner].max() >= n or a["right"][inner].max() >= n):
-        raise InputError("lesion_classifier", f"{name}: a node points outside the tree or the features")
+    if not all(np.isfinite(v).all() for v in a.values()):
+        raise InputError("lesion_classifier", f"{name}: holds NaN or infinite values")
+    for k in ("feature", "left", "right", "leaf"):
+        if not np.array_equal(a[k], np.round(a[k])):
+            raise InputError("lesion_classifier", f"{name}: '{k}' must hold integers")
+        a[k] = a[k].astype(np.int64)
+    inner = np.flatnonzero(a["leaf"] == 0)
+    if inner.size and (a["feature"][inner].min() < 0 or a["feature"][inner].max() >= n_features
+                       or (a["left"][inner] <= inner).any() or (a["right"][inner] <= inner).any()
+                       or a["left"][inner].max() >= n or a["right"][inner].max() >= n):
+        raise InputError("lesion_classifier", f"{name}: a node points outside the tree or the features, or back up "
+                         "the tree")
     return a
 
 
@@ -64,17 +77,26 @@ class LesionClassifier:
     fitted_on: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.features = tuple(str(f) for f in self.features)
+        if not isinstance(self.features, (list, tuple)) or not all(isinstance(f, str) for f in self.features):
+            raise InputError("lesion_classifier", "'features' must be a list of names")
+        self.features = tuple(self.features)
         if not self.features:
             raise InputError("lesion_classifier", "names no features")
-        if not self.members:
-            raise InputError("lesion_classifier", "holds no model")
+        if not isinstance(self.members, (list, tuple)) or not self.members:
+            raise InputError("lesion_classifier", "'members' must be a non-empty list of models")
+        if not isinstance(self.fitted_on, Mapping):
+            raise InputError("lesion_classifier", "'fitted_on' must be an object")
         self._models: list[tuple[float, list[dict[str, np.ndarray]]]] = []
         for m, member in enumerate(self.members):
             if not isinstance(member, Mapping) or "baseline" not in member or "trees" not in member:
                 raise InputError("lesion_classifier", f"member {m} must hold 'baseline' and 'trees'")
+            baseline = member["baseline"]
+            if isinstance(baseline, bool) or not isinstance(baseline, (int, float)) or not np.isfinite(baseline):
+                raise InputError("lesion_classifier", f"member {m}: 'baseline' must be a finite number")
+            if not isinstance(member["trees"], (list, tuple)):
+                raise InputError("lesion_classifier", f"member {m}: 'trees' must be a list")
             trees = [_tree_arrays(t, f"member {m} tree {i}", len(self.features)) for i, t in enumerate(member["trees"])]
-            self._models.append((float(member["baseline"]), trees))
+            self._models.append((float(baseline), trees))
 
     @staticmethod
     def _raw(baseline: float, trees: list[dict[str, np.ndarray]], x: np.ndarray) -> np.ndarray:
@@ -110,11 +132,12 @@ class LesionClassifier:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> LesionClassifier:
+        if not isinstance(values, Mapping):
+            raise InputError("lesion_classifier", "must be an object")
         missing = [k for k in ("features", "members") if k not in values]
         if missing:
             raise InputError("lesion_classifier", f"missing fields {missing}")
-        return cls(features=tuple(values["features"]), members=list(values["members"]),
-                   fitted_on=dict(values.get("fitted_on", {})))
+        return cls(features=values["features"], members=values["members"], fitted_on=values.get("fitted_on", {}))
 
 
 def fit_lesion_classifier(
@@ -147,7 +170,7 @@ def fit_lesion_classifier(
         if sample_weight.shape != y.shape or not np.isfinite(sample_weight).all() or (sample_weight < 0).any():
             raise InputError("sample_weight", f"must be {y.size} finite non-negative weights")
     settings = {**DEFAULT_TREE_PARAMS, **(params or {})}
-    if y.size < 200:  # too few for a held-out tenth
+    if y.size < 200 or min(n_pos, y.size - n_pos) < 10:  # too few for a stratified held-out tenth
         settings["early_stopping"] = False
     members = []
     for seed in seeds:

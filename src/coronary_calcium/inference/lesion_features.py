@@ -8,8 +8,8 @@ belongs to (bone runs through many slices), its position in the body, and the ti
 calcium sits in epicardial fat, aortic and valve calcium against blood, bone against marrow and bone).
 
 Everything is computed from the HU volume, the slice probabilities and the CAM maps on the original matrix, in
-vectorised passes (integral images for the neighbourhood fractions), so a 512 x 512 x 48 scan costs well under a
-second here.
+vectorised passes (integral images for the neighbourhood shares), about 1.2-1.7 s for a 512 x 512 x 48 scan on
+this project's 2-core CPU (`benchmarks/inference_speed.py`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ BODY_HU = -400.0  # the body on a slice: voxels above this (soft tissue, fat, bo
 LESION_FEATURES: tuple[str, ...] = (
     "slice_probability",  # the classifier's P(coronary calcium) for the candidate's slice
     "neighbour_probability",  # the larger of the two adjacent slices' probabilities
-    "cam_mean",  # the CAM over the candidate's pixels: mean and maximum (per-slice min-max normalised)
+    "cam_mean",  # the CAM over the candidate's pixels: mean and maximum (normalised or raw, per cam_score)
     "cam_max",
     "log_area_mm2",
     "log_peak_hu",

@@ -1,10 +1,10 @@
 """The decision thresholds saved beside a checkpoint: what they hold, how they are written, read and checked.
 
 A checkpoint is only used for inference together with its ``thresholds.json`` (written by
-:func:`coronary_calcium.inference.calibration.calibrate`): the slice-probability and CAM thresholds, the CAM layer
-and method, the preprocessing and scoring parameters the thresholds were chosen with, and the SHA-256 of the
-checkpoint they belong to. A checkpoint without that file, or with one written for other weights, is refused:
-thresholds are never guessed.
+:func:`coronary_calcium.inference.calibration.calibrate`): the lesion classifier with its threshold, the
+slice-probability and CAM thresholds, the CAM layer and method, the preprocessing and scoring parameters the
+thresholds were chosen with, and the SHA-256 of the checkpoint they belong to. A checkpoint without that file, or
+with one written for other weights, is refused: thresholds are never guessed.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class Thresholds:
             raise InputError("cam_score", f"must be one of {list(CAM_SCORES)}, got {self.cam_score!r}")
         if self.cam_pooling not in CAM_POOLINGS:
             raise InputError("cam_pooling", f"must be one of {list(CAM_POOLINGS)}, got {self.cam_pooling!r}")
-        if isinstance(self.lesion_classifier, dict):
+        if self.lesion_classifier is not None and not isinstance(self.lesion_classifier, LesionClassifier):
             self.lesion_classifier = LesionClassifier.from_dict(self.lesion_classifier)
         if self.lesion_classifier is not None:
             unknown = sorted(set(self.lesion_classifier.features) - set(LESION_FEATURES))
@@ -146,7 +146,10 @@ class Thresholds:
                 raise InputError("rule", "these thresholds were calibrated without a lesion classifier: run "
                                  "coronary-calcium calibrate again, or use rule 'slice-cam'")
             return self
-        t_slice = self.validation.get("slice_and_cam", {}).get("t_slice", self.t_slice)
+        rule_found = self.validation.get("slice_and_cam") if isinstance(self.validation, dict) else None
+        t_slice = rule_found.get("t_slice", self.t_slice) if isinstance(rule_found, dict) else self.t_slice
+        if isinstance(t_slice, bool) or not isinstance(t_slice, (int, float)):
+            raise InputError("validation.slice_and_cam.t_slice", f"must be a number, got {t_slice!r}")
         return dataclasses.replace(self, lesion_classifier=None, t_lesion=None, t_slice=float(t_slice))
 
     def to_dict(self) -> dict[str, Any]:
