@@ -177,8 +177,12 @@ def test_calibrate_then_infer_from_the_command_line(trained, tiny_manifest, tmp_
     argv = ["calibrate", "--manifest", str(tiny_manifest)]
     for s in sets:
         argv += ["--set", s]
+    assert main(argv + ["--set", "inference_lesion_classifier=false"]) == 0
+    saved = json.loads((trained / "models" / "thresholds.json").read_text())
+    assert saved["decision"] == "slice and CAM thresholds" and saved["lesion_classifier"] is None
     assert main(argv) == 0
-    assert (trained / "models" / "thresholds.json").is_file()
+    saved = json.loads((trained / "models" / "thresholds.json").read_text())
+    assert saved["decision"] == "lesion classifier" and saved["lesion_classifier"]["features"]
     out = tmp_path / "inference"
     assert main(["infer", str(tiny_manifest), "--split", "test", "--out", str(out), "--ckpt-dir",
                  str(trained / "models")]) == 0
