@@ -218,10 +218,6 @@ class CAM:
             raise InputError("class_idx", f"class indices must lie in [0, {n}), got {idx.tolist()}")
         return idx
 
-    def gated_name(self, layer: str) -> str:
-        """Result key of ``layer``'s map gated by ``gate_layer``."""
-        return gated_name(layer, self.gate_layer)
-
     def _combine(self, act: torch.Tensor, grad: torch.Tensor, method: str | None = None) -> torch.Tensor:
         spatial = tuple(range(2, act.ndim))
         method = method or self.method
@@ -296,7 +292,7 @@ class CAM:
         if gate is not None:
             for layer in self.layers:
                 gated = out[layer].upsampled * gate
-                out[self.gated_name(layer)] = result(gated, gated)
+                out[gated_name(layer, self.gate_layer)] = result(gated, gated)
         return out
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from coronary_calcium.errors import InputError
-from coronary_calcium.explain.cam import CAM, METHODS, unwrap_model
+from coronary_calcium.explain.cam import CAM, METHODS, gated_name, unwrap_model
 from coronary_calcium.explain.evaluation import POSITIVE_CLASS, _cheap_labels, _label_of, _to_numpy
 from coronary_calcium.explain.handlers import overlay
 from coronary_calcium.report.files import atomic_path
@@ -111,7 +111,7 @@ def write_layer_montage(
     with CAM(network, rows, method, gate_layer=gate_layer) as cam:
         results = cam(x.to(device), class_idx)
         if gate_layer is not None:
-            rows = rows + [cam.gated_name(layer) for layer in rows]
+            rows = rows + [gated_name(layer, gate_layer) for layer in rows]
     gray = x[:, 0].numpy()
     first = next(iter(results.values()))
     probs = torch.softmax(first.logits, 1)[:, class_idx].cpu().numpy()

@@ -348,7 +348,7 @@ def choose_thresholds(
                        slice_grid if slice_grid is not None else DEFAULT_SLICE_GRID, cam_grid)
     chosen = rule
     t_lesion = None
-    validation_extra: dict[str, Any] = {"slice_and_cam": {k: v for k, v in rule.items() if k != "grid"}}
+    validation_extra: dict[str, Any] = {}
     if classifier is not None:
         # (t_slice, t_lesion) jointly: the same grid search over (slice probability, lesion probability)
         p_lesion = classifier.predict_proba(val["features"])
@@ -359,7 +359,9 @@ def choose_thresholds(
         found["grid"] = {"t_slice": found["grid"]["t_slice"], "t_lesion": found["grid"]["t_cam"],
                          "f1": found["grid"]["f1"]}
         chosen = {"t_slice": found.pop("t_slice"), "t_lesion": t_lesion, **found}
-        validation_extra["lesion_classifier"] = {k: v for k, v in chosen.items() if k != "grid"}
+        # the slice-and-CAM rule, for comparison and for `Thresholds.with_rule("slice-cam")`
+        validation_extra = {"slice_and_cam": {k: v for k, v in rule.items() if k != "grid"},
+                            "slice_and_cam_grid": rule["grid"]}
     sha = name = ""
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
@@ -377,7 +379,6 @@ def choose_thresholds(
         "tie_rule": "highest F1; ties -> higher thresholds",
         **chosen,
         **validation_extra,
-        "slice_and_cam_grid": rule["grid"],
     }
     return Thresholds(
         network_name=spec.name,

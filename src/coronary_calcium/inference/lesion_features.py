@@ -14,7 +14,7 @@ this project's 2-core CPU (`benchmarks/inference_speed.py`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -148,8 +148,3 @@ def lesion_features(
             half = max(1, int(round(r / min(sy, sx))))
             out[:, col[f"{prefix}{int(r)}mm"]] = per_candidate_mean(_box_mean(integral, zi, y, x, half))
     return out
-
-
-def feature_table(features: np.ndarray) -> list[Mapping[str, float]]:
-    """Rows of ``lesion_features`` as {name: value} dicts (for JSON records)."""
-    return [dict(zip(LESION_FEATURES, (float(v) for v in row))) for row in np.asarray(features)]

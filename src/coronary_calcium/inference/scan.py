@@ -110,15 +110,14 @@ def analyse_volume(
         cam_slices = candidate_slices
     cam_slices = sorted({int(k) for k in cam_slices} | (candidate_slices if features else set()))
     maps = analyzer.to_original(small[cam_slices], np.shape(hu), spacing)
-    found = {
-        "probabilities": probs,
-        "candidates": candidates,
-        "cam_slices": cam_slices,
-        "cam_maps": maps,
-        "cam_scores": candidate_cam_scores(candidates, np.shape(hu), maps, cam_slices, analyzer.cam_pooling),
-    }
+    found = {"probabilities": probs, "candidates": candidates, "cam_slices": cam_slices, "cam_maps": maps}
     if features:
         found["features"] = lesion_features(hu, spacing, candidates, probs, maps, cam_slices, config)
+        # the features hold each candidate's CAM mean and maximum already
+        column = LESION_FEATURES.index("cam_mean" if analyzer.cam_pooling == "mean" else "cam_max")
+        found["cam_scores"] = [float(v) for v in found["features"][:, column]]
+    else:
+        found["cam_scores"] = candidate_cam_scores(candidates, np.shape(hu), maps, cam_slices, analyzer.cam_pooling)
     return found
 
 

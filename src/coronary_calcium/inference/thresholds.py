@@ -154,11 +154,8 @@ class Thresholds:
 
     def to_dict(self) -> dict[str, Any]:
         classifier = self.lesion_classifier
-        self.lesion_classifier = None  # asdict would copy every tree array through deepcopy
-        try:
-            out = dataclasses.asdict(self)
-        finally:
-            self.lesion_classifier = classifier
+        # asdict would deep-copy every tree array: the classifier is written by its own to_dict
+        out = dataclasses.asdict(dataclasses.replace(self, lesion_classifier=None))
         out.pop("lesion_classifier")
         out["hu_windows"] = [list(w) for w in self.hu_windows]
         out["image_size"] = list(self.image_size)
