@@ -31,7 +31,9 @@ NETWORKS = ["xception_last4", "inception_v3_last", "inception_v3_scratch", "xcep
 
 
 # Fewer slices and CAM samples than the bundle's defaults keep Inception v3 / Xception at 80 px within seconds.
-FAST = {"localization_max_negative": 4, "cam_panel_positives": 2, "cam_panel_negatives": 1}
+# One validation patient: no cross-fitting of the lesion classifier (it needs two), which this also exercises.
+FAST = {"localization_max_negative": 4, "cam_panel_positives": 2, "cam_panel_negatives": 1,
+        "inference_validation_folds": 0}
 
 
 def _patient(rng: np.random.Generator, n_slices: int = 8, size: int = 96) -> tuple[CTVolume, np.ndarray]:
@@ -113,6 +115,8 @@ def test_report_holds_the_table_and_paper_numbers(experiment):
     summary = json.loads((out / "experiment.json").read_text())
     assert [r["network"] for r in summary["runs"]] == NETWORKS
     status = {r["network"]: r["status"] for r in summary["runs"]}
+    thresholds = json.loads((out / "inception_v3_scratch" / "models" / "thresholds.json").read_text())
+    assert thresholds["validation"]["lesion_probabilities"] == "classifier fitted without the validation data"
     assert status == {
         "xception_last4": "failed",
         "inception_v3_last": "not run",

@@ -182,8 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("train", "train a classifier with the bundle (bundle/configs/train.json)"),
         ("evaluate", "evaluate the best checkpoint on the test patients (evaluate.json)"),
-        ("calibrate", "fit the lesion classifier on the training split and choose the inference thresholds on the "
-                      "validation split (thresholds.json)"),
+        ("calibrate", "fit the lesion classifier on the training and validation splits and choose the inference "
+                      "thresholds on out-of-fold validation probabilities (thresholds.json)"),
     ):
         p = sub.add_parser(name, help=text)
         _add_bundle_args(p)

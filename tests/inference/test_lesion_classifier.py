@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from coronary_calcium.errors import InputError
+from coronary_calcium.inference.calibration import cross_fit_lesion_classifier
 from coronary_calcium.inference.lesion_classifier import (
     DEFAULT_SEEDS,
     DEFAULT_TREE_PARAMS,
@@ -41,6 +42,38 @@ def test_exported_trees_give_scikit_learns_probabilities():
     assert len(set(clf.fitted_on["n_trees"])) > 1  # the seeds' held-out tenths differ
     back = LesionClassifier.from_dict(json.loads(json.dumps(clf.to_dict())))
     np.testing.assert_array_equal(back.predict_proba(x_new), clf.predict_proba(x_new))
+
+
+def _collected(n_scans: int, per_scan: int, seed: int) -> dict:
+    """Candidates as calibration collects them: 28 features, coronary / aortic-or-valve flags, scan index."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_scans * per_scan, len(LESION_FEATURES)))
+    y = (x[:, 0] + 0.5 * x[:, 1] * x[:, 2] + 0.3 * rng.normal(size=len(x))) > 0.8
+    return {"features": x, "coronary": y, "non_coronary": ~y & (x[:, 3] > 1.5),
+            "scan": np.repeat(np.arange(n_scans), per_scan), "n_scans": n_scans}
+
+
+def test_cross_fitting_scores_each_validation_scan_with_trees_that_never_saw_it():
+    fit, val = _collected(4, 150, seed=0), _collected(5, 60, seed=1)
+    small = {**DEFAULT_TREE_PARAMS, "max_iter": 20}  # few trees: fast; the folds are what is tested
+    classifier, p, folds = cross_fit_lesion_classifier(fit, val, folds=3, tree_params=small)
+    assert folds == 3 and classifier.fitted_on["n_candidates"] == 600 + 300
+    held = val["scan"] % 3 == 1  # scans 1 and 4
+    x = np.concatenate([fit["features"], val["features"][~held]])
+    y = np.concatenate([fit["coronary"], val["coronary"][~held]])
+    alone = fit_lesion_classifier(x, y, LESION_FEATURES, small)  # aortic / valve candidates weigh 1 by default
+    np.testing.assert_allclose(p[held], alone.predict_proba(val["features"][held]), rtol=1e-12)
+    # the final classifier was fitted on the validation candidates too: on them it differs from the out-of-fold one
+    assert np.abs(classifier.predict_proba(val["features"]) - p).max() > 0.01
+    only_fit, p0, folds0 = cross_fit_lesion_classifier(fit, val, folds=0, tree_params=small)
+    assert folds0 == 0 and only_fit.fitted_on["n_candidates"] == 600
+    np.testing.assert_array_equal(p0, only_fit.predict_proba(val["features"]))
+    two_scans = _collected(2, 60, seed=2)
+    assert cross_fit_lesion_classifier(fit, two_scans, folds=3, tree_params=small)[2] == 2  # one fold per scan
+    with pytest.raises(InputError, match="cross-fitting needs at least 2 scans, got 1"):
+        cross_fit_lesion_classifier(fit, _collected(1, 60, seed=3), folds=3)
+    with pytest.raises(InputError, match="validation_folds: must be 0"):
+        cross_fit_lesion_classifier(fit, val, folds=1)
 
 
 def test_bad_classifier_input_is_refused():

@@ -27,15 +27,28 @@ def test_calibrate_writes_complete_thresholds(ckpt_dir):
     assert saved["scoring"]["threshold_hu_used"] == 130.0 and saved["scoring"]["connectivity"] == "2d-8"
     v = saved["validation"]
     assert v["split"] == "validation" and v["n_scans"] == 2 and v["n_reference_lesions"] > 0
-    assert 0.0 <= v["f1"] <= 1.0 and v["f1"] == pytest.approx(max(max(row) for row in v["grid"]["f1"]), abs=1e-6)
+    grid = v["grid"]
+    chosen_cell = grid["f1"][grid["t_slice"].index(v["t_slice"])][grid["t_lesion"].index(v["t_lesion"])]
+    assert 0.0 <= v["f1"] <= 1.0 and v["f1"] == pytest.approx(chosen_cell, abs=1e-6)
+    # the tiny patients have aortic calcium: within one reference lesion's F1 of the best, the fewest kept wins
+    assert v["tie_rule"].startswith("among F1 within 1 reference lesion(s) of the best")
+    best = max(max(row) for row in grid["f1"])
+    assert best - 1 / v["n_reference_lesions"] - 1e-6 <= v["f1"] <= best and v["n_aortic_or_valve_kept"] >= 0
     assert 0.0 <= saved["t_slice"] <= 1.0 and 0.0 <= saved["t_cam"] <= 1.0 and 0.0 < saved["t_lesion"] < 1.0
-    # the lesion classifier decides; it was fitted on the training split's candidates, the rule chosen on validation
+    # the lesion classifier decides; it was fitted on the training and validation candidates, the rule chosen on
+    # out-of-fold validation probabilities (2 validation scans: a fold each)
     assert saved["decision"] == v["decision"] == "lesion classifier"
     assert (v["t_slice"], v["t_lesion"]) == (saved["t_slice"], saved["t_lesion"])
+    assert v["lesion_probabilities"] == "out of fold, 2 folds by scan"
     fitted = saved["lesion_classifier"]["fitted_on"]
-    assert fitted["data"].endswith("(train)") and fitted["n_coronary"] > 0 and len(fitted["seeds"]) == 5
+    assert fitted["data"][0].endswith("(train)") and fitted["data"][1].endswith("(validation)")
+    assert fitted["n_scans"] == 6 and fitted["n_coronary"] > 0 and len(fitted["seeds"]) == 5
+    assert fitted["n_candidates"] > v["n_candidates"]  # training candidates besides the validation ones
     assert v["slice_and_cam"]["t_cam"] == saved["t_cam"]
-    assert v["slice_and_cam"]["f1"] == pytest.approx(max(max(row) for row in v["slice_and_cam_grid"]["f1"]))
+    cam_grid = v["slice_and_cam_grid"]
+    rule = v["slice_and_cam"]
+    assert rule["f1"] == pytest.approx(
+        cam_grid["f1"][cam_grid["t_slice"].index(rule["t_slice"])][cam_grid["t_cam"].index(rule["t_cam"])], abs=1e-6)
     assert saved["created"][:4].isdigit()
     t = load_thresholds(ckpt_dir / "thresholds.json", ckpt_dir / "model.pt")
     assert (t.t_slice, t.t_cam) == (saved["t_slice"], saved["t_cam"])
@@ -71,6 +84,25 @@ def test_grid_search_maximises_f1_with_ties_to_higher_thresholds():
     assert best["grid"]["f1"][0][0] == pytest.approx(2 * 1.0 * 0.5 / 1.5)
 
 
+def test_grid_search_prefers_no_aortic_or_valve_calcium_among_near_best_f1():
+    # 0-3 coronary (reference lesions 0-3), 4 aortic wall calcium scored like a coronary lesion, 5 a bone
+    prob = np.ones(6)
+    score = np.array([0.9, 0.85, 0.8, 0.6, 0.7, 0.1])
+    pairs = np.array([[0, 0], [1, 1], [2, 2], [3, 3]])
+    aortic = np.array([False, False, False, False, True, False])
+    grid = [0.5, 0.65, 0.75]
+    free = grid_search(prob, score, pairs, 4, [0.0], grid)
+    assert free["t_cam"] == 0.5 and free["f1"] == pytest.approx(8 / 9)  # 4 found, 1 aortic: beats 3 found
+    assert "n_aortic_or_valve_kept" not in free
+    # 3 found and nothing else (F1 6/7) is within one lesion's worth (1/4) of the best: it wins, keeping no aortic
+    preferring = grid_search(prob, score, pairs, 4, [0.0], grid, aortic, 1 / 4)
+    assert preferring["t_cam"] == 0.75 and preferring["f1"] == pytest.approx(6 / 7)
+    assert preferring["n_aortic_or_valve_kept"] == 0
+    assert preferring["grid"] == free["grid"]  # the same F1 table; only the choice differs
+    # with less slack, F1 alone decides
+    assert grid_search(prob, score, pairs, 4, [0.0], grid, aortic, 0.01)["t_cam"] == 0.5
+
+
 def test_records_and_manifest_give_the_same_thresholds(tiny_manifest, ckpt_dir, trained_run):
     from coronary_calcium.data.slices import slice_records
 
@@ -87,15 +119,20 @@ def test_records_and_manifest_give_the_same_thresholds(tiny_manifest, ckpt_dir, 
     assert from_records.lesion_classifier is None and from_records.decision == "slice and CAM thresholds"
     assert from_records.validation["n_reference_lesions"] == t.validation["n_reference_lesions"]
     assert from_records.validation["n_candidates"] == t.validation["n_candidates"]
-    rule = t.validation["slice_and_cam"]
-    assert (from_records.t_slice, from_records.t_cam) == (rule["t_slice"], rule["t_cam"])
-    assert from_records.validation["f1"] == pytest.approx(rule["f1"])
+    # the same F1 table; the choice may differ, since records cannot tell aortic calcium apart (no cap applies)
+    np.testing.assert_allclose(from_records.validation["grid"]["f1"], t.validation["slice_and_cam_grid"]["f1"])
+    records_grid = from_records.validation["grid"]["f1"]
+    assert from_records.validation["f1"] == pytest.approx(max(max(row) for row in records_grid))
 
 
 def test_bad_choices_are_refused_before_reading_data(ckpt_dir):
     network = create_network("tiny_cnn")
     with pytest.raises(InputError, match="not a layer"):
         choose_thresholds(network, "tiny_cnn", "/nonexistent/manifest.json", cam_layer="nope")
+    with pytest.raises(InputError, match="f1_slack_lesions: must be a number of lesions >= 0 or None, got -1"):
+        choose_thresholds(network, "tiny_cnn", "/nonexistent/manifest.json", f1_slack_lesions=-1)
+    with pytest.raises(InputError, match="validation_folds: must be 0"):
+        choose_thresholds(network, "tiny_cnn", "/nonexistent/manifest.json", validation_folds=1.5)
     with pytest.raises(InputError, match="2d"):
         Thresholds(network_name="tiny_cnn", checkpoint="m.pt", checkpoint_sha256="", t_slice=0.5, t_cam=0.5,
                    cam_layer="layer2", scoring=ScoringConfig(connectivity="3d-26").to_dict())

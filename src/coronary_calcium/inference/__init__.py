@@ -2,7 +2,8 @@
 
 Public API:
 - `calibrate(manifest, output_dir, network_name, ...)` / `choose_thresholds(...)`: fit the lesion classifier on the
-  training split, choose (t_slice, t_lesion) and (t_slice, t_cam) on the validation split, write
+  training and validation splits, choose (t_slice, t_lesion) on out-of-fold validation probabilities and
+  (t_slice, t_cam) on the validation split, write
   ``<ckpt_dir>/thresholds.json``;
 - `load_thresholds(path, checkpoint)` / `save_thresholds(thresholds, path)`;
 - `load_model(ckpt_dir)` -> `InferenceModel`; `infer_scan(volume, model)` -> `ScanResult`;

@@ -6,11 +6,19 @@ the positive class's CAM inside its pixels, on the original matrix) and its `les
 are the coronary Agatston lesions of the label volume (`find_lesions` with labels); a candidate is coronary when
 it shares a voxel with one (`match_lesions`).
 
-1. The lesion classifier (`fit_lesion_classifier`) is fitted on the candidates of the training patients.
+1. The lesion classifier (`fit_lesion_classifier`) is fitted on the candidates of the training and the validation
+   patients. Its threshold is chosen on out-of-fold probabilities: the validation patients are dealt into folds,
+   and each fold's candidates are scored by trees fitted without that fold. Why the validation patients join the
+   fit: the CNN has learnt its training patients, so there its slice probabilities and CAMs are over-confident;
+   on the validation patients they behave as on new scans, and the trees should learn from that behaviour too.
 2. On the validation patients, for every pair of a grid, the candidates passing both thresholds are kept and the
    lesion-level F1 pooled over the split is computed: (t_slice, t_lesion) for the classifier's rule, and
    (t_slice, t_cam) for the older slice-and-CAM rule (recorded for comparison, used when no classifier is fitted).
-   The pair with the highest F1 wins, ties going to the higher t_slice, then the higher second threshold.
+   Among the pairs whose F1 is within one reference lesion's worth of the best (``f1_slack_lesions / n_ref``),
+   the pair keeping the fewest aortic or valve calcium candidates wins, then the highest F1, ties going to the
+   higher t_slice, then the higher second threshold. Why: counting aortic or valve calcium as coronary is the
+   error a calcium score must not make, and the pooled F1 is flat near its top (differences of one lesion in a
+   hundred are noise on nine patients), so it alone would trade one for a single more small coronary lesion.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from tqdm.auto import tqdm
 
 from coronary_calcium.data.transforms import check_hu_windows
 from coronary_calcium.errors import InputError
-from coronary_calcium.inference.lesion_classifier import fit_lesion_classifier
+from coronary_calcium.inference.lesion_classifier import LesionClassifier, fit_lesion_classifier
 from coronary_calcium.inference.lesion_features import LESION_FEATURES
 from coronary_calcium.inference.model import SliceAnalyzer, _device
 from coronary_calcium.inference.scan import analyse_volume
@@ -50,7 +58,8 @@ from coronary_calcium.scoring.agatston import ScoringConfig, find_lesions
 from coronary_calcium.scoring.agreement import match_lesions
 from coronary_calcium.train.precision import default_precision
 
-__all__ = ["calibrate", "choose_thresholds", "training_defaults", "DEFAULT_SLICE_GRID", "DEFAULT_CAM_GRID"]
+__all__ = ["calibrate", "choose_thresholds", "cross_fit_lesion_classifier", "training_defaults", "DEFAULT_SLICE_GRID",
+           "DEFAULT_CAM_GRID"]
 
 DEFAULT_SLICE_GRID = tuple(round(v, 4) for v in np.linspace(0.0, 1.0, 21))
 DEFAULT_CAM_GRID = tuple(round(v, 4) for v in np.linspace(0.0, 1.0, 21))
@@ -59,9 +68,13 @@ DEFAULT_LESION_GRID = tuple(round(v, 4) for v in np.linspace(0.02, 0.98, 49))
 _FALLBACK_DEFAULTS = {"network_name": "inception_v3_scratch", "hu_windows": [[-250.0, 950.0], [130.0, 630.0]],
                       "image_size": [256, 256], "field_of_view_mm": None, "calcium_threshold_hu": 130.0,
                       "min_lesion_area_mm2": 1.0}
-# Weight of aortic / valve candidates in the lesion classifier's fit: the highest validation F1 of 1, 5 and 20 on
-# the default data (0.982, 0.986, 0.982), chosen with the Inception v3 15-epoch model.
-HARD_NEGATIVE_WEIGHT = 5.0
+# Weight of aortic / valve candidates in the lesion classifier's fit. 1: weights of 5 and 20 gave validation F1s
+# within half a lesion of it (0.982-0.986 against 0.982, Inception v3 15 epochs, fitted on training patients only;
+# 0.977 either way cross-fitted with the 4-epoch default), and any weight makes scikit-learn bin the features by
+# weighted percentiles, 8x slower.
+HARD_NEGATIVE_WEIGHT = 1.0
+# Folds of the validation patients when they join the lesion classifier's fit (cross-fitting; 0: they do not).
+VALIDATION_FOLDS = 3
 FROM_TRAINING = "train.json"  # field_of_view_mm default: train.json's value (None itself means "no crop")
 
 
@@ -89,7 +102,8 @@ def _cases_from_records(records: Sequence[Mapping[str, Any]]) -> Iterable[tuple[
 
     The records' ``mask`` (coronary calcium >= the threshold) becomes the reference labels; the slice increment is
     not known and set to 1 mm (no part of the slice-and-CAM rule: lesions are 2D), and aortic / valve calcium is
-    not told apart, so records serve the slice-and-CAM rule only (the lesion classifier's features need both).
+    not told apart, so records serve the slice-and-CAM rule only (the lesion classifier's features need both), and
+    the preference for rules keeping no aortic / valve candidate (``f1_slack_lesions``) has nothing to count.
     """
     by_scan: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for r in records:
@@ -159,19 +173,25 @@ def grid_search(
     n_ref: int,
     slice_grid: Sequence[float],
     cam_grid: Sequence[float],
+    non_coronary: np.ndarray | None = None,
+    f1_slack: float | None = None,
 ) -> dict[str, Any]:
     """Best (t_slice, t_cam) by pooled lesion-level F1; ties -> higher t_slice, then higher t_cam.
 
     probability / cam: per candidate; pairs: (k, 2) array of (candidate, reference lesion) overlaps; n_ref: the
     number of reference lesions. Returns the chosen pair, its F1 / sensitivity / PPV / counts and the F1 table.
+    non_coronary / f1_slack: with both, among the pairs whose F1 is within ``f1_slack`` of the best, the one keeping
+    the fewest ``non_coronary`` candidates (aortic / valve calcium) wins, then the F1 and the thresholds decide.
     """
     probability = np.asarray(probability, dtype=np.float64)
     cam = np.asarray(cam, dtype=np.float64)
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     matched = np.zeros(probability.size, dtype=bool)
     matched[pairs[:, 0]] = True
+    preferring = non_coronary is not None and f1_slack is not None
+    non_coronary = np.asarray(non_coronary if preferring else np.zeros(probability.size), dtype=bool)
     table = np.zeros((len(slice_grid), len(cam_grid)))
-    best_key, best = None, {}
+    cells = []
     for i, ts in enumerate(slice_grid):
         by_slice = probability >= ts
         for j, tc in enumerate(cam_grid):
@@ -181,11 +201,14 @@ def grid_search(
             tp_ref = int(np.unique(pairs[keep[pairs[:, 0]], 1]).size) if pairs.size else 0
             f1, sens, ppv = _f1(tp_ref, n_ref, tp_pred, n_pred)
             table[i, j] = f1
-            key = (round(f1, 12), float(ts), float(tc))
-            if best_key is None or key > best_key:
-                best_key = key
-                best = {"t_slice": float(ts), "t_cam": float(tc), "f1": f1, "sensitivity": sens, "ppv": ppv,
-                        "n_kept": n_pred, "tp_pred": tp_pred, "tp_ref": tp_ref}
+            cells.append({"t_slice": float(ts), "t_cam": float(tc), "f1": f1, "sensitivity": sens, "ppv": ppv,
+                          "n_kept": n_pred, "tp_pred": tp_pred, "tp_ref": tp_ref,
+                          "n_aortic_or_valve_kept": int((keep & non_coronary).sum())})
+    floor = table.max() - f1_slack if preferring else -np.inf
+    best = dict(max((c for c in cells if c["f1"] >= floor),
+                    key=lambda c: (-c["n_aortic_or_valve_kept"], round(c["f1"], 12), c["t_slice"], c["t_cam"])))
+    if not preferring:
+        del best["n_aortic_or_valve_kept"]
     best["grid"] = {"t_slice": [float(v) for v in slice_grid], "t_cam": [float(v) for v in cam_grid],
                     "f1": table.round(6).tolist()}
     return best
@@ -194,8 +217,10 @@ def grid_search(
 def _collect(cases: Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], n_cases: int, analyzer: SliceAnalyzer,
              config: ScoringConfig, desc: str, progress: bool) -> dict[str, Any]:
     """Per candidate of every case: slice probability, CAM score, lesion features, matched reference lesions, and
-    whether it is aortic or valve calcium (touches those labels and no coronary lesion)."""
+    whether it is aortic or valve calcium (touches those labels and no coronary lesion); ``scan``: the index of
+    each candidate's case."""
     probability: list[float] = []
+    scan: list[int] = []
     cams: list[float] = []
     features: list[np.ndarray] = []
     non_coronary: list[bool] = []
@@ -207,6 +232,7 @@ def _collect(cases: Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], n_cases
         candidates = found["candidates"]
         offset = len(probability)
         probability.extend(float(found["probabilities"][int(c.slices[0])]) for c in candidates)
+        scan.extend([n_scans] * len(candidates))
         cams.extend(float(s) if s is not None else -np.inf for s in found["cam_scores"])
         features.append(found["features"])
         flat_labels = np.asarray(labels).reshape(-1)
@@ -225,9 +251,55 @@ def _collect(cases: Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], n_cases
     return {
         "probability": np.asarray(probability), "cam": np.asarray(cams),
         "features": np.concatenate(features) if features else np.zeros((0, len(LESION_FEATURES))),
-        "pairs": pairs_array, "coronary": coronary, "non_coronary": non_coronary, "n_ref": n_ref, "n_scans": n_scans,
+        "pairs": pairs_array, "coronary": coronary, "non_coronary": non_coronary, "scan": np.asarray(scan, np.int64),
+        "n_ref": n_ref, "n_scans": n_scans,
         "n_slices": n_slices, "n_positive_slices": n_positive_slices,
     }
+
+
+def _fit_classifier(parts: Sequence[tuple[dict[str, Any], np.ndarray]], tree_params: Mapping[str, Any] | None,
+                    hard_negative_weight: float, fitted_on: Mapping[str, Any] | None = None) -> LesionClassifier:
+    """The lesion classifier fitted on the candidates selected (boolean mask) from each collected set."""
+    x = np.concatenate([c["features"][m] for c, m in parts])
+    y = np.concatenate([c["coronary"][m] for c, m in parts])
+    weight = None
+    if hard_negative_weight != 1.0:
+        weight = np.concatenate([np.where(c["non_coronary"][m], float(hard_negative_weight), 1.0) for c, m in parts])
+    return fit_lesion_classifier(x, y, LESION_FEATURES, tree_params, fitted_on=fitted_on, sample_weight=weight)
+
+
+def cross_fit_lesion_classifier(
+    fit: dict[str, Any],
+    val: dict[str, Any],
+    folds: int = VALIDATION_FOLDS,
+    tree_params: Mapping[str, Any] | None = None,
+    hard_negative_weight: float = HARD_NEGATIVE_WEIGHT,
+    fitted_on: Mapping[str, Any] | None = None,
+) -> tuple[LesionClassifier, np.ndarray, int]:
+    """The lesion classifier fitted on the ``fit`` and ``val`` candidates (as collected by `_collect`), and
+    out-of-fold probabilities for the ``val`` candidates: validation scans are dealt into ``folds`` folds in turn
+    (one per scan when there are fewer scans), and each fold is scored by trees fitted on ``fit`` and the other
+    folds. ``folds=0``: fitted on ``fit`` only, the ``val`` probabilities come from that classifier.
+    Returns (classifier, validation probabilities, folds used)."""
+    all_fit = np.ones(fit["scan"].size, dtype=bool)
+    if folds == 0:
+        classifier = _fit_classifier([(fit, all_fit)], tree_params, hard_negative_weight, fitted_on)
+        return classifier, classifier.predict_proba(val["features"]), 0
+    if folds < 2:
+        raise InputError("validation_folds", f"must be 0 (no cross-fitting) or at least 2, got {folds!r}")
+    if val["n_scans"] < 2:
+        raise InputError("validation data", f"cross-fitting needs at least 2 scans, got {val['n_scans']}: use "
+                         "validation_folds=0 (evaluate.json: inference_validation_folds)")
+    folds = min(int(folds), int(val["n_scans"]))
+    fold = val["scan"] % folds
+    out_of_fold = np.zeros(fold.size)
+    for k in range(folds):
+        held = fold == k
+        trees = _fit_classifier([(fit, all_fit), (val, ~held)], tree_params, hard_negative_weight)
+        out_of_fold[held] = trees.predict_proba(val["features"][held])
+    classifier = _fit_classifier([(fit, all_fit), (val, np.ones(fold.size, dtype=bool))], tree_params,
+                                 hard_negative_weight, fitted_on)
+    return classifier, out_of_fold, folds
 
 
 def choose_thresholds(
@@ -251,6 +323,8 @@ def choose_thresholds(
     fit_split: str = "train",
     tree_params: Mapping[str, Any] | None = None,
     hard_negative_weight: float = HARD_NEGATIVE_WEIGHT,
+    validation_folds: int = VALIDATION_FOLDS,
+    f1_slack_lesions: float | None = 1.0,
     scoring: ScoringConfig | None = None,
     slice_grid: Sequence[float] | None = None,
     cam_grid: Sequence[float] | None = None,
@@ -264,8 +338,10 @@ def choose_thresholds(
     """Choose the decision rule on the validation data, maximising the lesion-level F1; return the `Thresholds`.
 
     Always: (t_slice, t_cam) by grid search. With ``lesion_classifier`` (the default): boosted trees fitted on the
-    candidates of ``fit_data`` (default: the manifest's ``fit_split``, the training patients) and their threshold
-    ``t_lesion`` chosen on the validation data; that classifier then decides, t_slice only marks positive slices.
+    candidates of ``fit_data`` (default: the manifest's ``fit_split``, the training patients) and of the validation
+    data, their threshold ``t_lesion`` chosen on out-of-fold probabilities of the validation candidates
+    (``validation_folds`` folds by scan; 0: fitted on ``fit_data`` alone, see `cross_fit_lesion_classifier`);
+    that classifier then decides, t_slice only marks positive slices.
 
     data / fit_data: a manifest (its ``split`` / ``fit_split`` scans, which need reference labels or COCA XML),
     slice records as made by `slice_records` (their masks are the reference), or (CTVolume, labels) pairs.
@@ -274,6 +350,10 @@ def choose_thresholds(
     cam_pooling: a candidate's CAM score is the "max" or the "mean" of the map over its pixels.
     hard_negative_weight: the weight of aortic and valve calcium candidates in the classifier's fit (the others
     weigh 1): they must never count as coronary, and they are a few hundred among tens of thousands of candidates.
+    validation_folds: cross-fitting folds of the validation scans (default 3); 0 fits on ``fit_data`` only.
+    f1_slack_lesions: rules whose validation F1 is within this many reference lesions' worth (``/ n_ref``) of the
+    best count as equal, and the one keeping the fewest aortic / valve calcium candidates wins (`grid_search`);
+    None: F1 alone decides.
     cam_gate_layer: gate the CAM by this shallow layer's LayerCAM (the network spec's ``gate_layer``); None: not.
     scoring: candidate / scoring rules; defaults to ScoringConfig with the training's HU threshold and minimum area.
     The ``checkpoint`` (a file) is recorded with its sha256 when given.
@@ -301,11 +381,18 @@ def choose_thresholds(
                        image_size=image_size, in_channels=in_channels, field_of_view_mm=field_of_view_mm,
                        scoring=config.to_dict())
     validate_cam_layers(network, [cam_layer] + ([cam_gate_layer] if cam_gate_layer else []))
+    if lesion_classifier and (isinstance(validation_folds, bool) or not isinstance(validation_folds, int)
+                              or validation_folds == 1 or validation_folds < 0):
+        raise InputError("validation_folds", f"must be 0 (no cross-fitting) or at least 2, got {validation_folds!r}")
+    if f1_slack_lesions is not None and (isinstance(f1_slack_lesions, bool)
+                                         or not isinstance(f1_slack_lesions, (int, float))
+                                         or not 0 <= f1_slack_lesions < float("inf")):
+        raise InputError("f1_slack_lesions", f"must be a number of lesions >= 0 or None, got {f1_slack_lesions!r}")
     if isinstance(data, (str, Path)):
         data = load_manifest(data)
     if lesion_classifier and fit_data is None:
         if not isinstance(data, Manifest):
-            raise InputError("fit_data", "the lesion classifier is fitted on other patients than the validation "
+            raise InputError("fit_data", "the lesion classifier is fitted on training patients besides the validation "
                              "data: give fit_data (or a manifest), or lesion_classifier=False")
         fit_data = data
     if lesion_classifier and any(_are_records(d) for d in (data, fit_data)):
@@ -320,22 +407,28 @@ def choose_thresholds(
                              batch_size=batch_size)
     try:
         cases, n_cases, described = _cases(data, split)
-        classifier, fit_described = None, None
+        fit = None
         if lesion_classifier:
             fit_cases, n_fit, fit_described = _cases(fit_data, fit_split)
             fit = _collect(fit_cases, n_fit, analyzer, config, "fitting the lesion classifier", progress)
-            classifier = fit_lesion_classifier(
-                fit["features"], fit["coronary"], LESION_FEATURES, tree_params,
-                fitted_on={"data": fit_described, "n_scans": fit["n_scans"], "n_reference_lesions": fit["n_ref"],
-                           "n_aortic_or_valve": int(fit["non_coronary"].sum()),
-                           "aortic_or_valve_weight": float(hard_negative_weight)},
-                sample_weight=np.where(fit["non_coronary"], float(hard_negative_weight), 1.0))
         val = _collect(cases, n_cases, analyzer, config, "choosing thresholds", progress)
     finally:
         analyzer.close()
     n_ref = val["n_ref"]
     if n_ref == 0:
         raise InputError(described, "no reference coronary lesions: thresholds cannot be chosen on this data")
+    slack = None if f1_slack_lesions is None else float(f1_slack_lesions) / n_ref
+    classifier = None
+    if fit is not None:
+        with_validation = validation_folds != 0
+        classifier, p_lesion, used_folds = cross_fit_lesion_classifier(
+            fit, val, validation_folds, tree_params, hard_negative_weight,
+            fitted_on={"data": [fit_described, described] if with_validation else fit_described,
+                       "n_scans": fit["n_scans"] + (val["n_scans"] if with_validation else 0),
+                       "n_reference_lesions": fit["n_ref"] + (val["n_ref"] if with_validation else 0),
+                       "n_aortic_or_valve": int(fit["non_coronary"].sum())
+                       + (int(val["non_coronary"].sum()) if with_validation else 0),
+                       "aortic_or_valve_weight": float(hard_negative_weight)})
     cams = val["cam"]
     if cam_grid is None:
         if cam_score == "normalised":
@@ -345,20 +438,23 @@ def choose_thresholds(
             qs = np.quantile(finite, np.linspace(0, 1, 21)) if finite.size else np.zeros(1)
             cam_grid = sorted({0.0, *(float(f"{q:.6g}") for q in qs)})
     rule = grid_search(val["probability"], cams, val["pairs"], n_ref,
-                       slice_grid if slice_grid is not None else DEFAULT_SLICE_GRID, cam_grid)
+                       slice_grid if slice_grid is not None else DEFAULT_SLICE_GRID, cam_grid,
+                       val["non_coronary"], slack)
     chosen = rule
     t_lesion = None
     validation_extra: dict[str, Any] = {}
     if classifier is not None:
         # (t_slice, t_lesion) jointly: the same grid search over (slice probability, lesion probability)
-        p_lesion = classifier.predict_proba(val["features"])
         found = grid_search(val["probability"], p_lesion, val["pairs"], n_ref,
                             slice_grid if slice_grid is not None else DEFAULT_SLICE_GRID,
-                            lesion_grid if lesion_grid is not None else DEFAULT_LESION_GRID)
+                            lesion_grid if lesion_grid is not None else DEFAULT_LESION_GRID,
+                            val["non_coronary"], slack)
         t_lesion = found.pop("t_cam")
         found["grid"] = {"t_slice": found["grid"]["t_slice"], "t_lesion": found["grid"]["t_cam"],
                          "f1": found["grid"]["f1"]}
-        chosen = {"t_slice": found.pop("t_slice"), "t_lesion": t_lesion, **found}
+        chosen = {"t_slice": found.pop("t_slice"), "t_lesion": t_lesion,
+                  "lesion_probabilities": f"out of fold, {used_folds} folds by scan" if used_folds
+                  else "classifier fitted without the validation data", **found}
         # the slice-and-CAM rule, for comparison and for `Thresholds.with_rule("slice-cam")`
         validation_extra = {"slice_and_cam": {k: v for k, v in rule.items() if k != "grid"},
                             "slice_and_cam_grid": rule["grid"]}
@@ -376,7 +472,9 @@ def choose_thresholds(
         "n_candidates": int(val["probability"].size),
         "precision": precision,
         "decision": "lesion classifier" if classifier is not None else "slice and CAM thresholds",
-        "tie_rule": "highest F1; ties -> higher thresholds",
+        "tie_rule": ("highest F1; ties -> higher thresholds" if slack is None else
+                     f"among F1 within {f1_slack_lesions:g} reference lesion(s) of the best ({slack:.4f}), the "
+                     "fewest aortic / valve candidates kept, then the highest F1; ties -> higher thresholds"),
         **chosen,
         **validation_extra,
     }
@@ -413,8 +511,8 @@ def calibrate(
     split: str = "validation",
     **kwargs: Any,
 ) -> Thresholds:
-    """Load ``<ckpt_dir>/model.pt``, fit its lesion classifier on the manifest's training split and choose its
-    thresholds on the validation split (both need reference labels or COCA XML), write
+    """Load ``<ckpt_dir>/model.pt``, fit its lesion classifier on the manifest's training and validation splits and
+    choose its thresholds on the validation split (cross-fitted; both need reference labels or COCA XML), write
     ``<ckpt_dir>/thresholds.json``; return the thresholds.
 
     ckpt_dir: defaults to ``<output_dir>/models`` (the training bundle's layout); give one of the two.

@@ -1,12 +1,12 @@
 """The lesion classifier: P(coronary calcium) for each candidate lesion from its `lesion_features`.
 
 Gradient-boosted trees (scikit-learn's ``HistGradientBoostingClassifier``) fitted on the candidates of the
-training patients, several times with different seeds (each fit holds out another tenth for early stopping) and
-averaged: one fit's decisions on a few hundred coronary lesions change with its seed; the mean of five changes
-less. The trees are stored as plain JSON arrays in ``thresholds.json`` beside the checkpoint they were fitted
-with: no pickle to load, the file stays tied to the checkpoint by its SHA-256, and inference evaluates the trees
-in numpy (``predict_proba``), so scikit-learn is needed only to fit. A test checks the JSON trees give
-scikit-learn's own probabilities.
+training and validation patients (`calibration`), several times with different seeds (each fit holds out another
+tenth for early stopping) and averaged: one fit's decisions on a few hundred coronary lesions change with its seed;
+the mean of five changes less. The trees are stored as plain JSON arrays in ``thresholds.json`` beside the
+checkpoint they were fitted with: no pickle to load, the file stays tied to the checkpoint by its SHA-256, and
+inference evaluates the trees in numpy (``predict_proba``), so scikit-learn is needed only to fit. A test checks
+the JSON trees give scikit-learn's own probabilities.
 """
 
 from __future__ import annotations
