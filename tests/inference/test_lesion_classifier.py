@@ -44,36 +44,40 @@ def test_exported_trees_give_scikit_learns_probabilities():
     np.testing.assert_array_equal(back.predict_proba(x_new), clf.predict_proba(x_new))
 
 
-def _collected(n_scans: int, per_scan: int, seed: int) -> dict:
-    """Candidates as calibration collects them: 28 features, coronary / aortic-or-valve flags, scan index."""
+def _collected(n_scans: int, per_scan: int, seed: int, patients: list[str] | None = None) -> dict:
+    """Candidates as calibration collects them: 28 features, coronary / aortic-or-valve flags, patient ids."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n_scans * per_scan, len(LESION_FEATURES)))
     y = (x[:, 0] + 0.5 * x[:, 1] * x[:, 2] + 0.3 * rng.normal(size=len(x))) > 0.8
-    return {"features": x, "coronary": y, "non_coronary": ~y & (x[:, 3] > 1.5),
-            "scan": np.repeat(np.arange(n_scans), per_scan), "n_scans": n_scans}
+    patients = patients or [f"P{i}" for i in range(n_scans)]
+    return {"features": x, "coronary": y, "non_coronary": ~y & (x[:, 3] > 1.5), "n_scans": n_scans,
+            "n_ref": int(y.sum()), "patient": np.repeat(np.asarray(patients), per_scan)}
 
 
-def test_cross_fitting_scores_each_validation_scan_with_trees_that_never_saw_it():
-    fit, val = _collected(4, 150, seed=0), _collected(5, 60, seed=1)
+def test_cross_fitting_scores_each_validation_patient_with_trees_that_never_saw_it():
+    # 5 validation scans of 4 patients, the first patient's two scans first: folds (in order) A, B, C, then D
+    fit, val = _collected(4, 150, seed=0), _collected(5, 60, seed=1, patients=["A", "A", "B", "C", "D"])
     small = {**DEFAULT_TREE_PARAMS, "max_iter": 20}  # few trees: fast; the folds are what is tested
-    classifier, p, folds = cross_fit_lesion_classifier(fit, val, folds=3, tree_params=small)
+    classifier, p, folds = cross_fit_lesion_classifier(fit, val, folds=3, tree_params=small, data=("tr", "va"))
     assert folds == 3 and classifier.fitted_on["n_candidates"] == 600 + 300
-    held = val["scan"] % 3 == 1  # scans 1 and 4
+    assert classifier.fitted_on["data"] == ["tr", "va"] and classifier.fitted_on["n_scans"] == 4 + 5
+    held = np.isin(val["patient"], ["A", "D"])  # fold 0: both scans of A, and D
     x = np.concatenate([fit["features"], val["features"][~held]])
     y = np.concatenate([fit["coronary"], val["coronary"][~held]])
     alone = fit_lesion_classifier(x, y, LESION_FEATURES, small)  # aortic / valve candidates weigh 1 by default
     np.testing.assert_allclose(p[held], alone.predict_proba(val["features"][held]), rtol=1e-12)
     # the final classifier was fitted on the validation candidates too: on them it differs from the out-of-fold one
     assert np.abs(classifier.predict_proba(val["features"]) - p).max() > 0.01
-    only_fit, p0, folds0 = cross_fit_lesion_classifier(fit, val, folds=0, tree_params=small)
-    assert folds0 == 0 and only_fit.fitted_on["n_candidates"] == 600
+    only_fit, p0, folds0 = cross_fit_lesion_classifier(fit, val, folds=0, tree_params=small, data=("tr", "va"))
+    assert folds0 == 0 and only_fit.fitted_on["n_candidates"] == 600 and only_fit.fitted_on["data"] == "tr"
     np.testing.assert_array_equal(p0, only_fit.predict_proba(val["features"]))
-    two_scans = _collected(2, 60, seed=2)
-    assert cross_fit_lesion_classifier(fit, two_scans, folds=3, tree_params=small)[2] == 2  # one fold per scan
-    with pytest.raises(InputError, match="cross-fitting needs at least 2 scans, got 1"):
-        cross_fit_lesion_classifier(fit, _collected(1, 60, seed=3), folds=3)
-    with pytest.raises(InputError, match="validation_folds: must be 0"):
-        cross_fit_lesion_classifier(fit, val, folds=1)
+    two_patients = _collected(3, 60, seed=2, patients=["A", "B", "B"])
+    assert cross_fit_lesion_classifier(fit, two_patients, folds=3, tree_params=small)[2] == 2  # one per patient
+    with pytest.raises(InputError, match="needs at least 2 validation patients, got 1"):
+        cross_fit_lesion_classifier(fit, _collected(2, 60, seed=3, patients=["A", "A"]), folds=3)
+    for bad in (1, 2.5, True, -1):
+        with pytest.raises(InputError, match="validation_folds: must be 0"):
+            cross_fit_lesion_classifier(fit, val, folds=bad)
 
 
 def test_bad_classifier_input_is_refused():

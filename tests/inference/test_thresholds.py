@@ -30,16 +30,19 @@ def test_calibrate_writes_complete_thresholds(ckpt_dir):
     grid = v["grid"]
     chosen_cell = grid["f1"][grid["t_slice"].index(v["t_slice"])][grid["t_lesion"].index(v["t_lesion"])]
     assert 0.0 <= v["f1"] <= 1.0 and v["f1"] == pytest.approx(chosen_cell, abs=1e-6)
-    # the tiny patients have aortic calcium: within one reference lesion's F1 of the best, the fewest kept wins
+    # within one reference lesion's F1 of the best, the rule keeping the fewest aortic / valve candidates wins
     assert v["tie_rule"].startswith("among F1 within 1 reference lesion(s) of the best")
-    best = max(max(row) for row in grid["f1"])
-    assert best - 1 / v["n_reference_lesions"] - 1e-6 <= v["f1"] <= best and v["n_aortic_or_valve_kept"] >= 0
+    f1, kept = np.array(grid["f1"]), np.array(grid["n_aortic_or_valve_kept"])
+    near = f1 >= f1.max() - 1 / v["n_reference_lesions"] - 1e-6
+    fewest = kept[near].min()
+    assert v["n_aortic_or_valve_kept"] == fewest
+    assert v["f1"] == pytest.approx(f1[near & (kept == fewest)].max(), abs=1e-6)
     assert 0.0 <= saved["t_slice"] <= 1.0 and 0.0 <= saved["t_cam"] <= 1.0 and 0.0 < saved["t_lesion"] < 1.0
     # the lesion classifier decides; it was fitted on the training and validation candidates, the rule chosen on
-    # out-of-fold validation probabilities (2 validation scans: a fold each)
+    # out-of-fold validation probabilities (2 validation patients: a fold each)
     assert saved["decision"] == v["decision"] == "lesion classifier"
     assert (v["t_slice"], v["t_lesion"]) == (saved["t_slice"], saved["t_lesion"])
-    assert v["lesion_probabilities"] == "out of fold, 2 folds by scan"
+    assert v["lesion_probabilities"] == "out of fold, 2 folds by patient"
     fitted = saved["lesion_classifier"]["fitted_on"]
     assert fitted["data"][0].endswith("(train)") and fitted["data"][1].endswith("(validation)")
     assert fitted["n_scans"] == 6 and fitted["n_coronary"] > 0 and len(fitted["seeds"]) == 5
@@ -98,7 +101,8 @@ def test_grid_search_prefers_no_aortic_or_valve_calcium_among_near_best_f1():
     preferring = grid_search(prob, score, pairs, 4, [0.0], grid, aortic, 1 / 4)
     assert preferring["t_cam"] == 0.75 and preferring["f1"] == pytest.approx(6 / 7)
     assert preferring["n_aortic_or_valve_kept"] == 0
-    assert preferring["grid"] == free["grid"]  # the same F1 table; only the choice differs
+    assert preferring["grid"]["f1"] == free["grid"]["f1"]  # the same F1 table; only the choice differs
+    assert preferring["grid"]["n_aortic_or_valve_kept"] == [[1, 1, 0]]
     # with less slack, F1 alone decides
     assert grid_search(prob, score, pairs, 4, [0.0], grid, aortic, 0.01)["t_cam"] == 0.5
 
@@ -119,7 +123,7 @@ def test_records_and_manifest_give_the_same_thresholds(tiny_manifest, ckpt_dir, 
     assert from_records.lesion_classifier is None and from_records.decision == "slice and CAM thresholds"
     assert from_records.validation["n_reference_lesions"] == t.validation["n_reference_lesions"]
     assert from_records.validation["n_candidates"] == t.validation["n_candidates"]
-    # the same F1 table; the choice may differ, since records cannot tell aortic calcium apart (no cap applies)
+    # the same F1 table; the choice may differ, since records cannot tell aortic calcium apart (nothing to prefer)
     np.testing.assert_allclose(from_records.validation["grid"]["f1"], t.validation["slice_and_cam_grid"]["f1"])
     records_grid = from_records.validation["grid"]["f1"]
     assert from_records.validation["f1"] == pytest.approx(max(max(row) for row in records_grid))
@@ -136,6 +140,24 @@ def test_bad_choices_are_refused_before_reading_data(ckpt_dir):
     with pytest.raises(InputError, match="2d"):
         Thresholds(network_name="tiny_cnn", checkpoint="m.pt", checkpoint_sha256="", t_slice=0.5, t_cam=0.5,
                    cam_layer="layer2", scoring=ScoringConfig(connectivity="3d-26").to_dict())
+
+
+def test_one_validation_patient_is_refused_for_cross_fitting_before_reading_images(tiny_manifest, tmp_path):
+    raw = json.loads(tiny_manifest.read_text())
+    validation = [s for s in raw["scans"] if s["split"] == "validation"]
+    for s in validation[1:]:
+        s["split"] = "train"
+    for s in raw["scans"]:  # files that are not images: the refusal must come before reading any
+        for path in (s["image"], s["reference"]["labels"]):
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).write_bytes(b"not an image")
+    one = tmp_path / "one_validation.json"
+    one.write_text(json.dumps(raw))
+    with pytest.raises(InputError, match="needs at least 2 validation patients, got 1: use validation_folds=0"):
+        choose_thresholds(create_network("tiny_cnn"), "tiny_cnn", one, image_size=(32, 32), progress=False)
+    with pytest.raises(InputError, match="T0"):  # without cross-fitting, the first unreadable image is named
+        choose_thresholds(create_network("tiny_cnn"), "tiny_cnn", one, image_size=(32, 32), progress=False,
+                          validation_folds=0)
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -178,7 +178,7 @@ def test_calibrate_then_infer_from_the_command_line(trained, tiny_manifest, tmp_
     for s in sets:
         argv += ["--set", s]
     assert main(argv + ["--set", "inference_validation_folds=1"]) == 2
-    assert "validation_folds: must be 0 (no cross-fitting) or at least 2, got 1" in capsys.readouterr().err
+    assert "validation_folds: must be 0 (no cross-fitting) or an integer >= 2, got 1" in capsys.readouterr().err
     assert main(argv + ["--set", "inference_lesion_classifier=false"]) == 0
     saved = json.loads((trained / "models" / "thresholds.json").read_text())
     assert saved["decision"] == "slice and CAM thresholds" and saved["lesion_classifier"] is None

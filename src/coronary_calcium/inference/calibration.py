@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import numbers
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -115,7 +116,8 @@ def _cases_from_records(records: Sequence[Mapping[str, Any]]) -> Iterable[tuple[
             raise InputError(scan_id, "slice records need a 'mask' (reference coronary calcium) to choose thresholds")
         mask = np.stack([np.asarray(r["mask"]).reshape(hu.shape[1:]) > 0 for r in rows])
         row, col = (float(v) for v in rows[0].get("pixel_spacing", (1.0, 1.0)))
-        yield scan_id, hu, (1.0, row, col), np.where(mask, LAD, 0).astype(np.uint8)
+        patient = str(rows[0].get("patient_id", scan_id))
+        yield patient, hu, (1.0, row, col), np.where(mask, LAD, 0).astype(np.uint8)
 
 
 def _cases_from_manifest(manifest: Manifest, split: str) -> Iterable[tuple[str, np.ndarray, tuple, np.ndarray]]:
@@ -127,7 +129,7 @@ def _cases_from_manifest(manifest: Manifest, split: str) -> Iterable[tuple[str, 
         if labels is None:
             raise InputError(scan.image, f"scan {scan.scan_id} has no reference (labels or COCA XML): choosing "
                              "thresholds needs reference lesions")
-        yield scan.scan_id, volume.hu, volume.spacing, labels
+        yield scan.patient_id, volume.hu, volume.spacing, labels
 
 
 def _are_records(data: Any) -> bool:
@@ -137,20 +139,23 @@ def _are_records(data: Any) -> bool:
     return bool(len(data)) and isinstance(data[0], Mapping)
 
 
-def _cases(data: Any, split: str) -> tuple[Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], int, str]:
+def _cases(data: Any, split: str) -> tuple[Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], list[str], str]:
+    """(cases, their patient ids, description): cases are (patient id, hu, spacing, labels), read lazily from a
+    manifest; the patient ids are known before any image is read."""
     if isinstance(data, (str, Path)):
         data = load_manifest(data)
     if isinstance(data, Manifest):
-        return _cases_from_manifest(data, split), len(data.split(split)), f"{data.path} ({split})"
+        return _cases_from_manifest(data, split), [s.patient_id for s in data.split(split)], f"{data.path} ({split})"
     items = list(data)
     if not items:
         raise InputError("validation data", "is empty")
     if isinstance(items[0], Mapping):
         cases = list(_cases_from_records(items))
-        return cases, len(cases), "slice records"
+        return cases, [c[0] for c in cases], "slice records"
     if isinstance(items[0], tuple) and len(items[0]) == 2 and isinstance(items[0][0], CTVolume):
-        cases = [(str(v.meta.get("scan_id", i)), v.hu, v.spacing, lab) for i, (v, lab) in enumerate(items)]
-        return cases, len(cases), "volumes"
+        cases = [(str(v.meta.get("patient_id", v.meta.get("scan_id", i))), v.hu, v.spacing, lab)
+                 for i, (v, lab) in enumerate(items)]
+        return cases, [c[0] for c in cases], "volumes"
     raise InputError("validation data", "expected a manifest, slice records or (CTVolume, labels) pairs")
 
 
@@ -189,6 +194,8 @@ def grid_search(
     matched = np.zeros(probability.size, dtype=bool)
     matched[pairs[:, 0]] = True
     preferring = non_coronary is not None and f1_slack is not None
+    if preferring and not 0 <= f1_slack < np.inf:
+        raise InputError("f1_slack", f"must be a finite F1 difference >= 0, got {f1_slack!r}")
     non_coronary = np.asarray(non_coronary if preferring else np.zeros(probability.size), dtype=bool)
     table = np.zeros((len(slice_grid), len(cam_grid)))
     cells = []
@@ -207,32 +214,34 @@ def grid_search(
     floor = table.max() - f1_slack if preferring else -np.inf
     best = dict(max((c for c in cells if c["f1"] >= floor),
                     key=lambda c: (-c["n_aortic_or_valve_kept"], round(c["f1"], 12), c["t_slice"], c["t_cam"])))
-    if not preferring:
-        del best["n_aortic_or_valve_kept"]
     best["grid"] = {"t_slice": [float(v) for v in slice_grid], "t_cam": [float(v) for v in cam_grid],
                     "f1": table.round(6).tolist()}
+    if preferring:
+        kept = np.reshape([c["n_aortic_or_valve_kept"] for c in cells], table.shape)
+        best["grid"]["n_aortic_or_valve_kept"] = kept.tolist()
+    else:
+        del best["n_aortic_or_valve_kept"]
     return best
 
 
 def _collect(cases: Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], n_cases: int, analyzer: SliceAnalyzer,
              config: ScoringConfig, desc: str, progress: bool) -> dict[str, Any]:
     """Per candidate of every case: slice probability, CAM score, lesion features, matched reference lesions, and
-    whether it is aortic or valve calcium (touches those labels and no coronary lesion); ``scan``: the index of
-    each candidate's case."""
+    whether it is aortic or valve calcium (touches those labels and no coronary lesion), and its patient."""
     probability: list[float] = []
-    scan: list[int] = []
+    patient: list[str] = []
     cams: list[float] = []
     features: list[np.ndarray] = []
     non_coronary: list[bool] = []
     pairs: list[tuple[int, int]] = []
     n_ref = n_scans = n_slices = n_positive_slices = 0
-    for _scan_id, hu, spacing, labels in tqdm(cases, total=n_cases, desc=desc, unit="scan", disable=not progress):
+    for patient_id, hu, spacing, labels in tqdm(cases, total=n_cases, desc=desc, unit="scan", disable=not progress):
         found = analyse_volume(hu, spacing, analyzer, config, features=True)
         reference = find_lesions(hu, spacing, labels=labels, config=config)
         candidates = found["candidates"]
         offset = len(probability)
         probability.extend(float(found["probabilities"][int(c.slices[0])]) for c in candidates)
-        scan.extend([n_scans] * len(candidates))
+        patient.extend([patient_id] * len(candidates))
         cams.extend(float(s) if s is not None else -np.inf for s in found["cam_scores"])
         features.append(found["features"])
         flat_labels = np.asarray(labels).reshape(-1)
@@ -251,20 +260,40 @@ def _collect(cases: Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], n_cases
     return {
         "probability": np.asarray(probability), "cam": np.asarray(cams),
         "features": np.concatenate(features) if features else np.zeros((0, len(LESION_FEATURES))),
-        "pairs": pairs_array, "coronary": coronary, "non_coronary": non_coronary, "scan": np.asarray(scan, np.int64),
-        "n_ref": n_ref, "n_scans": n_scans,
+        "pairs": pairs_array, "coronary": coronary, "non_coronary": non_coronary,
+        "patient": np.asarray(patient, dtype=str), "n_ref": n_ref, "n_scans": n_scans,
         "n_slices": n_slices, "n_positive_slices": n_positive_slices,
     }
 
 
+def _check_folds(folds: Any) -> int:
+    if isinstance(folds, bool) or not isinstance(folds, numbers.Integral) or folds == 1 or folds < 0:
+        raise InputError("validation_folds", f"must be 0 (no cross-fitting) or an integer >= 2, got {folds!r}")
+    return int(folds)
+
+
+def _check_patients(patients: Sequence[str], folds: int, described: str) -> None:
+    if folds and len(set(patients)) < 2:
+        raise InputError(described, f"cross-fitting the lesion classifier needs at least 2 validation patients, got "
+                         f"{len(set(patients))}: use validation_folds=0 (evaluate.json: inference_validation_folds)")
+
+
 def _fit_classifier(parts: Sequence[tuple[dict[str, Any], np.ndarray]], tree_params: Mapping[str, Any] | None,
-                    hard_negative_weight: float, fitted_on: Mapping[str, Any] | None = None) -> LesionClassifier:
-    """The lesion classifier fitted on the candidates selected (boolean mask) from each collected set."""
+                    hard_negative_weight: float, data: Sequence[str] | None = None) -> LesionClassifier:
+    """The lesion classifier fitted on the candidates selected (boolean mask) from each collected set; with
+    ``data`` (a description per set), its ``fitted_on`` says what it was fitted on."""
     x = np.concatenate([c["features"][m] for c, m in parts])
     y = np.concatenate([c["coronary"][m] for c, m in parts])
     weight = None
     if hard_negative_weight != 1.0:
         weight = np.concatenate([np.where(c["non_coronary"][m], float(hard_negative_weight), 1.0) for c, m in parts])
+    fitted_on = None
+    if data is not None:  # the final fit: every candidate of each set
+        fitted_on = {"data": list(data) if len(data) > 1 else data[0],
+                     "n_scans": sum(c["n_scans"] for c, _ in parts),
+                     "n_reference_lesions": sum(c["n_ref"] for c, _ in parts),
+                     "n_aortic_or_valve": sum(int(c["non_coronary"].sum()) for c, _ in parts),
+                     "aortic_or_valve_weight": float(hard_negative_weight)}
     return fit_lesion_classifier(x, y, LESION_FEATURES, tree_params, fitted_on=fitted_on, sample_weight=weight)
 
 
@@ -274,31 +303,30 @@ def cross_fit_lesion_classifier(
     folds: int = VALIDATION_FOLDS,
     tree_params: Mapping[str, Any] | None = None,
     hard_negative_weight: float = HARD_NEGATIVE_WEIGHT,
-    fitted_on: Mapping[str, Any] | None = None,
+    data: Sequence[str] = ("fit data", "validation data"),
 ) -> tuple[LesionClassifier, np.ndarray, int]:
     """The lesion classifier fitted on the ``fit`` and ``val`` candidates (as collected by `_collect`), and
-    out-of-fold probabilities for the ``val`` candidates: validation scans are dealt into ``folds`` folds in turn
-    (one per scan when there are fewer scans), and each fold is scored by trees fitted on ``fit`` and the other
-    folds. ``folds=0``: fitted on ``fit`` only, the ``val`` probabilities come from that classifier.
+    out-of-fold probabilities for the ``val`` candidates: validation patients are dealt into ``folds`` folds in
+    order of appearance (one per patient when there are fewer), and each fold is scored by trees fitted on ``fit``
+    and the other folds, so no patient's scans are on both sides. ``folds=0``: fitted on ``fit`` only, the ``val``
+    probabilities come from that classifier. ``data``: descriptions of the two sets, for ``fitted_on``.
     Returns (classifier, validation probabilities, folds used)."""
-    all_fit = np.ones(fit["scan"].size, dtype=bool)
+    folds = _check_folds(folds)
+    everything = [np.ones(c["patient"].size, dtype=bool) for c in (fit, val)]
     if folds == 0:
-        classifier = _fit_classifier([(fit, all_fit)], tree_params, hard_negative_weight, fitted_on)
+        classifier = _fit_classifier([(fit, everything[0])], tree_params, hard_negative_weight, data[:1])
         return classifier, classifier.predict_proba(val["features"]), 0
-    if folds < 2:
-        raise InputError("validation_folds", f"must be 0 (no cross-fitting) or at least 2, got {folds!r}")
-    if val["n_scans"] < 2:
-        raise InputError("validation data", f"cross-fitting needs at least 2 scans, got {val['n_scans']}: use "
-                         "validation_folds=0 (evaluate.json: inference_validation_folds)")
-    folds = min(int(folds), int(val["n_scans"]))
-    fold = val["scan"] % folds
+    _, first, group = np.unique(val["patient"], return_index=True, return_inverse=True)
+    _check_patients(val["patient"], folds, "validation data")
+    folds = min(folds, first.size)
+    fold = np.argsort(np.argsort(first))[group] % folds  # patients in order of appearance, dealt in turn
     out_of_fold = np.zeros(fold.size)
     for k in range(folds):
         held = fold == k
-        trees = _fit_classifier([(fit, all_fit), (val, ~held)], tree_params, hard_negative_weight)
+        trees = _fit_classifier([(fit, everything[0]), (val, ~held)], tree_params, hard_negative_weight)
         out_of_fold[held] = trees.predict_proba(val["features"][held])
-    classifier = _fit_classifier([(fit, all_fit), (val, np.ones(fold.size, dtype=bool))], tree_params,
-                                 hard_negative_weight, fitted_on)
+    classifier = _fit_classifier([(fit, everything[0]), (val, everything[1])], tree_params, hard_negative_weight,
+                                 data)
     return classifier, out_of_fold, folds
 
 
@@ -335,12 +363,13 @@ def choose_thresholds(
     batch_size: int = 16,
     progress: bool = True,
 ) -> Thresholds:
-    """Choose the decision rule on the validation data, maximising the lesion-level F1; return the `Thresholds`.
+    """Choose the decision rule on the validation data by lesion-level F1 (see `grid_search`); return the
+    `Thresholds`.
 
     Always: (t_slice, t_cam) by grid search. With ``lesion_classifier`` (the default): boosted trees fitted on the
     candidates of ``fit_data`` (default: the manifest's ``fit_split``, the training patients) and of the validation
     data, their threshold ``t_lesion`` chosen on out-of-fold probabilities of the validation candidates
-    (``validation_folds`` folds by scan; 0: fitted on ``fit_data`` alone, see `cross_fit_lesion_classifier`);
+    (``validation_folds`` folds by patient; 0: fitted on ``fit_data`` alone, see `cross_fit_lesion_classifier`);
     that classifier then decides, t_slice only marks positive slices.
 
     data / fit_data: a manifest (its ``split`` / ``fit_split`` scans, which need reference labels or COCA XML),
@@ -349,8 +378,8 @@ def choose_thresholds(
     field_of_view_mm: the slices' centre crop / pad in mm before resizing; default train.json's, None for none.
     cam_pooling: a candidate's CAM score is the "max" or the "mean" of the map over its pixels.
     hard_negative_weight: the weight of aortic and valve calcium candidates in the classifier's fit (the others
-    weigh 1): they must never count as coronary, and they are a few hundred among tens of thousands of candidates.
-    validation_folds: cross-fitting folds of the validation scans (default 3); 0 fits on ``fit_data`` only.
+    weigh 1); default 1 (see HARD_NEGATIVE_WEIGHT).
+    validation_folds: cross-fitting folds of the validation patients (default 3); 0 fits on ``fit_data`` only.
     f1_slack_lesions: rules whose validation F1 is within this many reference lesions' worth (``/ n_ref``) of the
     best count as equal, and the one keeping the fewest aortic / valve calcium candidates wins (`grid_search`);
     None: F1 alone decides.
@@ -381,11 +410,10 @@ def choose_thresholds(
                        image_size=image_size, in_channels=in_channels, field_of_view_mm=field_of_view_mm,
                        scoring=config.to_dict())
     validate_cam_layers(network, [cam_layer] + ([cam_gate_layer] if cam_gate_layer else []))
-    if lesion_classifier and (isinstance(validation_folds, bool) or not isinstance(validation_folds, int)
-                              or validation_folds == 1 or validation_folds < 0):
-        raise InputError("validation_folds", f"must be 0 (no cross-fitting) or at least 2, got {validation_folds!r}")
+    if lesion_classifier:
+        validation_folds = _check_folds(validation_folds)
     if f1_slack_lesions is not None and (isinstance(f1_slack_lesions, bool)
-                                         or not isinstance(f1_slack_lesions, (int, float))
+                                         or not isinstance(f1_slack_lesions, numbers.Real)
                                          or not 0 <= f1_slack_lesions < float("inf")):
         raise InputError("f1_slack_lesions", f"must be a number of lesions >= 0 or None, got {f1_slack_lesions!r}")
     if isinstance(data, (str, Path)):
@@ -406,12 +434,13 @@ def choose_thresholds(
                              channels_last=(precision == "bf16") if channels_last is None else bool(channels_last),
                              batch_size=batch_size)
     try:
-        cases, n_cases, described = _cases(data, split)
+        cases, patients, described = _cases(data, split)
         fit = None
         if lesion_classifier:
-            fit_cases, n_fit, fit_described = _cases(fit_data, fit_split)
-            fit = _collect(fit_cases, n_fit, analyzer, config, "fitting the lesion classifier", progress)
-        val = _collect(cases, n_cases, analyzer, config, "choosing thresholds", progress)
+            _check_patients(patients, validation_folds, described)  # before reading any image
+            fit_cases, fit_patients, fit_described = _cases(fit_data, fit_split)
+            fit = _collect(fit_cases, len(fit_patients), analyzer, config, "fitting the lesion classifier", progress)
+        val = _collect(cases, len(patients), analyzer, config, "choosing thresholds", progress)
     finally:
         analyzer.close()
     n_ref = val["n_ref"]
@@ -420,15 +449,8 @@ def choose_thresholds(
     slack = None if f1_slack_lesions is None else float(f1_slack_lesions) / n_ref
     classifier = None
     if fit is not None:
-        with_validation = validation_folds != 0
         classifier, p_lesion, used_folds = cross_fit_lesion_classifier(
-            fit, val, validation_folds, tree_params, hard_negative_weight,
-            fitted_on={"data": [fit_described, described] if with_validation else fit_described,
-                       "n_scans": fit["n_scans"] + (val["n_scans"] if with_validation else 0),
-                       "n_reference_lesions": fit["n_ref"] + (val["n_ref"] if with_validation else 0),
-                       "n_aortic_or_valve": int(fit["non_coronary"].sum())
-                       + (int(val["non_coronary"].sum()) if with_validation else 0),
-                       "aortic_or_valve_weight": float(hard_negative_weight)})
+            fit, val, validation_folds, tree_params, hard_negative_weight, data=(fit_described, described))
     cams = val["cam"]
     if cam_grid is None:
         if cam_score == "normalised":
@@ -450,10 +472,10 @@ def choose_thresholds(
                             lesion_grid if lesion_grid is not None else DEFAULT_LESION_GRID,
                             val["non_coronary"], slack)
         t_lesion = found.pop("t_cam")
-        found["grid"] = {"t_slice": found["grid"]["t_slice"], "t_lesion": found["grid"]["t_cam"],
-                         "f1": found["grid"]["f1"]}
+        grid = found["grid"]
+        found["grid"] = {"t_slice": grid.pop("t_slice"), "t_lesion": grid.pop("t_cam"), **grid}
         chosen = {"t_slice": found.pop("t_slice"), "t_lesion": t_lesion,
-                  "lesion_probabilities": f"out of fold, {used_folds} folds by scan" if used_folds
+                  "lesion_probabilities": f"out of fold, {used_folds} folds by patient" if used_folds
                   else "classifier fitted without the validation data", **found}
         # the slice-and-CAM rule, for comparison and for `Thresholds.with_rule("slice-cam")`
         validation_extra = {"slice_and_cam": {k: v for k, v in rule.items() if k != "grid"},
