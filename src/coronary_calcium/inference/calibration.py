@@ -459,18 +459,15 @@ def choose_thresholds(
             finite = cams[np.isfinite(cams)]
             qs = np.quantile(finite, np.linspace(0, 1, 21)) if finite.size else np.zeros(1)
             cam_grid = sorted({0.0, *(float(f"{q:.6g}") for q in qs)})
-    rule = grid_search(val["probability"], cams, val["pairs"], n_ref,
-                       slice_grid if slice_grid is not None else DEFAULT_SLICE_GRID, cam_grid,
-                       val["non_coronary"], slack)
+    slice_grid = slice_grid if slice_grid is not None else DEFAULT_SLICE_GRID
+    rule = grid_search(val["probability"], cams, val["pairs"], n_ref, slice_grid, cam_grid, val["non_coronary"], slack)
     chosen = rule
     t_lesion = None
     validation_extra: dict[str, Any] = {}
     if classifier is not None:
         # (t_slice, t_lesion) jointly: the same grid search over (slice probability, lesion probability)
-        found = grid_search(val["probability"], p_lesion, val["pairs"], n_ref,
-                            slice_grid if slice_grid is not None else DEFAULT_SLICE_GRID,
-                            lesion_grid if lesion_grid is not None else DEFAULT_LESION_GRID,
-                            val["non_coronary"], slack)
+        found = grid_search(val["probability"], p_lesion, val["pairs"], n_ref, slice_grid,
+                            lesion_grid if lesion_grid is not None else DEFAULT_LESION_GRID, val["non_coronary"], slack)
         t_lesion = found.pop("t_cam")
         grid = found["grid"]
         found["grid"] = {"t_slice": grid.pop("t_slice"), "t_lesion": grid.pop("t_cam"), **grid}

@@ -69,7 +69,7 @@ class LesionClassifier:
 
     members: dicts ``{"baseline": float, "trees": [tree, ...]}``; a tree holds equal-length lists ``feature``
     (index into ``features``), ``threshold``, ``left``, ``right`` (child node indices), ``value`` (leaf value) and
-    ``leaf`` (1 for leaves).
+    ``leaf`` (1 for leaves). They are checked and kept as numpy arrays (lists or arrays are accepted).
     """
 
     features: tuple[str, ...]
@@ -86,7 +86,7 @@ class LesionClassifier:
             raise InputError("lesion_classifier", "'members' must be a non-empty list of models")
         if not isinstance(self.fitted_on, Mapping):
             raise InputError("lesion_classifier", "'fitted_on' must be an object")
-        self._models: list[tuple[float, list[dict[str, np.ndarray]]]] = []
+        checked = []
         for m, member in enumerate(self.members):
             if not isinstance(member, Mapping) or "baseline" not in member or "trees" not in member:
                 raise InputError("lesion_classifier", f"member {m} must hold 'baseline' and 'trees'")
@@ -96,7 +96,8 @@ class LesionClassifier:
             if not isinstance(member["trees"], (list, tuple)):
                 raise InputError("lesion_classifier", f"member {m}: 'trees' must be a list")
             trees = [_tree_arrays(t, f"member {m} tree {i}", len(self.features)) for i, t in enumerate(member["trees"])]
-            self._models.append((float(baseline), trees))
+            checked.append({"baseline": float(baseline), "trees": trees})
+        self.members = checked
 
     @staticmethod
     def _raw(baseline: float, trees: list[dict[str, np.ndarray]], x: np.ndarray) -> np.ndarray:
@@ -118,7 +119,7 @@ class LesionClassifier:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(self.features):
             raise InputError("lesion features", f"expected (n, {len(self.features)}) values, got {x.shape}")
-        probs = [1.0 / (1.0 + np.exp(-self._raw(b, trees, x))) for b, trees in self._models]
+        probs = [1.0 / (1.0 + np.exp(-self._raw(m["baseline"], m["trees"], x))) for m in self.members]
         return np.mean(probs, axis=0)
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,8 +127,9 @@ class LesionClassifier:
             "kind": "mean of gradient-boosted tree models (scikit-learn HistGradientBoostingClassifier, exported)",
             "features": list(self.features),
             "fitted_on": self.fitted_on,
-            "members": [{"baseline": b, "trees": [{k: a[k].tolist() for k in _TREE_KEYS} for a in trees]}
-                        for b, trees in self._models],
+            "members": [{"baseline": m["baseline"],
+                         "trees": [{k: tree[k].tolist() for k in _TREE_KEYS} for tree in m["trees"]]}
+                        for m in self.members],
         }
 
     @classmethod

@@ -330,18 +330,17 @@ def infer_scan(
     probs = found["probabilities"]
     candidates: list[Lesion] = found["candidates"]
     cam_scores: list[float | None] = found["cam_scores"]
+    slice_of = np.array([int(les.slices[0]) for les in candidates], dtype=np.int64)
+    on_positive = probs[slice_of] >= t.t_slice
     lesion_probabilities = None
     if classifier is not None:
         columns = [LESION_FEATURES.index(name) for name in classifier.features]
         lesion_probabilities = classifier.predict_proba(found["features"][:, columns])
-        on_positive = np.array([probs[int(les.slices[0])] >= t.t_slice for les in candidates], dtype=bool)
         kept = on_positive & (lesion_probabilities >= t.t_lesion)
     else:
-        kept = np.array([probs[int(les.slices[0])] >= t.t_slice and cam is not None and cam >= t.t_cam
-                         for les, cam in zip(candidates, cam_scores)], dtype=bool)
+        kept = on_positive & np.array([cam is not None and cam >= t.t_cam for cam in cam_scores], dtype=bool)
     # Overlays show the positive slices and any slice with a kept lesion.
-    shown = set(np.flatnonzero(probs >= t.t_slice).tolist())
-    shown |= {int(les.slices[0]) for les, keep in zip(candidates, kept) if keep}
+    shown = set(np.flatnonzero(probs >= t.t_slice).tolist()) | set(slice_of[kept].tolist())
     rows = [i for i, k in enumerate(found["cam_slices"]) if k in shown]
     cam_slices = [found["cam_slices"][i] for i in rows]
     cam_maps = found["cam_maps"][rows] if keep_maps else None
