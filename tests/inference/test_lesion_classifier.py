@@ -14,6 +14,7 @@ from coronary_calcium.inference.lesion_classifier import (
     DEFAULT_TREE_PARAMS,
     LesionClassifier,
     fit_lesion_classifier,
+    pool_probabilities,
 )
 from coronary_calcium.inference.lesion_features import LESION_FEATURES, lesion_features
 from coronary_calcium.inference.thresholds import Thresholds, file_sha256, load_thresholds, save_thresholds
@@ -45,7 +46,7 @@ def test_exported_trees_give_scikit_learns_probabilities():
 
 
 def _collected(n_scans: int, per_scan: int, seed: int, patients: list[str] | None = None) -> dict:
-    """Candidates as calibration collects them: 28 features, coronary / aortic-or-valve flags, patient ids."""
+    """Candidates as calibration collects them: every lesion feature, coronary / aortic-or-valve flags, patient ids."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n_scans * per_scan, len(LESION_FEATURES)))
     y = (x[:, 0] + 0.5 * x[:, 1] * x[:, 2] + 0.3 * rng.normal(size=len(x))) > 0.8
@@ -154,6 +155,50 @@ def test_lesion_features_of_a_calcium_speck_and_a_bone():
     assert b[col["lung_8mm"]] > 0.0  # the bone lies near the body's edge
 
 
+def test_lumen_features_tell_a_vessel_from_the_aorta():
+    """In fat at 0.5 mm pixels: a speck on the wall of a 12 mm-radius disc of blood (aortic wall calcium), a speck
+    beside a 2 mm-radius vessel (coronary calcium), and a speck alone in fat."""
+    hu = np.full((3, 128, 128), -100.0, dtype=np.float32)
+    yy, xx = np.mgrid[:128, :128]
+    aorta = (yy - 40) ** 2 + (xx - 40) ** 2 <= 24**2
+    vessel = (yy - 100) ** 2 + (xx - 100) ** 2 <= 4**2
+    hu[1][aorta | vessel] = 40.0
+    hu[1, 39:42, 64:67] = 500.0  # just outside the disc's right edge (column 64)
+    hu[1, 99:102, 104:107] = 500.0  # just outside the vessel's right edge (column 104)
+    hu[1, 100:103, 20:23] = 500.0  # alone in fat
+    spacing = (2.5, 0.5, 0.5)
+    config = ScoringConfig()
+    candidates = find_lesions(hu, spacing, config=config)
+    assert len(candidates) == 3
+    f = lesion_features(hu, spacing, candidates, np.zeros(3), np.zeros((1, 128, 128), np.float32), [1], config)
+    col = {name: i for i, name in enumerate(LESION_FEATURES)}
+    by_column = {int(np.mean(np.asarray(c.voxels) % 128)): f[i] for i, c in enumerate(candidates)}
+    wall, beside_vessel, alone = by_column[65], by_column[105], by_column[21]
+    # taxicab depth of a disc's centre = its radius, less the pixel the 3 x 3 mean blurs into fat at the edge
+    assert wall[col["lumen_mm"]] == pytest.approx(12.0, abs=1.0)
+    assert beside_vessel[col["lumen_mm"]] == pytest.approx(2.0, abs=1.0)
+    assert alone[col["lumen_mm"]] == 0.0 and alone[col["log_lumen_mm2"]] == 0.0
+    assert np.expm1(wall[col["log_lumen_mm2"]]) == pytest.approx(np.pi * 12.0**2, rel=0.15)
+    assert np.expm1(beside_vessel[col["log_lumen_mm2"]]) == pytest.approx(np.pi * 2.0**2, rel=0.5)
+
+
+def test_pooling_by_component_weighs_by_area():
+    p = np.array([0.9, 0.3, 0.6, 0.2])
+    components = np.array([7, 7, 2, 7])
+    areas = np.array([10.0, 2.0, 5.0, 8.0])
+    pooled = pool_probabilities(p, components, areas)
+    expected = (0.9 * 10 + 0.3 * 2 + 0.2 * 8) / 20  # 0.56: the big confident slice carries the plaque's thin ends
+    np.testing.assert_allclose(pooled, [expected, expected, 0.6, expected])
+    np.testing.assert_array_equal(pool_probabilities(p, components, areas, "candidate"), p)
+    assert pool_probabilities(np.zeros(0), np.zeros(0), np.zeros(0)).size == 0
+    with pytest.raises(InputError, match="lesion_pooling: must be one of"):
+        pool_probabilities(p, components, areas, "slice")
+    with pytest.raises(InputError, match="one component id and one area per candidate"):
+        pool_probabilities(p, components[:3], areas)
+    with pytest.raises(InputError, match="areas must be > 0"):
+        pool_probabilities(p, components, np.array([1.0, 0.0, 1.0, 1.0]))
+
+
 def test_lesion_features_need_a_map_per_candidate_slice():
     hu, spacing = _chest()
     candidates = find_lesions(hu, spacing)
@@ -180,6 +225,12 @@ def test_thresholds_keep_the_classifier_and_refuse_unknown_features(tmp_path):
     back = load_thresholds(tmp_path, ckpt)
     assert back.t_lesion == 0.4 and back.decision == "lesion classifier"
     np.testing.assert_array_equal(back.lesion_classifier.predict_proba(xf), clf.predict_proba(xf))
+    # a version 4 file has no lesion_pooling: its candidates were judged one by one
+    assert back.lesion_pooling == "candidate" and "the lesion classifier's probability >=" in saved["rule"]
+    pooled = Thresholds.from_dict({**saved, "lesion_pooling": "component"})
+    assert "3D component" in pooled.to_dict()["rule"]
+    with pytest.raises(InputError, match="lesion_pooling: must be one of"):
+        Thresholds.from_dict({**saved, "lesion_pooling": "max"})
     with pytest.raises(InputError, match="t_lesion"):
         Thresholds(network_name="tiny_cnn", checkpoint="m.pt", checkpoint_sha256="", t_slice=0.5, t_cam=0.5,
                    cam_layer="layer2", lesion_classifier=clf)

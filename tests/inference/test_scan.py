@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from coronary_calcium.errors import InputError
 from coronary_calcium.inference import infer_scan, load_model
@@ -27,16 +28,24 @@ def test_kept_lesions_follow_the_rule_and_sum_to_the_totals(tiny_model, test_sca
     assert result.probabilities.shape == (volume.shape[0],)
     assert np.all((result.probabilities >= 0) & (result.probabilities <= 1))
     assert t.decision == "lesion classifier" and result.lesion_probabilities.shape == (len(result.candidates),)
-    for lesion, q, kept in zip(result.candidates, result.lesion_probabilities, result.kept):
+    # component pooling: each candidate judged by the area-weighted mean probability of its 26-connected 3D component
+    assert t.lesion_pooling == "component"
+    components, _ = ndimage.label(volume.hu >= 130.0, structure=np.ones((3, 3, 3), dtype=bool))
+    ids = np.array([components.reshape(-1)[c.voxels[0]] for c in result.candidates])
+    areas = np.array([c.total_area_mm2 for c in result.candidates])
+    for lesion, i, kept, pooled in zip(result.candidates, ids, result.kept, result.component_probabilities):
+        same = ids == i
+        expected = float(np.sum(result.lesion_probabilities[same] * areas[same]) / np.sum(areas[same]))
+        assert pooled == pytest.approx(expected, abs=1e-12)
         p = result.probabilities[lesion.slices[0]]
-        assert kept == (p >= t.t_slice and q >= t.t_lesion)
+        assert kept == (p >= t.t_slice and expected >= t.t_lesion)
     for cam in result.cam_scores:
         assert cam is not None and 0.0 <= cam <= 1.0  # normalised CAM inside the lesion
     d = result.to_dict()
-    assert all(les["lesion_probability"] >= t.t_lesion for les in d["lesions"])
+    assert all(les["component_probability"] >= t.t_lesion for les in d["lesions"])
     for rej in d["rejected_candidates"]:
         below = (f"slice probability < {t.t_slice:g}" if rej["slice_probability"] < t.t_slice
-                 else f"lesion probability < {t.t_lesion:g}")
+                 else f"component probability < {t.t_lesion:g}")
         assert rej["reason"] == below
     assert d["model"]["decision"] == "lesion classifier" and d["model"]["t_lesion"] == t.t_lesion
     assert len(d["lesions"]) == int(result.kept.sum()) == d["totals"]["n_lesions"]
@@ -68,6 +77,20 @@ def test_without_a_classifier_the_slice_and_cam_rule_decides(tiny_model, test_sc
         assert kept == (p >= t.t_slice and cam is not None and cam >= t.t_cam)
     reasons = {r["reason"] for r in result.to_dict()["rejected_candidates"]}
     assert reasons <= {f"slice probability < {t.t_slice:g}", f"CAM score < {t.t_cam:g}"}
+
+
+def test_candidate_pooling_judges_each_candidate_alone(tiny_model, test_scan):
+    """Thresholds files before version 5 have no lesion_pooling: each candidate by its own probability."""
+    volume, _ = test_scan
+    t = dataclasses.replace(tiny_model.thresholds, lesion_pooling="candidate", t_lesion=0.5)
+    result = infer_scan(volume, dataclasses.replace(tiny_model, thresholds=t))
+    assert result.component_probabilities is None
+    for lesion, q, kept in zip(result.candidates, result.lesion_probabilities, result.kept):
+        assert kept == (result.probabilities[lesion.slices[0]] >= t.t_slice and q >= 0.5)
+    d = result.to_dict()
+    assert all("component_probability" not in les for les in d["lesions"] + d["rejected_candidates"])
+    reasons = {r["reason"] for r in d["rejected_candidates"]}
+    assert reasons <= {f"slice probability < {t.t_slice:g}", "lesion probability < 0.5"}
 
 
 def test_reference_labels_name_arteries_but_do_not_change_the_decision(tiny_model, test_scan):

@@ -43,6 +43,7 @@ def test_calibrate_writes_complete_thresholds(ckpt_dir):
     assert saved["decision"] == v["decision"] == "lesion classifier"
     assert (v["t_slice"], v["t_lesion"]) == (saved["t_slice"], saved["t_lesion"])
     assert v["lesion_probabilities"] == "out of fold, 2 folds by patient"
+    assert saved["lesion_pooling"] == v["lesion_pooling"] == "component" and saved["version"] == 5
     fitted = saved["lesion_classifier"]["fitted_on"]
     assert fitted["data"][0].endswith("(train)") and fitted["data"][1].endswith("(validation)")
     assert fitted["n_scans"] == 6 and fitted["n_coronary"] > 0 and len(fitted["seeds"]) == 5
@@ -137,6 +138,8 @@ def test_bad_choices_are_refused_before_reading_data(ckpt_dir):
         choose_thresholds(network, "tiny_cnn", "/nonexistent/manifest.json", f1_slack_lesions=-1)
     with pytest.raises(InputError, match="validation_folds: must be 0"):
         choose_thresholds(network, "tiny_cnn", "/nonexistent/manifest.json", validation_folds=1.5)
+    with pytest.raises(InputError, match="lesion_pooling: must be one of"):
+        choose_thresholds(network, "tiny_cnn", "/nonexistent/manifest.json", lesion_pooling="slice")
     with pytest.raises(InputError, match="2d"):
         Thresholds(network_name="tiny_cnn", checkpoint="m.pt", checkpoint_sha256="", t_slice=0.5, t_cam=0.5,
                    cam_layer="layer2", scoring=ScoringConfig(connectivity="3d-26").to_dict())

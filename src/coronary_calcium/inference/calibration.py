@@ -38,7 +38,12 @@ from tqdm.auto import tqdm
 
 from coronary_calcium.data.transforms import check_hu_windows
 from coronary_calcium.errors import InputError
-from coronary_calcium.inference.lesion_classifier import LesionClassifier, fit_lesion_classifier
+from coronary_calcium.inference.lesion_classifier import (
+    LESION_POOLINGS,
+    LesionClassifier,
+    fit_lesion_classifier,
+    pool_probabilities,
+)
 from coronary_calcium.inference.lesion_features import LESION_FEATURES
 from coronary_calcium.inference.model import SliceAnalyzer, _device
 from coronary_calcium.inference.scan import analyse_volume
@@ -76,6 +81,10 @@ _FALLBACK_DEFAULTS = {"network_name": "inception_v3_scratch", "hu_windows": [[-2
 HARD_NEGATIVE_WEIGHT = 1.0
 # Folds of the validation patients when they join the lesion classifier's fit (cross-fitting; 0: they do not).
 VALIDATION_FOLDS = 3
+# Candidates judged by their 3D component's area-weighted mean probability: out-of-fold validation F1 of the CPU
+# default (4 epochs) 0.982 judged one by one, 0.996 pooled (2 more reference lesions found, and the one aortic
+# candidate kept one by one rejected).
+LESION_POOLING = "component"
 FROM_TRAINING = "train.json"  # field_of_view_mm default: train.json's value (None itself means "no crop")
 
 
@@ -227,19 +236,26 @@ def grid_search(
 def _collect(cases: Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], n_cases: int, analyzer: SliceAnalyzer,
              config: ScoringConfig, desc: str, progress: bool) -> dict[str, Any]:
     """Per candidate of every case: slice probability, CAM score, lesion features, matched reference lesions, and
-    whether it is aortic or valve calcium (touches those labels and no coronary lesion), and its patient."""
+    whether it is aortic or valve calcium (touches those labels and no coronary lesion), its patient, its 3D
+    component (ids unique across scans) and its area."""
     probability: list[float] = []
     patient: list[str] = []
     cams: list[float] = []
     features: list[np.ndarray] = []
     non_coronary: list[bool] = []
+    components: list[np.ndarray] = []
+    areas: list[float] = []
     pairs: list[tuple[int, int]] = []
-    n_ref = n_scans = n_slices = n_positive_slices = 0
+    n_ref = n_scans = n_slices = n_positive_slices = n_components = 0
     for patient_id, hu, spacing, labels in tqdm(cases, total=n_cases, desc=desc, unit="scan", disable=not progress):
         found = analyse_volume(hu, spacing, analyzer, config, features=True)
         reference = find_lesions(hu, spacing, labels=labels, config=config)
         candidates = found["candidates"]
         offset = len(probability)
+        if candidates:  # component ids made unique across scans
+            components.append(found["components"] + n_components)
+            n_components += int(found["components"].max()) + 1
+        areas.extend(float(c.total_area_mm2) for c in candidates)
         probability.extend(float(found["probabilities"][int(c.slices[0])]) for c in candidates)
         patient.extend([patient_id] * len(candidates))
         cams.extend(float(s) if s is not None else -np.inf for s in found["cam_scores"])
@@ -261,6 +277,8 @@ def _collect(cases: Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], n_cases
         "probability": np.asarray(probability), "cam": np.asarray(cams),
         "features": np.concatenate(features) if features else np.zeros((0, len(LESION_FEATURES))),
         "pairs": pairs_array, "coronary": coronary, "non_coronary": non_coronary,
+        "component": np.concatenate(components) if components else np.zeros(0, dtype=np.int64),
+        "area": np.asarray(areas, dtype=np.float64),
         "patient": np.asarray(patient, dtype=str), "n_ref": n_ref, "n_scans": n_scans,
         "n_slices": n_slices, "n_positive_slices": n_positive_slices,
     }
@@ -353,6 +371,7 @@ def choose_thresholds(
     hard_negative_weight: float = HARD_NEGATIVE_WEIGHT,
     validation_folds: int = VALIDATION_FOLDS,
     f1_slack_lesions: float | None = 1.0,
+    lesion_pooling: str = LESION_POOLING,
     scoring: ScoringConfig | None = None,
     slice_grid: Sequence[float] | None = None,
     cam_grid: Sequence[float] | None = None,
@@ -383,6 +402,8 @@ def choose_thresholds(
     f1_slack_lesions: rules whose validation F1 is within this many reference lesions' worth (``/ n_ref``) of the
     best count as equal, and the one keeping the fewest aortic / valve calcium candidates wins (`grid_search`);
     None: F1 alone decides.
+    lesion_pooling: "component" (default): a candidate is judged by the area-weighted mean probability of its 3D
+    component's candidates, "candidate": by its own (`pool_probabilities`); t_lesion is chosen for that rule.
     cam_gate_layer: gate the CAM by this shallow layer's LayerCAM (the network spec's ``gate_layer``); None: not.
     scoring: candidate / scoring rules; defaults to ScoringConfig with the training's HU threshold and minimum area.
     The ``checkpoint`` (a file) is recorded with its sha256 when given.
@@ -412,6 +433,8 @@ def choose_thresholds(
     validate_cam_layers(network, [cam_layer] + ([cam_gate_layer] if cam_gate_layer else []))
     if lesion_classifier:
         validation_folds = _check_folds(validation_folds)
+        if lesion_pooling not in LESION_POOLINGS:
+            raise InputError("lesion_pooling", f"must be one of {list(LESION_POOLINGS)}, got {lesion_pooling!r}")
     if f1_slack_lesions is not None and (isinstance(f1_slack_lesions, bool)
                                          or not isinstance(f1_slack_lesions, numbers.Real)
                                          or not 0 <= f1_slack_lesions < float("inf")):
@@ -466,12 +489,13 @@ def choose_thresholds(
     validation_extra: dict[str, Any] = {}
     if classifier is not None:
         # (t_slice, t_lesion) jointly: the same grid search over (slice probability, lesion probability)
+        p_lesion = pool_probabilities(p_lesion, val["component"], val["area"], lesion_pooling)
         found = grid_search(val["probability"], p_lesion, val["pairs"], n_ref, slice_grid,
                             lesion_grid if lesion_grid is not None else DEFAULT_LESION_GRID, val["non_coronary"], slack)
         t_lesion = found.pop("t_cam")
         grid = found["grid"]
         found["grid"] = {"t_slice": grid.pop("t_slice"), "t_lesion": grid.pop("t_cam"), **grid}
-        chosen = {"t_slice": found.pop("t_slice"), "t_lesion": t_lesion,
+        chosen = {"t_slice": found.pop("t_slice"), "t_lesion": t_lesion, "lesion_pooling": lesion_pooling,
                   "lesion_probabilities": f"out of fold, {used_folds} folds by patient" if used_folds
                   else "classifier fitted without the validation data", **found}
         # the slice-and-CAM rule, for comparison and for `Thresholds.with_rule("slice-cam")`
@@ -515,6 +539,7 @@ def choose_thresholds(
         scoring=config.to_dict(),
         lesion_classifier=classifier,
         t_lesion=t_lesion,
+        lesion_pooling=lesion_pooling if classifier is not None else "candidate",
         validation=validation,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )

@@ -7,6 +7,10 @@ the mean of five changes less. The trees are stored as plain JSON arrays in ``th
 checkpoint they were fitted with: no pickle to load, the file stays tied to the checkpoint by its SHA-256, and
 inference evaluates the trees in numpy (``predict_proba``), so scikit-learn is needed only to fit. A test checks
 the JSON trees give scikit-learn's own probabilities.
+
+A calcified plaque is a 3D object cut into 2D candidates by the slices; with ``lesion_pooling="component"``
+(`pool_probabilities`) each candidate is judged by the area-weighted mean probability of the candidates of its 3D
+component, so one plaque is kept or rejected whole instead of slice by slice.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import numpy as np
 
 from coronary_calcium.errors import InputError
 
-__all__ = ["DEFAULT_SEEDS", "DEFAULT_TREE_PARAMS", "LesionClassifier", "fit_lesion_classifier"]
+__all__ = ["DEFAULT_SEEDS", "DEFAULT_TREE_PARAMS", "LESION_POOLINGS", "LesionClassifier", "fit_lesion_classifier",
+           "pool_probabilities"]
 
 # scikit-learn's defaults but half its learning rate (the higher validation F1 of the two on the default data);
 # early stopping on a held-out tenth picks the number of trees.
@@ -30,6 +35,8 @@ DEFAULT_TREE_PARAMS: dict[str, Any] = {
     "validation_fraction": 0.1,
 }
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
+# what a candidate is judged by: its own probability, or its 3D component's area-weighted mean
+LESION_POOLINGS = ("candidate", "component")
 
 _TREE_KEYS = ("feature", "threshold", "left", "right", "value", "leaf")
 
@@ -199,3 +206,26 @@ def fit_lesion_classifier(
                    "seeds": [int(s) for s in seeds], "n_trees": [len(m["trees"]) for m in members],
                    "params": settings},
     )
+
+
+def pool_probabilities(
+    probabilities: np.ndarray, components: np.ndarray, areas: np.ndarray, pooling: str = "component"
+) -> np.ndarray:
+    """Per candidate, the probability its keep / reject decision uses: ``pooling="candidate"``, its own;
+    "component", the mean over the candidates sharing its 3D component id (``components``), weighted by their
+    ``areas``, so a plaque's small end slices follow its main body."""
+    if pooling not in LESION_POOLINGS:
+        raise InputError("lesion_pooling", f"must be one of {list(LESION_POOLINGS)}, got {pooling!r}")
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if pooling == "candidate" or probabilities.size == 0:
+        return probabilities
+    components = np.asarray(components)
+    areas = np.asarray(areas, dtype=np.float64)
+    if components.shape != probabilities.shape or areas.shape != probabilities.shape:
+        raise InputError("lesion_pooling", f"need one component id and one area per candidate, got "
+                         f"{components.shape} and {areas.shape} for {probabilities.shape}")
+    if not (areas > 0).all():
+        raise InputError("lesion_pooling", "candidate areas must be > 0")
+    _, group = np.unique(components, return_inverse=True)
+    pooled = np.bincount(group, weights=probabilities * areas) / np.bincount(group, weights=areas)
+    return pooled[group]

@@ -21,7 +21,13 @@ from typing import Any
 import numpy as np
 
 from coronary_calcium.errors import InputError
-from coronary_calcium.inference.lesion_features import LESION_FEATURES, lesion_features
+from coronary_calcium.inference.lesion_features import (
+    LESION_FEATURES,
+    candidate_components,
+    dense_components,
+    lesion_features,
+)
+from coronary_calcium.inference.lesion_classifier import pool_probabilities
 from coronary_calcium.inference.model import InferenceModel, SliceAnalyzer
 from coronary_calcium.inference.thresholds import CAM_POOLINGS
 from coronary_calcium.io.volume import CTVolume
@@ -99,7 +105,7 @@ def analyse_volume(
     the probabilities); only the chosen slices' maps are resized to the original matrix and kept.
     Returns ``probabilities``, ``candidates``, ``cam_slices``, ``cam_maps`` and ``cam_scores``; with ``features``
     also ``features``, the candidates' `lesion_features` (the CAM is then mapped back on every candidate slice
-    too, and ``cam_slices`` may hold more slices than asked).
+    too, and ``cam_slices`` may hold more slices than asked), and ``components``, each candidate's 3D component id.
     """
     probs, small = analyzer.probabilities_and_cams(hu, pixel_spacing=spacing)
     candidates = find_lesions(hu, spacing, slice_thickness=slice_thickness, config=config)
@@ -112,7 +118,9 @@ def analyse_volume(
     maps = analyzer.to_original(small[cam_slices], np.shape(hu), spacing)
     found = {"probabilities": probs, "candidates": candidates, "cam_slices": cam_slices, "cam_maps": maps}
     if features:
-        found["features"] = lesion_features(hu, spacing, candidates, probs, maps, cam_slices, config)
+        components = dense_components(hu, config)
+        found["components"] = candidate_components(components, candidates)
+        found["features"] = lesion_features(hu, spacing, candidates, probs, maps, cam_slices, config, components)
         # the features hold each candidate's CAM mean and maximum already
         column = LESION_FEATURES.index("cam_mean" if analyzer.cam_pooling == "mean" else "cam_max")
         found["cam_scores"] = [float(v) for v in found["features"][:, column]]
@@ -151,6 +159,7 @@ class ScanResult:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     lesion_probabilities: np.ndarray | None = None  # per candidate, with a lesion classifier
+    component_probabilities: np.ndarray | None = None  # per candidate, with lesion_pooling "component"
     reference: Any = None  # agreement_report.ScanReference, when the scan has one
     lesion_reference_labels: list[str] | None = None
     _lesion_candidate: list[int] = field(default_factory=list, repr=False)
@@ -203,6 +212,7 @@ class ScanResult:
                 "slice_probability": float(self.probabilities[k]),
                 "cam_score": self.cam_scores[c],
                 "lesion_probability": self._lesion_probability(c),
+                **self._component_probability(c),
                 "agatston": float(lesion.agatston),
                 "volume_mm3": float(lesion.volume_mm3),
                 "mass_mg": float(lesion.mass_mg),
@@ -216,6 +226,11 @@ class ScanResult:
     def _lesion_probability(self, c: int) -> float | None:
         return None if self.lesion_probabilities is None else round(float(self.lesion_probabilities[c]), 6)
 
+    def _component_probability(self, c: int) -> dict[str, float]:
+        if self.component_probabilities is None:
+            return {}
+        return {"component_probability": round(float(self.component_probabilities[c]), 6)}
+
     def rejected_records(self) -> list[dict[str, Any]]:
         """Candidates not counted, with the reason (a probability or CAM score below its threshold)."""
         t_slice, t_cam, t_lesion = self.model["t_slice"], self.model["t_cam"], self.model.get("t_lesion")
@@ -227,6 +242,8 @@ class ScanResult:
             p = float(self.probabilities[k])
             if p < t_slice:
                 reason = f"slice probability < {t_slice:g}"
+            elif self.component_probabilities is not None:
+                reason = f"component probability < {t_lesion:g}"
             elif self.lesion_probabilities is not None:
                 reason = f"lesion probability < {t_lesion:g}"
             else:
@@ -239,6 +256,7 @@ class ScanResult:
                 "slice_probability": round(p, 6),
                 "cam_score": None if cam is None else round(float(cam), 6),
                 "lesion_probability": self._lesion_probability(c),
+                **self._component_probability(c),
                 "reason": reason,
             })
         return out
@@ -332,11 +350,16 @@ def infer_scan(
     cam_scores: list[float | None] = found["cam_scores"]
     slice_of = np.array([int(les.slices[0]) for les in candidates], dtype=np.int64)
     on_positive = probs[slice_of] >= t.t_slice
-    lesion_probabilities = None
+    lesion_probabilities = component_probabilities = None
     if classifier is not None:
         columns = [LESION_FEATURES.index(name) for name in classifier.features]
         lesion_probabilities = classifier.predict_proba(found["features"][:, columns])
-        kept = on_positive & (lesion_probabilities >= t.t_lesion)
+        decided_by = lesion_probabilities
+        if t.lesion_pooling == "component":
+            areas = np.array([les.total_area_mm2 for les in candidates], dtype=np.float64)
+            component_probabilities = pool_probabilities(lesion_probabilities, found["components"], areas)
+            decided_by = component_probabilities
+        kept = on_positive & (decided_by >= t.t_lesion)
     else:
         kept = on_positive & np.array([cam is not None and cam >= t.t_cam for cam in cam_scores], dtype=bool)
     # Overlays show the positive slices and any slice with a kept lesion.
@@ -357,10 +380,12 @@ def infer_scan(
     notes = [n for n in score.notes if not n.startswith("no artery labels")]
     found_where = f"candidate lesions (>= {config.threshold:g} HU, >= {config.min_area_mm2:g} mm^2 per slice)"
     if classifier is not None:
+        pooled = (", averaged over its 3D component weighted by area," if t.lesion_pooling == "component" else "")
         notes.append(f"coronary calcium = {found_where} on slices with probability >= {t.t_slice:g} whose "
                      f"lesion-classifier probability (boosted trees on {len(classifier.features)} features: slice "
                      f"probability, {t.cam_method} at {model.analyzer.cam_key}, size, density, 3D extent, position, "
-                     f"surrounding tissue) is >= {t.t_lesion:g}; non-coronary calcium is excluded by the models alone")
+                     f"surrounding tissue, bordering lumen){pooled} is >= {t.t_lesion:g}; non-coronary calcium is "
+                     "excluded by the models alone")
     else:
         notes.append(
             f"coronary calcium = {found_where} on slices with probability >= {t.t_slice:g} whose CAM score "
@@ -394,6 +419,7 @@ def infer_scan(
         cam_slices=cam_slices,
         cam_maps=cam_maps,
         lesion_probabilities=lesion_probabilities,
+        component_probabilities=component_probabilities,
         model=model.provenance(),
         notes=notes,
         seconds=time.perf_counter() - start,

@@ -19,7 +19,7 @@ from typing import Any
 from coronary_calcium.data.transforms import check_field_of_view, check_hu_windows
 from coronary_calcium.errors import InputError
 from coronary_calcium.explain.cam import METHODS
-from coronary_calcium.inference.lesion_classifier import LesionClassifier
+from coronary_calcium.inference.lesion_classifier import LESION_POOLINGS, LesionClassifier
 from coronary_calcium.inference.lesion_features import LESION_FEATURES
 from coronary_calcium.report.files import write_json
 from coronary_calcium.scoring.agatston import ScoringConfig
@@ -27,8 +27,9 @@ from coronary_calcium.scoring.agatston import ScoringConfig
 THRESHOLDS_FILE = "thresholds.json"
 CHECKPOINT_FILE = "model.pt"
 # 2: several HU windows (hu_windows) instead of one (hu_window); 3: field_of_view_mm and cam_gate_layer (absent
-# before: None, no crop and no gating); 4: lesion_classifier and t_lesion (absent before: the t_slice / t_cam rule)
-THRESHOLDS_VERSION = 4
+# before: None, no crop and no gating); 4: lesion_classifier and t_lesion (absent before: the t_slice / t_cam rule);
+# 5: lesion_pooling (absent before: "candidate")
+THRESHOLDS_VERSION = 5
 MISSING = "thresholds missing: run coronary-calcium calibrate / evaluate first"
 CAM_SCORES = ("normalised", "raw")
 RULES = ("classifier", "slice-cam")  # the decision rules a thresholds file can apply (`Thresholds.with_rule`)
@@ -59,8 +60,9 @@ def scoring_config_from_dict(values: dict[str, Any]) -> ScoringConfig:
 class Thresholds:
     """Decision rule of one checkpoint for a candidate lesion (2D component >= the HU threshold, >= the minimum
     area) on a slice with probability >= ``t_slice``: with a ``lesion_classifier``, it counts as coronary calcium
-    when the classifier's probability (from its `lesion_features`) >= ``t_lesion``; without one, when its CAM
-    score >= ``t_cam``. ``t_slice`` also marks a scan's positive slices (overlays, reports).
+    when the classifier's probability (from its `lesion_features`), pooled per ``lesion_pooling``
+    (`pool_probabilities`: the candidate's own, or its 3D component's area-weighted mean) >= ``t_lesion``; without
+    one, when its CAM score >= ``t_cam``. ``t_slice`` also marks a scan's positive slices (overlays, reports).
 
     cam_score: "normalised" (per-slice min-max Grad-CAM in [0, 1]) or "raw" (un-normalised map strength),
     the maximum over the lesion's pixels on the original matrix.
@@ -83,6 +85,7 @@ class Thresholds:
     scoring: dict[str, Any] = field(default_factory=lambda: ScoringConfig().to_dict())
     lesion_classifier: LesionClassifier | None = None
     t_lesion: float | None = None
+    lesion_pooling: str = "candidate"  # files before version 5 judged each candidate by its own probability
     validation: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     version: int = THRESHOLDS_VERSION
@@ -104,6 +107,8 @@ class Thresholds:
             raise InputError("cam_score", f"must be one of {list(CAM_SCORES)}, got {self.cam_score!r}")
         if self.cam_pooling not in CAM_POOLINGS:
             raise InputError("cam_pooling", f"must be one of {list(CAM_POOLINGS)}, got {self.cam_pooling!r}")
+        if self.lesion_pooling not in LESION_POOLINGS:
+            raise InputError("lesion_pooling", f"must be one of {list(LESION_POOLINGS)}, got {self.lesion_pooling!r}")
         if self.lesion_classifier is not None and not isinstance(self.lesion_classifier, LesionClassifier):
             self.lesion_classifier = LesionClassifier.from_dict(self.lesion_classifier)
         if self.lesion_classifier is not None:
@@ -172,8 +177,10 @@ class Thresholds:
             "in_channels": self.in_channels,
         }
         if classifier is not None:
-            out["rule"] = ("a candidate lesion counts when slice_probability >= t_slice and the lesion classifier's "
-                           "probability >= t_lesion (features: lesion_classifier.features)")
+            judged = ("the area-weighted mean of the lesion classifier's probabilities over the candidates of its "
+                      "3D component" if self.lesion_pooling == "component" else "the lesion classifier's probability")
+            out["rule"] = (f"a candidate lesion counts when slice_probability >= t_slice and {judged} >= t_lesion "
+                           "(features: lesion_classifier.features)")
         else:
             out["rule"] = ("a candidate lesion counts when slice_probability >= t_slice and cam_score >= t_cam "
                            f"(cam_score: {self.cam_pooling} of the CAM over the lesion's pixels)")
