@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -16,7 +17,7 @@ from coronary_calcium.inference.lesion_classifier import (
     fit_lesion_classifier,
     pool_probabilities,
 )
-from coronary_calcium.inference.lesion_features import LESION_FEATURES, lesion_features
+from coronary_calcium.inference.lesion_features import LESION_FEATURES, dense_components, lesion_features
 from coronary_calcium.inference.thresholds import Thresholds, file_sha256, load_thresholds, save_thresholds
 from coronary_calcium.scoring.agatston import ScoringConfig, find_lesions
 
@@ -155,31 +156,38 @@ def test_lesion_features_of_a_calcium_speck_and_a_bone():
     assert b[col["lung_8mm"]] > 0.0  # the bone lies near the body's edge
 
 
-def test_lumen_features_tell_a_vessel_from_the_aorta():
-    """In fat at 0.5 mm pixels: a speck on the wall of a 12 mm-radius disc of blood (aortic wall calcium), a speck
-    beside a 2 mm-radius vessel (coronary calcium), and a speck alone in fat."""
-    hu = np.full((3, 128, 128), -100.0, dtype=np.float32)
+@pytest.mark.parametrize("pixel_mm", [0.5, 0.8])
+def test_lumen_features_tell_a_vessel_from_the_aorta(pixel_mm):
+    """One slice in fat: a speck on the wall of a 24-pixel-radius disc of blood (aortic wall calcium), a speck beside
+    a 4-pixel-radius vessel (coronary calcium), a speck alone in fat, and a speck on the image's edge."""
+    hu = np.full((1, 128, 128), -100.0, dtype=np.float32)
     yy, xx = np.mgrid[:128, :128]
     aorta = (yy - 40) ** 2 + (xx - 40) ** 2 <= 24**2
     vessel = (yy - 100) ** 2 + (xx - 100) ** 2 <= 4**2
-    hu[1][aorta | vessel] = 40.0
-    hu[1, 39:42, 64:67] = 500.0  # just outside the disc's right edge (column 64)
-    hu[1, 99:102, 104:107] = 500.0  # just outside the vessel's right edge (column 104)
-    hu[1, 100:103, 20:23] = 500.0  # alone in fat
-    spacing = (2.5, 0.5, 0.5)
+    hu[0][aorta | vessel] = 40.0
+    hu[0, 39:42, 64:67] = 500.0  # just outside the disc's right edge (column 64)
+    hu[0, 99:102, 104:107] = 500.0  # just outside the vessel's right edge (column 104)
+    hu[0, 100:103, 20:23] = 500.0  # alone in fat
+    hu[0, 0:2, 90:93] = 500.0  # on the top edge, in fat
+    spacing = (2.5, pixel_mm, pixel_mm)
     config = ScoringConfig()
     candidates = find_lesions(hu, spacing, config=config)
-    assert len(candidates) == 3
-    f = lesion_features(hu, spacing, candidates, np.zeros(3), np.zeros((1, 128, 128), np.float32), [1], config)
+    assert len(candidates) == 4
+    args = (hu, spacing, candidates, np.zeros(1), np.zeros((1, 128, 128), np.float32), [0], config)
+    f = lesion_features(*args)
+    np.testing.assert_array_equal(lesion_features(*args, components=dense_components(hu, config)), f)
     col = {name: i for i, name in enumerate(LESION_FEATURES)}
     by_column = {int(np.mean(np.asarray(c.voxels) % 128)): f[i] for i, c in enumerate(candidates)}
-    wall, beside_vessel, alone = by_column[65], by_column[105], by_column[21]
-    # taxicab depth of a disc's centre = its radius, less the pixel the 3 x 3 mean blurs into fat at the edge
-    assert wall[col["lumen_mm"]] == pytest.approx(12.0, abs=1.0)
-    assert beside_vessel[col["lumen_mm"]] == pytest.approx(2.0, abs=1.0)
-    assert alone[col["lumen_mm"]] == 0.0 and alone[col["log_lumen_mm2"]] == 0.0
-    assert np.expm1(wall[col["log_lumen_mm2"]]) == pytest.approx(np.pi * 12.0**2, rel=0.15)
-    assert np.expm1(beside_vessel[col["log_lumen_mm2"]]) == pytest.approx(np.pi * 2.0**2, rel=0.5)
+    wall, beside_vessel, alone, edge = by_column[65], by_column[105], by_column[21], by_column[91]
+    # taxicab depth of a disc's centre = its radius in pixels, less the one the 3 x 3 mean blurs into fat
+    assert wall[col["lumen_mm"]] == pytest.approx(24 * pixel_mm, abs=1.5 * pixel_mm)
+    assert beside_vessel[col["lumen_mm"]] == pytest.approx(4 * pixel_mm, abs=1.5 * pixel_mm)
+    for speck in (alone, edge):
+        assert speck[col["lumen_mm"]] == 0.0 and speck[col["log_lumen_mm2"]] == 0.0
+    assert np.expm1(wall[col["log_lumen_mm2"]]) == pytest.approx(np.pi * (24 * pixel_mm) ** 2, rel=0.15)
+    assert np.expm1(beside_vessel[col["log_lumen_mm2"]]) == pytest.approx(np.pi * (4 * pixel_mm) ** 2, rel=0.5)
+    with pytest.raises(InputError, match="components: shape"):
+        lesion_features(*args, components=np.zeros((1, 64, 64), dtype=np.int32))
 
 
 def test_pooling_by_component_weighs_by_area():
@@ -193,9 +201,9 @@ def test_pooling_by_component_weighs_by_area():
     assert pool_probabilities(np.zeros(0), np.zeros(0), np.zeros(0)).size == 0
     with pytest.raises(InputError, match="lesion_pooling: must be one of"):
         pool_probabilities(p, components, areas, "slice")
-    with pytest.raises(InputError, match="one component id and one area per candidate"):
+    with pytest.raises(InputError, match="components: need one per candidate"):
         pool_probabilities(p, components[:3], areas)
-    with pytest.raises(InputError, match="areas must be > 0"):
+    with pytest.raises(InputError, match=r"areas: must be > 0; candidates \[1\] are not"):
         pool_probabilities(p, components, np.array([1.0, 0.0, 1.0, 1.0]))
 
 
@@ -226,7 +234,10 @@ def test_thresholds_keep_the_classifier_and_refuse_unknown_features(tmp_path):
     assert back.t_lesion == 0.4 and back.decision == "lesion classifier"
     np.testing.assert_array_equal(back.lesion_classifier.predict_proba(xf), clf.predict_proba(xf))
     # a version 4 file has no lesion_pooling: its candidates were judged one by one
-    assert back.lesion_pooling == "candidate" and "the lesion classifier's probability >=" in saved["rule"]
+    version_4 = {k: v for k, v in saved.items() if k != "lesion_pooling"} | {"version": 4}
+    old = Thresholds.from_dict(version_4)
+    assert old.lesion_pooling == "candidate" and old.version == 4
+    assert "the lesion classifier's probability >=" in old.to_dict()["rule"]
     pooled = Thresholds.from_dict({**saved, "lesion_pooling": "component"})
     assert "3D component" in pooled.to_dict()["rule"]
     with pytest.raises(InputError, match="lesion_pooling: must be one of"):
@@ -237,6 +248,7 @@ def test_thresholds_keep_the_classifier_and_refuse_unknown_features(tmp_path):
     t.validation = {"slice_and_cam": {"t_slice": 0.35, "t_cam": 0.6}}
     rule = t.with_rule("slice-cam")
     assert rule.lesion_classifier is None and rule.decision == "slice and CAM thresholds" and rule.t_slice == 0.35
+    assert dataclasses.replace(t, lesion_pooling="component").with_rule("slice-cam").lesion_pooling == "candidate"
     assert t.with_rule("classifier") is t and t.with_rule(None) is t
     with pytest.raises(InputError, match="must be one of"):
         t.with_rule("trees")

@@ -48,6 +48,7 @@ def test_kept_lesions_follow_the_rule_and_sum_to_the_totals(tiny_model, test_sca
                  else f"component probability < {t.t_lesion:g}")
         assert rej["reason"] == below
     assert d["model"]["decision"] == "lesion classifier" and d["model"]["t_lesion"] == t.t_lesion
+    assert d["model"]["lesion_pooling"] == "component"
     assert len(d["lesions"]) == int(result.kept.sum()) == d["totals"]["n_lesions"]
     assert len(d["lesions"]) + len(d["rejected_candidates"]) == d["n_candidates"]
     for key in ("agatston", "volume_mm3", "mass_mg"):

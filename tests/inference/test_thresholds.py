@@ -10,10 +10,12 @@ import torch
 
 from coronary_calcium.errors import InputError
 from coronary_calcium.inference import build_preprocessing, choose_thresholds, load_thresholds
-from coronary_calcium.inference.calibration import grid_search
+from coronary_calcium.inference.calibration import _cases, _collect, grid_search
+from coronary_calcium.inference.lesion_features import candidate_components, dense_components
 from coronary_calcium.inference.thresholds import MISSING, Thresholds, file_sha256, save_thresholds
+from coronary_calcium.io.manifest import load_manifest
 from coronary_calcium.networks import create_network, load_checkpoint_weights
-from coronary_calcium.scoring.agatston import ScoringConfig
+from coronary_calcium.scoring.agatston import ScoringConfig, find_lesions
 from coronary_calcium.train.bundle import BUNDLE_ROOT
 
 
@@ -128,6 +130,20 @@ def test_records_and_manifest_give_the_same_thresholds(tiny_manifest, ckpt_dir, 
     np.testing.assert_allclose(from_records.validation["grid"]["f1"], t.validation["slice_and_cam_grid"]["f1"])
     records_grid = from_records.validation["grid"]["f1"]
     assert from_records.validation["f1"] == pytest.approx(max(max(row) for row in records_grid))
+
+
+def test_collected_components_never_span_two_scans(tiny_manifest, tiny_model):
+    cases, patients, _ = _cases(load_manifest(tiny_manifest), "test")
+    scoring = tiny_model.thresholds.scoring_config()
+    collected = _collect(cases, len(patients), tiny_model.analyzer, scoring, "test", False)
+    ids, patient = collected["component"], collected["patient"]
+    assert ids.shape == patient.shape == collected["area"].shape and len(set(patients)) == 2
+    assert not set(ids[patient == patients[0]]) & set(ids[patient == patients[1]])
+    # per scan, the ids are the scan's own 3D components: as many as its candidates' distinct components
+    for pid, (_, hu, spacing, _) in zip(patients, _cases(load_manifest(tiny_manifest), "test")[0]):
+        candidates = find_lesions(hu, spacing, config=scoring)
+        own = candidate_components(dense_components(hu, scoring), candidates)
+        assert np.unique(ids[patient == pid]).size == np.unique(own).size
 
 
 def test_bad_choices_are_refused_before_reading_data(ckpt_dir):

@@ -39,8 +39,8 @@ from tqdm.auto import tqdm
 from coronary_calcium.data.transforms import check_hu_windows
 from coronary_calcium.errors import InputError
 from coronary_calcium.inference.lesion_classifier import (
-    LESION_POOLINGS,
     LesionClassifier,
+    check_lesion_pooling,
     fit_lesion_classifier,
     pool_probabilities,
 )
@@ -431,10 +431,9 @@ def choose_thresholds(
                        image_size=image_size, in_channels=in_channels, field_of_view_mm=field_of_view_mm,
                        scoring=config.to_dict())
     validate_cam_layers(network, [cam_layer] + ([cam_gate_layer] if cam_gate_layer else []))
+    check_lesion_pooling(lesion_pooling)
     if lesion_classifier:
         validation_folds = _check_folds(validation_folds)
-        if lesion_pooling not in LESION_POOLINGS:
-            raise InputError("lesion_pooling", f"must be one of {list(LESION_POOLINGS)}, got {lesion_pooling!r}")
     if f1_slack_lesions is not None and (isinstance(f1_slack_lesions, bool)
                                          or not isinstance(f1_slack_lesions, numbers.Real)
                                          or not 0 <= f1_slack_lesions < float("inf")):

@@ -23,8 +23,8 @@ import numpy as np
 
 from coronary_calcium.errors import InputError
 
-__all__ = ["DEFAULT_SEEDS", "DEFAULT_TREE_PARAMS", "LESION_POOLINGS", "LesionClassifier", "fit_lesion_classifier",
-           "pool_probabilities"]
+__all__ = ["DEFAULT_SEEDS", "DEFAULT_TREE_PARAMS", "LESION_POOLINGS", "LesionClassifier", "check_lesion_pooling",
+           "fit_lesion_classifier", "pool_probabilities"]
 
 # scikit-learn's defaults but half its learning rate (the higher validation F1 of the two on the default data);
 # early stopping on a held-out tenth picks the number of trees.
@@ -208,24 +208,31 @@ def fit_lesion_classifier(
     )
 
 
+def check_lesion_pooling(pooling: Any) -> str:
+    """``pooling`` if it is one of LESION_POOLINGS, else an InputError naming the choices."""
+    if pooling not in LESION_POOLINGS:
+        raise InputError("lesion_pooling", f"must be one of {list(LESION_POOLINGS)}, got {pooling!r}")
+    return pooling
+
+
 def pool_probabilities(
     probabilities: np.ndarray, components: np.ndarray, areas: np.ndarray, pooling: str = "component"
 ) -> np.ndarray:
     """Per candidate, the probability its keep / reject decision uses: ``pooling="candidate"``, its own;
     "component", the mean over the candidates sharing its 3D component id (``components``), weighted by their
     ``areas``, so a plaque's small end slices follow its main body."""
-    if pooling not in LESION_POOLINGS:
-        raise InputError("lesion_pooling", f"must be one of {list(LESION_POOLINGS)}, got {pooling!r}")
+    check_lesion_pooling(pooling)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if pooling == "candidate" or probabilities.size == 0:
         return probabilities
     components = np.asarray(components)
     areas = np.asarray(areas, dtype=np.float64)
-    if components.shape != probabilities.shape or areas.shape != probabilities.shape:
-        raise InputError("lesion_pooling", f"need one component id and one area per candidate, got "
-                         f"{components.shape} and {areas.shape} for {probabilities.shape}")
+    for name, values in (("components", components), ("areas", areas)):
+        if values.shape != probabilities.shape:
+            raise InputError(name, f"need one per candidate: shape {values.shape} for {probabilities.shape} "
+                             "probabilities")
     if not (areas > 0).all():
-        raise InputError("lesion_pooling", "candidate areas must be > 0")
+        raise InputError("areas", f"must be > 0; candidates {np.flatnonzero(~(areas > 0))[:5].tolist()} are not")
     _, group = np.unique(components, return_inverse=True)
     pooled = np.bincount(group, weights=probabilities * areas) / np.bincount(group, weights=areas)
     return pooled[group]

@@ -4,9 +4,9 @@ A candidate (a 2D component >= the HU threshold, >= the minimum area; see `find_
 aortic wall or valve calcium, bone, or a noise speck. The slice classifier's probability and one CAM number tell
 these apart only partly (a 300 mm^2 rib on a positive slice, valve calcium under the coronary hot spot), so the
 classifier also sees what the CNN does not summarise: the candidate's size and density, the 3D component it
-belongs to (bone runs through many slices), the soft-tissue region it borders (a coronary lumen of 1.5-2.5 mm, the
-aorta, a heart chamber), its position in the body, and the tissue around it (coronary calcium sits in epicardial
-fat, aortic and valve calcium against blood, bone against marrow and bone).
+belongs to (bone runs through many slices), the soft-tissue region it borders (a coronary vessel of 1.5-2.5 mm
+radius, the aorta, a heart chamber), its position in the body, and the tissue around it (coronary calcium sits in
+epicardial fat, aortic and valve calcium against blood, bone against marrow and bone).
 
 Everything is computed from the HU volume, the slice probabilities and the CAM maps on the original matrix, in
 vectorised passes (integral images for the neighbourhood shares), about 2.2 s for a 512 x 512 x 48 scan on this
@@ -46,7 +46,7 @@ LESION_FEATURES: tuple[str, ...] = (
     "component_y_mm",
     "component_x_mm",
     "lumen_mm",  # the largest radius and area among the soft-tissue regions the candidate borders on its slice:
-    "log_lumen_mm2",  # a coronary lumen (1.5-2.5 mm), the aorta (10-17 mm) or the heart
+    "log_lumen_mm2",  # a coronary vessel (radius 1.5-2.5 mm), the aorta (10-17 mm) or the heart
     "body_dy_mm",  # the candidate's centroid relative to the body's centroid on its slice (rows: + posterior
     "body_dx_mm",  # in LPS-oriented volumes; columns: + patient left)
     *(f"{tissue}_{int(r)}mm" for r in NEIGHBOURHOOD_MM for tissue in TISSUES),
@@ -155,35 +155,47 @@ def lesion_features(
     out[:, col["body_dy_mm"]] = (per_candidate_mean(y.astype(np.float64)) - rows[at]) * sy
     out[:, col["body_dx_mm"]] = (per_candidate_mean(x.astype(np.float64)) - cols[at]) * sx
 
-    # The soft-tissue regions each candidate borders, on its slice: coronary calcium sits in a 3-5 mm vessel
-    # surrounded by epicardial fat; aortic wall and valve calcium border a 20-35 mm lumen or a heart chamber.
-    # A region's radius is its deepest point's taxicab distance to its edge (exact at a disc's centre; 4x faster
-    # than the Euclidean transform), on a 3 x 3 mean so that noise does not break a lumen into pieces; the pixels
-    # next to calcium or bone are left out, since the mean turns fat beside them into "soft tissue".
+    # The soft-tissue regions each candidate borders, on its slice: coronary calcium sits beside a vessel of 1.5-2.5
+    # mm radius surrounded by epicardial fat (on a non-contrast scan, lumen and wall are one soft region); aortic
+    # wall and valve calcium border the aorta (10-17 mm radius) or a heart chamber. A region's radius is its deepest
+    # point's taxicab distance to its edge (exact at a disc's centre; 4x faster than the Euclidean transform), in
+    # whole pixels, and a region cut by the image edge is measured from its visible edges only. It is taken on a
+    # 3 x 3 mean so that noise does not break a lumen into pieces; the pixels next to calcium or bone are left out,
+    # since the mean turns fat beside them into "soft tissue".
     stack = hu[slices].astype(np.float32, copy=False)
     smooth = ndimage.uniform_filter(stack, size=(1, 3, 3))
-    soft = (smooth >= LUMEN_HU[0]) & (smooth < LUMEN_HU[1])
-    soft &= ~ndimage.maximum_filter(stack >= LUMEN_HU[1], size=(1, 3, 3))
+    top = min(LUMEN_HU[1], config.threshold)
+    soft = (smooth >= LUMEN_HU[0]) & (smooth < top)
+    soft &= ~ndimage.maximum_filter(stack >= top, size=(1, 3, 3))
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndimage.generate_binary_structure(2, 1)
     regions, n_regions = ndimage.label(soft, structure=in_plane)
     depth = np.stack([ndimage.distance_transform_cdt(plane, metric="taxicab") for plane in soft])
     zi = np.searchsorted(slices, z)
-    reach = np.arange(-LUMEN_REACH_PX, LUMEN_REACH_PX + 1)
-    near = regions[zi, np.clip(y[None, :] + reach.repeat(reach.size)[:, None], 0, ny - 1),
-                   np.clip(x[None, :] + np.tile(reach, reach.size)[:, None], 0, nx - 1)]  # (offsets, pixels)
+    offsets = [(dy, dx) for dy in range(-LUMEN_REACH_PX, LUMEN_REACH_PX + 1)
+               for dx in range(-LUMEN_REACH_PX, LUMEN_REACH_PX + 1)]
+
+    def regions_near(dy: int, dx: int) -> np.ndarray:  # per candidate pixel, the region at that offset (0: none)
+        return regions[zi, np.clip(y + dy, 0, ny - 1), np.clip(x + dx, 0, nx - 1)]
+
     # Radius and area of the bordering regions only: a reduction over every label of the volume
     # (ndimage.maximum with an index, or np.maximum.at) takes seconds.
     radius = np.zeros(n_regions + 1)
     area = np.zeros(n_regions + 1)
-    boxes = ndimage.find_objects(regions)
-    for label in np.unique(near[near > 0]):
-        inside = regions[boxes[label - 1]] == label
-        radius[label] = depth[boxes[label - 1]][inside].max() * min(sy, sx)
+    region_boxes = ndimage.find_objects(regions)
+    bordering = np.unique(np.concatenate([np.unique(regions_near(dy, dx)) for dy, dx in offsets]))
+    for label in bordering[bordering > 0]:
+        inside = regions[region_boxes[label - 1]] == label
+        radius[label] = depth[region_boxes[label - 1]][inside].max() * min(sy, sx)
         area[label] = inside.sum() * sy * sx
-    for name, per_region in (("lumen_mm", radius), ("log_lumen_mm2", area)):
+    largest_radius, largest_area = np.zeros(y.size), np.zeros(y.size)  # per candidate pixel, over the offsets
+    for dy, dx in offsets:
+        near = regions_near(dy, dx)
+        np.maximum(largest_radius, radius[near], out=largest_radius)
+        np.maximum(largest_area, area[near], out=largest_area)
+    for name, per_pixel in (("lumen_mm", largest_radius), ("log_lumen_mm2", largest_area)):
         largest = np.zeros(n)
-        np.maximum.at(largest, owner, per_region[near].max(axis=0))
+        np.maximum.at(largest, owner, per_pixel)
         out[:, col[name]] = np.log1p(largest) if name.startswith("log_") else largest
 
     # Tissue shares in squares around every candidate pixel, averaged over the candidate's pixels.

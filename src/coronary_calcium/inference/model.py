@@ -248,6 +248,7 @@ class InferenceModel:
             "t_cam": t.t_cam,
             "decision": t.decision,
             "t_lesion": t.t_lesion,
+            "lesion_pooling": None if t.lesion_classifier is None else t.lesion_pooling,
             "lesion_features": None if t.lesion_classifier is None else list(t.lesion_classifier.features),
             "cam_layer": t.cam_layer,
             "cam_method": t.cam_method,

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 
 from coronary_calcium.errors import InputError
+from coronary_calcium.inference.lesion_classifier import pool_probabilities
 from coronary_calcium.inference.lesion_features import (
     LESION_FEATURES,
     candidate_components,
     dense_components,
     lesion_features,
 )
-from coronary_calcium.inference.lesion_classifier import pool_probabilities
 from coronary_calcium.inference.model import InferenceModel, SliceAnalyzer
 from coronary_calcium.inference.thresholds import CAM_POOLINGS
 from coronary_calcium.io.volume import CTVolume
@@ -384,8 +384,8 @@ def infer_scan(
         notes.append(f"coronary calcium = {found_where} on slices with probability >= {t.t_slice:g} whose "
                      f"lesion-classifier probability (boosted trees on {len(classifier.features)} features: slice "
                      f"probability, {t.cam_method} at {model.analyzer.cam_key}, size, density, 3D extent, position, "
-                     f"surrounding tissue, bordering lumen){pooled} is >= {t.t_lesion:g}; non-coronary calcium is "
-                     "excluded by the models alone")
+                     f"surrounding tissue{', bordering lumen' if 'lumen_mm' in classifier.features else ''})"
+                     f"{pooled} is >= {t.t_lesion:g}; non-coronary calcium is excluded by the models alone")
     else:
         notes.append(
             f"coronary calcium = {found_where} on slices with probability >= {t.t_slice:g} whose CAM score "

@@ -19,7 +19,7 @@ from typing import Any
 from coronary_calcium.data.transforms import check_field_of_view, check_hu_windows
 from coronary_calcium.errors import InputError
 from coronary_calcium.explain.cam import METHODS
-from coronary_calcium.inference.lesion_classifier import LESION_POOLINGS, LesionClassifier
+from coronary_calcium.inference.lesion_classifier import LesionClassifier, check_lesion_pooling
 from coronary_calcium.inference.lesion_features import LESION_FEATURES
 from coronary_calcium.report.files import write_json
 from coronary_calcium.scoring.agatston import ScoringConfig
@@ -107,8 +107,7 @@ class Thresholds:
             raise InputError("cam_score", f"must be one of {list(CAM_SCORES)}, got {self.cam_score!r}")
         if self.cam_pooling not in CAM_POOLINGS:
             raise InputError("cam_pooling", f"must be one of {list(CAM_POOLINGS)}, got {self.cam_pooling!r}")
-        if self.lesion_pooling not in LESION_POOLINGS:
-            raise InputError("lesion_pooling", f"must be one of {list(LESION_POOLINGS)}, got {self.lesion_pooling!r}")
+        check_lesion_pooling(self.lesion_pooling)
         if self.lesion_classifier is not None and not isinstance(self.lesion_classifier, LesionClassifier):
             self.lesion_classifier = LesionClassifier.from_dict(self.lesion_classifier)
         if self.lesion_classifier is not None:
@@ -155,7 +154,8 @@ class Thresholds:
         t_slice = rule_found.get("t_slice", self.t_slice) if isinstance(rule_found, dict) else self.t_slice
         if isinstance(t_slice, bool) or not isinstance(t_slice, (int, float)):
             raise InputError("validation.slice_and_cam.t_slice", f"must be a number, got {t_slice!r}")
-        return dataclasses.replace(self, lesion_classifier=None, t_lesion=None, t_slice=float(t_slice))
+        return dataclasses.replace(self, lesion_classifier=None, t_lesion=None, lesion_pooling="candidate",
+                                   t_slice=float(t_slice))
 
     def to_dict(self) -> dict[str, Any]:
         classifier = self.lesion_classifier
