@@ -68,8 +68,7 @@ def _box_mean(integral: np.ndarray, z: np.ndarray, y: np.ndarray, x: np.ndarray,
 def dense_components(hu: np.ndarray, config: ScoringConfig) -> np.ndarray:
     """int32 (Z, Y, X) labels of the 26-connected 3D components of the voxels at or above ``config``'s HU
     threshold (0 elsewhere): each 2D candidate lies in exactly one."""
-    dense = hu >= config.threshold if config.inclusive else hu > config.threshold
-    return ndimage.label(dense, structure=np.ones((3, 3, 3), dtype=bool))[0]
+    return ndimage.label(config.passes_threshold(hu), structure=np.ones((3, 3, 3), dtype=bool))[0]
 
 
 def candidate_components(components: np.ndarray, candidates: Sequence[Lesion]) -> np.ndarray:

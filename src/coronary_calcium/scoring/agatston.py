@@ -104,6 +104,10 @@ class ScoringConfig:
         """The HU threshold in use: ``threshold_hu`` or the kVp table entry."""
         return float(self.threshold_hu) if self.threshold_hu is not None else KVP_THRESHOLDS[float(self.kvp)]
 
+    def passes_threshold(self, hu: np.ndarray) -> np.ndarray:
+        """Boolean mask of the ``hu`` values that count as calcium: >= the threshold, or > it if not inclusive."""
+        return hu >= self.threshold if self.inclusive else hu > self.threshold
+
     @property
     def weight_cutpoints(self) -> tuple[float, float, float, float]:
         """HU values from which the weight is 1, 2, 3, 4 (the first is the threshold itself)."""
@@ -140,8 +144,8 @@ def calibration_factor(hu_insert: float, hu_water: float, density_mg_cm3: float 
 
 def _weights(peaks: np.ndarray, config: ScoringConfig) -> np.ndarray:
     """Vectorised density weight: 0 below the threshold, else 1-4 by the (scaled) cut-points."""
-    t, c2, c3, c4 = config.weight_cutpoints
-    above = peaks >= t if config.inclusive else peaks > t
+    _, c2, c3, c4 = config.weight_cutpoints
+    above = config.passes_threshold(peaks)
     return np.where(above, 1 + (peaks >= c2).astype(np.int64) + (peaks >= c3) + (peaks >= c4), 0).astype(np.int64)
 
 
@@ -309,8 +313,7 @@ def find_lesions(
     """
     hu, sp, mask, labels, thickness = _check_inputs(hu, spacing, mask, labels, slice_thickness, config)
     nz, ny, nx = hu.shape
-    t = config.threshold
-    cand = hu >= t if config.inclusive else hu > t
+    cand = config.passes_threshold(hu)
     if mask is not None:
         cand &= mask
     if labels is not None:
