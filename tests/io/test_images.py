@@ -115,7 +115,7 @@ def test_metaimage(make_volume, tmp_path, suffix):
     assert back.meta["format"] == "metaimage"
     if suffix == ".mhd":
         (tmp_path / "ct.raw").unlink()
-        with pytest.raises(InputError, match="cannot read") as err:
+        with pytest.raises(InputError, match="data file ct.raw .* not found beside the header") as err:
             read_image(path)
         assert str(path) in str(err.value)
 

@@ -8,8 +8,10 @@ convention: columns run patient right -> left, rows anterior -> posterior, slice
 from __future__ import annotations
 
 import functools
+import math
 import os
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,13 @@ DIRECTION_TOL = 1e-4
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Axis labels for axcodes in RAS space (MONAI's readers return RAS affines here; see _load_lps).
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+# Headers claiming more voxels are refused before reading: 1e9 voxels are 4 GB as float32 (512 x 512 x 3800).
+MAX_VOXELS = 1_000_000_000
+# A MetaImage header is a few hundred bytes of text; a .mha's binary data follows it.
+_METAIMAGE_HEADER_BYTES = 1 << 16
+_MET_TYPE_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+                   "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+                   "MET_DOUBLE": 8}
 
 
 def _image_format(path: Path) -> str:
@@ -57,9 +66,131 @@ def _decimal_from_float32(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def _reason(exc: BaseException) -> str:
+    """One line saying why a reader failed (ITK's messages span lines; some exceptions have no message)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:400]}" if text else type(exc).__name__
+
+
+def _size_problem(shape: tuple[int, ...]) -> str | None:
+    n = math.prod(int(d) for d in shape)
+    if n > MAX_VOXELS:
+        return (f"size too large: the header claims {' x '.join(str(int(d)) for d in shape)} = {n:.3g} voxels; at "
+                f"most {MAX_VOXELS:.0e} are read")
+    return None
+
+
+def _nifti_header(path: Path) -> Any:
+    """The NIfTI-1 / -2 header as written: nibabel's load replaces a zero pixdim by 1 mm, hiding it."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(path) as f:  # gunzips a .nii.gz
+            block = f.read(nib.Nifti2Header.template_dtype.itemsize)
+    except (OSError, EOFError, zlib.error) as exc:  # not gzip data, or a truncated stream
+        raise InputError(path, f"cannot read nifti image: {_reason(exc)}") from None
+    if not block:
+        raise InputError(path, "cannot read nifti image: the file is empty")
+    for klass, magic in ((nib.Nifti1Header, b"n+1"), (nib.Nifti2Header, b"n+2")):
+        size = klass.template_dtype.itemsize
+        if len(block) < size:
+            continue
+        header = klass(block[:size], check=False)
+        if int(header["sizeof_hdr"]) == size and header["magic"].item() == magic:
+            return header
+    raise InputError(path, f"cannot read nifti image: no NIfTI-1 or NIfTI-2 header ({len(block)} bytes, "
+                     "wrong size field or magic)")
+
+
+def _check_nifti(path: Path) -> None:
+    """Refuse, before reading, what nibabel would read wrongly or not at all."""
+    header = _nifti_header(path)
+    try:
+        dtype, shape = header.get_data_dtype(), tuple(int(d) for d in header.get_data_shape())
+    except Exception as exc:  # an unknown datatype code or a malformed dim field
+        raise InputError(path, f"cannot read nifti image: malformed header: {_reason(exc)}") from None
+    if dtype.kind == "c":
+        raise InputError(path, f"complex-valued voxels ({dtype}): a CT image holds real HU values")
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise InputError(path, f"voxel type {dtype} is not a scalar number type (an RGB image?)")
+    problem = _size_problem(shape)
+    if problem:
+        raise InputError(path, problem)
+    pixdim = _decimal_from_float32(np.asarray(header["pixdim"][1:1 + min(3, len(shape))], dtype=float)).tolist()
+    if not all(math.isfinite(v) and v > 0 for v in pixdim):
+        raise InputError(path, f"pixel spacing {pixdim} mm in the header (pixdim): must be finite and positive "
+                         "(nibabel would silently read a zero as 1 mm)")
+    if not path.name.lower().endswith(".gz"):
+        offset = max(int(header.get_data_offset()), header.template_dtype.itemsize + 4)
+        needed = offset + math.prod(shape) * dtype.itemsize
+        if path.stat().st_size < needed:
+            raise InputError(path, f"file shorter than the header says: {path.stat().st_size} bytes, the header's "
+                             f"{' x '.join(map(str, shape))} {dtype} voxels need {needed}")
+
+
+def _metaimage_fields(path: Path) -> tuple[dict[str, str], list[str], int]:
+    """The MetaImage header's ``Key = Value`` fields up to ElementDataFile (the last one), the data file names
+    (a LIST's lines), and where the header ends (a .mha's data starts there)."""
+    with open(path, "rb") as f:
+        head = f.read(_METAIMAGE_HEADER_BYTES)
+    fields: dict[str, str] = {}
+    end = 0
+    lines = head.split(b"\n")
+    for i, raw in enumerate(lines):
+        end += len(raw) + 1
+        key, sep, value = raw.decode("latin-1").partition("=")
+        if not sep:
+            continue
+        fields[key.strip()] = value.strip()
+        if key.strip() == "ElementDataFile":
+            if value.strip().upper() == "LIST":
+                return fields, [ln.decode("latin-1").strip() for ln in lines[i + 1:] if ln.strip()], end
+            return fields, [] if value.strip().upper() == "LOCAL" else [value.strip()], end
+    raise InputError(path, "not a MetaImage header: no ElementDataFile line"
+                     + (" (the file is empty)" if not head else ""))
+
+
+def _check_metaimage(path: Path) -> None:
+    """Refuse, before ITK reads it, a MetaImage whose data file is missing, outside its folder, or too small."""
+    fields, names, header_end = _metaimage_fields(path)
+    try:
+        shape = tuple(int(v) for v in fields.get("DimSize", "").split())
+        spacing = [float(v) for v in (fields.get("ElementSpacing") or fields.get("ElementSize") or "1").split()]
+        channels = int(fields.get("ElementNumberOfChannels", "1"))
+    except ValueError:
+        raise InputError(path, f"malformed MetaImage header: DimSize {fields.get('DimSize')!r}, ElementSpacing "
+                         f"{fields.get('ElementSpacing')!r}") from None
+    problem = _size_problem(shape)
+    if problem:
+        raise InputError(path, problem)
+    if not all(math.isfinite(v) and v > 0 for v in spacing):
+        raise InputError(path, f"element spacing {spacing} mm in the header: must be finite and positive")
+    if channels != 1:
+        raise InputError(path, f"{channels} channels per voxel: not a scalar CT image")
+    for name in names:
+        # A header may only point beside itself (or below): never elsewhere on the machine.
+        if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == os.pardir:
+            raise InputError(path, f"ElementDataFile {name!r} points outside the header's folder; it must name "
+                             "a file beside the header")
+    for name in names:
+        if "%" not in name and not (path.parent / name).is_file():
+            raise InputError(path, f"data file {name} (ElementDataFile) not found beside the header")
+    if len(names) > 1 or any("%" in name for name in names):
+        return  # a LIST or a file-name pattern: several files, ITK checks them
+    data = path.parent / names[0] if names else path  # ElementDataFile LOCAL: the data follows the header
+    size = _MET_TYPE_BYTES.get(fields.get("ElementType", ""))
+    skip = int(fields.get("HeaderSize", "0") or 0) if names else header_end
+    if size is None or skip < 0 or fields.get("CompressedData", "False").lower() == "true":
+        return  # unknown element type, HeaderSize -1 (ITK finds the data at the end), or compressed data
+    needed, have = math.prod(shape) * size, data.stat().st_size - skip
+    if have < needed:
+        raise InputError(path, f"data file shorter than the header says: {have} bytes of data, the header's "
+                         f"{' x '.join(map(str, shape))} {fields['ElementType']} voxels need {needed}")
+
+
 @functools.lru_cache(maxsize=None)
-def _loader(fmt: str, dtype: Any) -> Any:
-    """A MONAI LoadImage for one format, built once: its constructor also builds every default reader."""
+def _loader(fmt: str, dtype: Any) -> tuple[Any, Any]:
+    """A MONAI LoadImage and its reader for one format, built once: its constructor builds every default reader."""
     # MONAI pulls in torch (seconds to import): only pay for it when a file is read.
     from monai.data import ITKReader, NibabelReader
     from monai.transforms import LoadImage
@@ -67,7 +198,8 @@ def _loader(fmt: str, dtype: Any) -> Any:
     with warnings.catch_warnings():
         # MONAI 1.6 warns on every LoadImage() that the GPU DICOM decoder plugin is unavailable; irrelevant here.
         warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
-        return LoadImage(reader=NibabelReader() if fmt == "nifti" else ITKReader(), image_only=True, dtype=dtype)
+        reader = NibabelReader() if fmt == "nifti" else ITKReader()
+        return LoadImage(reader=reader, image_only=True, dtype=dtype), reader
 
 
 def _load_lps(path: Path, dtype: Any) -> tuple[np.ndarray, np.ndarray, str]:
@@ -77,10 +209,19 @@ def _load_lps(path: Path, dtype: Any) -> tuple[np.ndarray, np.ndarray, str]:
     if not path.is_file():
         raise InputError(path, "image file not found")
     fmt = _image_format(path)
+    if path.stat().st_size == 0:
+        raise InputError(path, f"cannot read {fmt} image: the file is empty")
+    if fmt == "nifti":
+        _check_nifti(path)
+    else:
+        _check_metaimage(path)
+    load, reader = _loader(fmt, dtype)
     try:
-        img = _loader(fmt, dtype)(str(path))
-    except Exception as exc:  # corrupt file, missing .raw beside a .mhd, ...
-        raise InputError(path, f"cannot read {fmt} image: {exc}") from exc
+        # Handing the reader over at call time makes LoadImage let the reader's own exception through; with only
+        # the constructor's, it would catch it and raise one whose message is the whole formatted traceback.
+        img = load(str(path), reader=reader)
+    except Exception as exc:  # corrupt data, a truncated .nii.gz, ...
+        raise InputError(path, f"cannot read {fmt} image: {_reason(exc)}") from None
     shape = tuple(img.shape)
     # A trailing singleton (x, y, z, 1) is still a 3D volume.
     while len(shape) > 3 and shape[-1] == 1:

@@ -7,7 +7,7 @@ import numpy as np
 from coronary_calcium.io.coca import read_coca_xml
 from coronary_calcium.io.images import read_image, read_labels
 from coronary_calcium.io.manifest import ScanEntry
-from coronary_calcium.io.volume import CTVolume
+from coronary_calcium.io.volume import CTVolume, check_ct_volume
 
 
 def read_scan(scan: ScanEntry, *, with_reference: bool = True) -> tuple[CTVolume, np.ndarray | None]:
@@ -28,5 +28,7 @@ def read_scan(scan: ScanEntry, *, with_reference: bool = True) -> tuple[CTVolume
 
 
 def check_scan_readable(scan: ScanEntry) -> None:
-    """Read the scan and its reference fully; raises `InputError` naming the problem."""
-    read_scan(scan)
+    """Read the scan and its reference fully and apply `check_ct_volume` (the check inference applies before
+    scoring); raises `InputError` naming the problem."""
+    volume, _ = read_scan(scan)
+    check_ct_volume(volume, scan.image)
