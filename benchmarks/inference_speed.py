@@ -29,7 +29,7 @@ from coronary_calcium.inference import load_model, run_inference
 from coronary_calcium.inference.calibration import training_defaults
 from coronary_calcium.inference.lesion_classifier import LesionClassifier, fit_lesion_classifier
 from coronary_calcium.inference.lesion_features import LESION_FEATURES, lesion_features
-from coronary_calcium.inference.scan import analyse_volume
+from coronary_calcium.inference.candidates import find_candidates
 from coronary_calcium.inference.thresholds import Thresholds, file_sha256, save_thresholds
 from coronary_calcium.io.dicom import read_dicom_series, write_dicom_series
 from coronary_calcium.io.volume import CTVolume
@@ -149,11 +149,11 @@ def main() -> None:
         t0 = time.perf_counter()
         analyzer.cam_maps(volume.hu, range(volume.shape[0]), x, volume.spacing)
         cam_s = time.perf_counter() - t0
-        found = analyse_volume(volume.hu, volume.spacing, analyzer, model.thresholds.scoring_config(),
-                               slice_thickness=volume.slice_thickness)
+        found = find_candidates(volume.hu, volume.spacing, analyzer, model.thresholds.scoring_config(),
+                                slice_thickness=volume.slice_thickness)
         t0 = time.perf_counter()
-        features = lesion_features(volume.hu, volume.spacing, found["candidates"], found["probabilities"],
-                                   found["cam_maps"], found["cam_slices"], model.thresholds.scoring_config())
+        features = lesion_features(volume.hu, volume.spacing, found.lesions, found.probabilities,
+                                   found.cam_maps, found.cam_slices, model.thresholds.scoring_config())
         features_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         classifier.predict_proba(features)
@@ -190,7 +190,7 @@ def main() -> None:
         "stages_seconds": {"read_dicom": round(read_s, 3), "preprocess": round(preprocess_s, 3),
                            "forward": round(forward_s, 3), "cam_all_slices": round(cam_s, 3),
                            "lesion_features": round(features_s, 3), "lesion_classifier": round(classify_s, 3)},
-        "n_candidates": len(found["candidates"]),
+        "n_candidates": len(found),
         "cases": figures,
         **accuracy,
         "goal_seconds": GOAL_S,

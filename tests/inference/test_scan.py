@@ -14,6 +14,7 @@ from coronary_calcium.inference.model import SliceAnalyzer
 from coronary_calcium.io.manifest import load_manifest
 from coronary_calcium.io.scans import read_scan
 from coronary_calcium.io.volume import CTVolume
+from coronary_calcium.scoring.agatston import score_scan
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,38 @@ def test_kept_lesions_follow_the_rule_and_sum_to_the_totals(tiny_model, test_sca
         assert rec["centroid_lps_mm"] == pytest.approx(lps[:3].tolist(), abs=1e-2)
         assert volume.hu.reshape(-1)[lesion.voxels].max() == rec["peak_hu"]
     assert int((mask > 0).sum()) == sum(les.n_voxels for les in result.lesions)
+
+
+def test_kept_candidates_score_as_the_kept_voxels_scored_afresh(tiny_model, tiny_manifest):
+    """The kept candidates are scored as found (`score_lesions`); scoring their voxels afresh with `score_scan` (the
+    path before candidates were one record) gives the same lesions and totals to the last digit."""
+    scans = [read_scan(s) for s in load_manifest(tiny_manifest).scans]
+    t = dataclasses.replace(tiny_model.thresholds, t_slice=0.0, t_lesion=0.0)  # keep every candidate: many lesions
+    model = dataclasses.replace(tiny_model, thresholds=t)
+    n_lesions = 0
+    for volume, labels in scans:
+        for named in (None, labels):
+            result = infer_scan(volume, model, labels=named)
+            again = score_scan(volume.hu, volume.spacing, mask=result.lesion_mask() > 0,
+                               slice_thickness=volume.slice_thickness, config=t.scoring_config())
+            assert [les.to_dict() | {"label": 0, "artery": "unknown"} for les in result.lesions] == [
+                les.to_dict() for les in again.lesions]
+            assert (result.score.agatston, result.score.volume_mm3, result.score.mass_mg) == (
+                again.agatston, again.volume_mm3, again.mass_mg)
+            assert result.score.categories == again.categories
+            n_lesions += len(result.lesions)
+    assert n_lesions > 10
+
+
+def test_slim_results_keep_the_kept_lesions_voxels(tiny_model, test_scan):
+    volume, _ = test_scan
+    t = dataclasses.replace(tiny_model.thresholds, t_slice=0.0, t_lesion=0.5)
+    result = infer_scan(volume, dataclasses.replace(tiny_model, thresholds=t)).slim()
+    assert result.kept.any() and not result.kept.all()
+    assert result.cam_maps is None
+    for lesion, kept in zip(result.candidates, result.kept):
+        assert (lesion.voxels is not None) == bool(kept)
+    assert all(les.voxels is not None for les in result.lesions)
 
 
 def test_without_a_classifier_the_slice_and_cam_rule_decides(tiny_model, test_scan):
@@ -156,13 +189,13 @@ def test_cam_maps_are_on_the_original_matrix(tiny_model):
     fov.close()
     empty = CTVolume(hu=np.full((2, 40, 56), -1000.0, np.float32), spacing=(3.0, 0.5, 0.5))
     result = infer_scan(empty, tiny_model, scan_id="air")
-    assert result.agatston == 0.0 and result.category == "0" and result.candidates == []
+    assert result.agatston == 0.0 and result.category == "0" and len(result.candidates) == 0
 
 
 def test_candidate_cam_scores_by_max_or_mean():
     """A small deposit inside the map's hot spot and a large bright component that only touches it: by the maximum
     both score high, by the mean only the deposit does."""
-    from coronary_calcium.inference.scan import candidate_cam_scores
+    from coronary_calcium.inference.candidates import candidate_cam_scores
     from coronary_calcium.scoring.agatston import ScoringConfig, find_lesions
 
     hu = np.full((2, 20, 20), 40.0, np.float32)

@@ -46,7 +46,7 @@ from coronary_calcium.inference.lesion_classifier import (
 )
 from coronary_calcium.inference.lesion_features import LESION_FEATURES
 from coronary_calcium.inference.model import SliceAnalyzer, _device
-from coronary_calcium.inference.scan import analyse_volume
+from coronary_calcium.inference.candidates import find_candidates
 from coronary_calcium.inference.thresholds import (
     CAM_SCORES,
     CHECKPOINT_FILE,
@@ -248,26 +248,25 @@ def _collect(cases: Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], n_cases
     pairs: list[tuple[int, int]] = []
     n_ref = n_scans = n_slices = n_positive_slices = n_components = 0
     for patient_id, hu, spacing, labels in tqdm(cases, total=n_cases, desc=desc, unit="scan", disable=not progress):
-        found = analyse_volume(hu, spacing, analyzer, config, features=True)
+        found = find_candidates(hu, spacing, analyzer, config, features=True)
         reference = find_lesions(hu, spacing, labels=labels, config=config)
-        candidates = found["candidates"]
         offset = len(probability)
-        if candidates:  # component ids made unique across scans
-            components.append(found["components"] + n_components)
-            n_components += int(found["components"].max()) + 1
-        areas.extend(float(c.total_area_mm2) for c in candidates)
-        probability.extend(float(found["probabilities"][int(c.slices[0])]) for c in candidates)
-        patient.extend([patient_id] * len(candidates))
-        cams.extend(float(s) if s is not None else -np.inf for s in found["cam_scores"])
-        features.append(found["features"])
+        if len(found):  # component ids made unique across scans
+            components.append(found.components + n_components)
+            n_components += int(found.components.max()) + 1
+        areas.extend(found.areas.tolist())
+        probability.extend(found.slice_probabilities.tolist())
+        patient.extend([patient_id] * len(found))
+        cams.extend(float(s) if s is not None else -np.inf for s in found.cam_scores)
+        features.append(found.features)
         flat_labels = np.asarray(labels).reshape(-1)
         non_coronary.extend(bool(np.isin(flat_labels[np.asarray(c.voxels)], NON_CORONARY_LABELS).any())
-                            for c in candidates)
-        for m in match_lesions(reference, candidates)["matches"]:
+                            for c in found)
+        for m in match_lesions(reference, found.lesions)["matches"]:
             pairs.append((offset + m["pred"], n_ref + m["ref"]))
         n_ref += len(reference)
         n_scans += 1
-        n_slices += len(found["probabilities"])
+        n_slices += len(found.probabilities)
         n_positive_slices += len({int(r.slices[0]) for r in reference})
     pairs_array = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     coronary = np.zeros(len(probability), dtype=bool)

@@ -21,6 +21,7 @@ from scipy import ndimage
 from coronary_calcium.errors import InputError
 from coronary_calcium.io.volume import CTVolume
 from coronary_calcium.labels import ARTERY_NAMES, COCA_ROI_NAMES, CORONARY_LABELS, LABEL_NAMES
+from coronary_calcium.scoring.agatston import density_weight
 
 # A pixel centre this close (in pixels) to a polygon edge lies on the boundary and belongs to the ROI.
 BOUNDARY_TOL_PX = 1e-6
@@ -28,8 +29,6 @@ BOUNDARY_TOL_PX = 1e-6
 SLICE_MATCH_FRACTION = 0.5
 # OsiriX ROI type tCPolygon (closed polygon), written for every ROI.
 OSIRIX_CLOSED_POLYGON = 11
-# Agatston density weights: (lower bound of peak HU, weight), highest first; below 130 HU weighs 0.
-AGATSTON_WEIGHTS = ((400.0, 4), (300.0, 3), (200.0, 2), (130.0, 1))
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _LABEL_TO_ROI_NAME = {label: name for name, label in COCA_ROI_NAMES.items()}
@@ -287,13 +286,6 @@ def write_coca_xml(labels: np.ndarray, volume: CTVolume, path: str | Path) -> Pa
     return path
 
 
-def _weight(peak_hu: float) -> int:
-    for lower, weight in AGATSTON_WEIGHTS:
-        if peak_hu >= lower:
-            return weight
-    return 0
-
-
 def coca_xml_agatston(path: str | Path, slice_increment_mm: float = 3.0) -> dict[str, float]:
     """Reference Agatston score from a COCA XML alone: sum over ROIs of Area_cm2 x 100 x weight(Max) x increment/3.
 
@@ -308,6 +300,6 @@ def coca_xml_agatston(path: str | Path, slice_increment_mm: float = 3.0) -> dict
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(path, f"ROI {j} ({roi['Name']}) of image {index}: no numeric Area / Max") from exc
         artery = LABEL_NAMES[COCA_ROI_NAMES[roi["Name"]]]
-        scores[artery] += area_cm2 * 100.0 * _weight(peak) * slice_increment_mm / 3.0
+        scores[artery] += area_cm2 * 100.0 * density_weight(peak) * slice_increment_mm / 3.0
     scores["total"] = float(sum(scores.values()))
     return scores

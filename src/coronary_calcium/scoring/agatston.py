@@ -459,10 +459,10 @@ def category_index(score: float, scheme: str = DEFAULT_RISK_SCHEME) -> int:
         return 0
     upper_closed = RISK_SCHEME_CLOSED_SIDE[scheme] == "upper"
     classes = RISK_SCHEMES[scheme]
-    for i, (_, lo, hi) in enumerate(classes[1:], start=1):
+    for i, (_, lo, hi) in enumerate(classes[1:-1], start=1):
         if (lo < s <= hi) if upper_closed else (lo <= s < hi):
             return i
-    return len(classes) - 1  # unreachable for the schemes above (last upper is inf); kept for safety
+    return len(classes) - 1  # above the last finite cut-point
 
 
 def risk_category(score: float, scheme: str = DEFAULT_RISK_SCHEME) -> str:
@@ -474,6 +474,75 @@ def risk_category(score: float, scheme: str = DEFAULT_RISK_SCHEME) -> str:
     return RISK_SCHEMES[scheme][index][0]
 
 
+def artery_totals(lesions: list[Lesion], arteries: list[str]) -> dict[str, dict[str, float | int]]:
+    """Agatston, volume, mass and lesion count per artery (every name in ``arteries``, zeros when absent).
+
+    A lesion whose artery is not among ``arteries`` is an error: the totals must sum to the scan's.
+    """
+    totals: dict[str, dict[str, float | int]] = {
+        a: {"agatston": 0.0, "volume_mm3": 0.0, "mass_mg": 0.0, "n_lesions": 0} for a in arteries
+    }
+    for les in lesions:
+        if les.artery not in totals:
+            raise InputError("lesions", f"artery {les.artery!r} is not one of {arteries}")
+        d = totals[les.artery]
+        d["agatston"] += les.agatston
+        d["volume_mm3"] += les.volume_mm3
+        d["mass_mg"] += les.mass_mg
+        d["n_lesions"] += 1
+    return totals
+
+
+def _score_notes(config: ScoringConfig, increment_mm: float, slice_thickness: float | None) -> list[str]:
+    notes = []
+    if config.mass_calibration_source == "assumed":
+        notes.append(
+            f"mass uses an assumed calibration factor c = {config.mass_calibration:g} mg/(mm^3 HU), "
+            "not a phantom measurement"
+        )
+    thick_differs = slice_thickness is not None and abs(float(slice_thickness) - float(increment_mm)) > 1e-6
+    if config.normalisation == "thickness" and thick_differs:
+        notes.append(
+            f"Agatston normalised by slice thickness {float(slice_thickness):g} mm while slices are "
+            f"{float(increment_mm):g} mm apart; the increment rule would differ"
+        )
+    if config.normalisation == "none":
+        notes.append("Agatston not normalised to 3 mm slices")
+    if config.weight_from == "lesion_peak" and config.is_3d:
+        notes.append("density weight from each 3D lesion's peak HU (deviation from per-slice Agatston)")
+    if config.threshold != 130.0 or float(config.kvp) != 120.0:
+        notes.append(f"threshold {config.threshold:g} HU at {float(config.kvp):g} kVp")
+    return notes
+
+
+def score_lesions(
+    lesions: list[Lesion],
+    increment_mm: float,
+    *,
+    slice_thickness: float | None = None,
+    unknown_artery: bool = True,
+    config: ScoringConfig = ScoringConfig(),
+) -> ScanScore:
+    """Score lesions already found (by :func:`find_lesions` with the same ``config``): totals, per-artery totals,
+    every risk category, caveats. Nothing is found again, so a subset of candidates is scored as it was found.
+
+    ``per_artery`` always has LM, LAD, LCX and RCA, plus "unknown" with ``unknown_artery`` (without it every lesion
+    must name one of the four); its entries sum to the scan totals.
+    """
+    arteries = [LABEL_NAMES[v] for v in CORONARY_LABELS] + ([UNKNOWN_ARTERY] if unknown_artery else [])
+    total = float(sum(les.agatston for les in lesions))
+    return ScanScore(
+        lesions=list(lesions),
+        agatston=total,
+        volume_mm3=float(sum(les.volume_mm3 for les in lesions)),
+        mass_mg=float(sum(les.mass_mg for les in lesions)),
+        per_artery=artery_totals(lesions, arteries),
+        categories={scheme: risk_category(total, scheme) for scheme in RISK_SCHEMES},
+        config=config.to_dict(),
+        notes=_score_notes(config, increment_mm, slice_thickness),
+    )
+
+
 def score_scan(
     hu: np.ndarray,
     spacing: tuple[float, float, float],
@@ -483,55 +552,15 @@ def score_scan(
     slice_thickness: float | None = None,
     config: ScoringConfig = ScoringConfig(),
 ) -> ScanScore:
-    """Score a scan: lesions (see :func:`find_lesions`), totals, per-artery totals, every risk category.
+    """Score a scan: lesions (see :func:`find_lesions`), then :func:`score_lesions`.
 
     ``per_artery`` always has LM, LAD, LCX and RCA (zeros when absent), plus "unknown" when ``labels``
     is None; its entries sum to the scan totals.
     """
     lesions = find_lesions(hu, spacing, mask=mask, labels=labels, slice_thickness=slice_thickness, config=config)
-    arteries = [LABEL_NAMES[v] for v in CORONARY_LABELS] + ([UNKNOWN_ARTERY] if labels is None else [])
-    per_artery: dict[str, dict[str, float | int]] = {
-        a: {"agatston": 0.0, "volume_mm3": 0.0, "mass_mg": 0.0, "n_lesions": 0} for a in arteries
-    }
-    for les in lesions:
-        d = per_artery[les.artery]
-        d["agatston"] += les.agatston
-        d["volume_mm3"] += les.volume_mm3
-        d["mass_mg"] += les.mass_mg
-        d["n_lesions"] += 1
-    total = float(sum(les.agatston for les in lesions))
-
-    notes = []
-    if config.mass_calibration_source == "assumed":
-        notes.append(
-            f"mass uses an assumed calibration factor c = {config.mass_calibration:g} mg/(mm^3 HU), "
-            "not a phantom measurement"
-        )
-    thick_differs = slice_thickness is not None and abs(float(slice_thickness) - float(spacing[0])) > 1e-6
-    if config.normalisation == "thickness" and thick_differs:
-        notes.append(
-            f"Agatston normalised by slice thickness {float(slice_thickness):g} mm while slices are "
-            f"{float(spacing[0]):g} mm apart; the increment rule would differ"
-        )
-    if config.normalisation == "none":
-        notes.append("Agatston not normalised to 3 mm slices")
-    if config.weight_from == "lesion_peak" and config.is_3d:
-        notes.append("density weight from each 3D lesion's peak HU (deviation from per-slice Agatston)")
-    if config.threshold != 130.0 or float(config.kvp) != 120.0:
-        notes.append(f"threshold {config.threshold:g} HU at {float(config.kvp):g} kVp")
+    score = score_lesions(lesions, float(spacing[0]), slice_thickness=slice_thickness,
+                          unknown_artery=labels is None, config=config)
     if labels is None:
-        notes.append(
-            "no artery labels: lesions are not assigned to arteries and only the mask (if any) "
-            "keeps non-coronary calcium out"
-        )
-
-    return ScanScore(
-        lesions=lesions,
-        agatston=total,
-        volume_mm3=float(sum(les.volume_mm3 for les in lesions)),
-        mass_mg=float(sum(les.mass_mg for les in lesions)),
-        per_artery=per_artery,
-        categories={scheme: risk_category(total, scheme) for scheme in RISK_SCHEMES},
-        config=config.to_dict(),
-        notes=notes,
-    )
+        score.notes.append("no artery labels: lesions are not assigned to arteries and only the mask (if any) "
+                           "keeps non-coronary calcium out")
+    return score

@@ -1,0 +1,144 @@
+"""Candidate lesions of one scan: made once, then taken by the decision, the scoring, calibration and the writers.
+
+A candidate is an Agatston lesion of the whole slice (a 2D component of voxels >= the HU threshold with area >= the
+minimum, `find_lesions` without labels): coronary calcium, bone, aortic and valve calcium alike. `find_candidates`
+runs every slice through the network once (`SliceAnalyzer`: probabilities and CAMs in one pass), finds the
+candidates, and attaches to each its CAM score and, for a lesion classifier, its `lesion_features` and 3D
+component.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from coronary_calcium.errors import InputError
+from coronary_calcium.inference.lesion_features import (
+    LESION_FEATURES,
+    candidate_components,
+    dense_components,
+    lesion_features,
+)
+from coronary_calcium.inference.model import SliceAnalyzer
+from coronary_calcium.inference.thresholds import CAM_POOLINGS
+from coronary_calcium.scoring.agatston import Lesion, ScoringConfig, find_lesions
+
+__all__ = ["Candidates", "candidate_cam_scores", "find_candidates"]
+
+
+@dataclass
+class Candidates:
+    """One scan's candidate lesions and what the network said about them.
+
+    probabilities: per slice, P(coronary calcium). cam_slices / cam_maps: the slices whose CAM map was mapped back
+    onto the original matrix, and those maps (len(cam_slices), Y, X). cam_scores: per candidate, the CAM's maximum
+    or mean over its pixels (None where its slice has no map). features / components: per candidate, its
+    `lesion_features` row and 3D component id (None unless asked for).
+    """
+
+    lesions: list[Lesion]
+    probabilities: np.ndarray
+    cam_slices: list[int]
+    cam_maps: np.ndarray
+    cam_scores: list[float | None]
+    features: np.ndarray | None = None
+    components: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.lesions)
+
+    def __iter__(self) -> Iterator[Lesion]:
+        return iter(self.lesions)
+
+    def __getitem__(self, i: int) -> Lesion:
+        return self.lesions[i]
+
+    @property
+    def slice_of(self) -> np.ndarray:
+        """Each candidate's slice index."""
+        return np.array([int(les.slices[0]) for les in self.lesions], dtype=np.int64)
+
+    @property
+    def slice_probabilities(self) -> np.ndarray:
+        """Each candidate's slice probability."""
+        return self.probabilities[self.slice_of]
+
+    @property
+    def areas(self) -> np.ndarray:
+        """Each candidate's area in mm^2."""
+        return np.array([les.total_area_mm2 for les in self.lesions], dtype=np.float64)
+
+    def feature_columns(self, names: Sequence[str]) -> np.ndarray:
+        """The features named, in that order (a lesion classifier's columns)."""
+        if self.features is None:
+            raise InputError("candidates", "lesion features were not computed (find_candidates(features=True))")
+        return self.features[:, [LESION_FEATURES.index(name) for name in names]]
+
+    def drop_voxels(self, keep: np.ndarray | None = None) -> None:
+        """Forget the CAM maps and the voxel indices of the candidates not in ``keep`` (a boolean mask), to keep a
+        batch's memory small; kept lesions hold on to theirs (agreement needs them)."""
+        self.cam_maps = self.cam_maps[:0]
+        for i, lesion in enumerate(self.lesions):
+            if keep is None or not keep[i]:
+                lesion.voxels = None
+
+
+def candidate_cam_scores(
+    candidates: Sequence[Lesion], shape: Sequence[int], maps: np.ndarray, map_slices: Sequence[int],
+    pooling: str = "max",
+) -> list[float | None]:
+    """Per candidate (2D lesion), the maximum (``pooling="max"``) or mean ("mean") of its slice's CAM map inside its
+    pixels; None where no map. The mean keeps a large bone component that only touches the map's hot spot low."""
+    if pooling not in CAM_POOLINGS:
+        raise InputError("cam_pooling", f"must be one of {list(CAM_POOLINGS)}, got {pooling!r}")
+    reduce = np.max if pooling == "max" else np.mean
+    where = {int(k): i for i, k in enumerate(map_slices)}
+    plane = int(shape[1]) * int(shape[2])
+    scores: list[float | None] = []
+    for lesion in candidates:
+        i = where.get(int(lesion.slices[0]))
+        if i is None or lesion.voxels is None:
+            scores.append(None)
+            continue
+        scores.append(float(reduce(maps[i].ravel()[np.asarray(lesion.voxels) % plane])))
+    return scores
+
+
+def find_candidates(
+    hu: np.ndarray,
+    spacing: Sequence[float],
+    analyzer: SliceAnalyzer,
+    config: ScoringConfig,
+    *,
+    cam_slices: Sequence[int] | Callable[[np.ndarray], Sequence[int]] | None = None,
+    slice_thickness: float | None = None,
+    features: bool = False,
+) -> Candidates:
+    """Slice probabilities, candidate lesions, and CAM maps / scores on ``cam_slices``.
+
+    ``cam_slices``: slice indices, a function of the slice probabilities giving them, or None for every slice
+    holding a candidate (what calibration needs). Every slice runs through the CAM once (its forward pass gives
+    the probabilities); only the chosen slices' maps are resized to the original matrix and kept. With
+    ``features`` the candidates' `lesion_features` and 3D components are computed too (the CAM is then mapped
+    back on every candidate slice, so ``cam_slices`` may hold more slices than asked).
+    """
+    probs, small = analyzer.probabilities_and_cams(hu, pixel_spacing=spacing)
+    lesions = find_lesions(hu, spacing, slice_thickness=slice_thickness, config=config)
+    if callable(cam_slices):
+        cam_slices = cam_slices(probs)
+    candidate_slices = {int(les.slices[0]) for les in lesions}
+    if cam_slices is None:
+        cam_slices = candidate_slices
+    cam_slices = sorted({int(k) for k in cam_slices} | (candidate_slices if features else set()))
+    maps = analyzer.to_original(small[cam_slices], np.shape(hu), spacing)
+    if not features:
+        scores = candidate_cam_scores(lesions, np.shape(hu), maps, cam_slices, analyzer.cam_pooling)
+        return Candidates(lesions, probs, cam_slices, maps, scores)
+    components = dense_components(hu, config)
+    table = lesion_features(hu, spacing, lesions, probs, maps, cam_slices, config, components)
+    # the features hold each candidate's CAM mean and maximum already
+    column = LESION_FEATURES.index("cam_mean" if analyzer.cam_pooling == "mean" else "cam_max")
+    return Candidates(lesions, probs, cam_slices, maps, [float(v) for v in table[:, column]], table,
+                      candidate_components(components, lesions))

@@ -1,0 +1,76 @@
+"""Which candidates are coronary calcium: the thresholds' rule applied to one scan's `Candidates`.
+
+A candidate is kept when its slice's probability >= ``t_slice`` and either the checkpoint's lesion classifier
+gives it a probability >= ``t_lesion`` (its own, or its 3D component's area-weighted mean with lesion_pooling
+"component"), or, for checkpoints calibrated without a classifier, its CAM score >= ``t_cam``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from coronary_calcium.inference.candidates import Candidates
+from coronary_calcium.inference.lesion_classifier import pool_probabilities
+from coronary_calcium.inference.thresholds import Thresholds
+
+__all__ = ["Decision", "decide", "describe_rule"]
+
+
+@dataclass
+class Decision:
+    """Per candidate: kept or not, and the probabilities that decided (None where the rule has none), with the
+    thresholds they were held against."""
+
+    kept: np.ndarray
+    slice_probabilities: np.ndarray
+    t_slice: float
+    t_cam: float
+    t_lesion: float | None = None
+    lesion_probabilities: np.ndarray | None = None
+    component_probabilities: np.ndarray | None = None
+
+    def reason(self, i: int) -> str:
+        """Why candidate ``i`` was not kept: the first threshold it fell below."""
+        if self.slice_probabilities[i] < self.t_slice:
+            return f"slice probability < {self.t_slice:g}"
+        if self.component_probabilities is not None:
+            return f"component probability < {self.t_lesion:g}"
+        if self.lesion_probabilities is not None:
+            return f"lesion probability < {self.t_lesion:g}"
+        return f"CAM score < {self.t_cam:g}"
+
+
+def decide(candidates: Candidates, thresholds: Thresholds) -> Decision:
+    """Apply ``thresholds``' rule to ``candidates`` (which need their features when there is a lesion classifier)."""
+    t = thresholds
+    slice_p = candidates.slice_probabilities
+    on_positive = slice_p >= t.t_slice
+    classifier = t.lesion_classifier
+    if classifier is None:
+        cam_ok = np.array([cam is not None and cam >= t.t_cam for cam in candidates.cam_scores], dtype=bool)
+        return Decision(on_positive & cam_ok, slice_p, t.t_slice, t.t_cam)
+    lesion = classifier.predict_proba(candidates.feature_columns(classifier.features))
+    pooled = None
+    if t.lesion_pooling == "component":
+        pooled = pool_probabilities(lesion, candidates.components, candidates.areas)
+    decided_by = lesion if pooled is None else pooled
+    return Decision(on_positive & (decided_by >= t.t_lesion), slice_p, t.t_slice, t.t_cam, t.t_lesion, lesion, pooled)
+
+
+def describe_rule(t: Thresholds, cam_key: str) -> str:
+    """One sentence for a result's notes: how its coronary calcium was told from the other candidates."""
+    config = t.scoring_config()
+    found = f"candidate lesions (>= {config.threshold:g} HU, >= {config.min_area_mm2:g} mm^2 per slice)"
+    classifier = t.lesion_classifier
+    if classifier is None:
+        return (f"coronary calcium = {found} on slices with probability >= {t.t_slice:g} whose CAM score "
+                f"({t.cam_pooling} of the {t.cam_score} {t.cam_method} at {cam_key}) is >= {t.t_cam:g}; "
+                "non-coronary calcium is excluded by the model alone")
+    pooled = ", averaged over its 3D component weighted by area," if t.lesion_pooling == "component" else ""
+    lumen = ", bordering lumen" if "lumen_mm" in classifier.features else ""
+    return (f"coronary calcium = {found} on slices with probability >= {t.t_slice:g} whose lesion-classifier "
+            f"probability (boosted trees on {len(classifier.features)} features: slice probability, "
+            f"{t.cam_method} at {cam_key}, size, density, 3D extent, position, surrounding tissue{lumen}){pooled} "
+            f"is >= {t.t_lesion:g}; non-coronary calcium is excluded by the models alone")
