@@ -98,7 +98,8 @@ def test_invariants_full_size(full_patient):
     nz, ny, nx = p.volume.shape
     assert (ny, nx) == (512, 512) and 40 <= nz <= 64
     dz, dy, dx = p.volume.spacing
-    assert dz in (2.5, 3.0) and dy == dx and 0.39 <= dx <= 0.81
+    gated = p.truth["generation"]["gated"]
+    assert dz in ((2.5, 3.0) if gated else (5.0,)) and dy == dx and 0.39 <= dx <= 0.81
     assert p.volume.slice_thickness == dz
     assert np.allclose(p.volume.direction, np.eye(3))
     g = p.truth["generation"]
@@ -206,3 +207,47 @@ def test_deterministic_and_independent_of_count():
 def test_bad_index():
     with pytest.raises(InputError):
         generate_patient(SMALL, -1)
+
+
+def test_heavy_burdens_hold_large_multi_slice_plaques():
+    """With large_plaque_prob 1, >400 patients hold a large plaque where it fits in the scanned range (most do):
+    a coronary 3D component of >= 100 mm^3 over >= 3 slices (>= 2 at 5 mm) peaking above 1000 HU."""
+    config = SMALL.replace(large_plaque_prob=1.0, category_weights=(0.0, 0.0, 0.0, 0.0, 1.0))
+    with_large = 0
+    for i in range(4):
+        p = generate_patient(config, i)
+        if not any(pl["fwhm_mm"][0] >= 15.0 and pl["density_hu"] >= 1000.0 for pl in p.truth["plaques"]):
+            continue
+        with_large += 1
+        lab, _ = ndi.label(np.isin(p.labels, CORONARY_LABELS), structure=np.ones((3, 3, 3), dtype=bool))
+        sizes = np.bincount(lab.ravel())[1:] * float(np.prod(p.volume.spacing))
+        big = int(np.argmax(sizes)) + 1
+        zs = np.unique(np.nonzero(lab == big)[0])
+        min_slices = 2 if p.volume.spacing[0] >= 5.0 else 3
+        assert sizes.max() >= 100.0 and zs.size >= min_slices, (p.patient_id, sizes.max(), zs.size)
+        assert p.volume.hu[lab == big].max() > 1000.0
+    assert with_large >= 2
+
+
+def test_ostial_left_main_calcium_touches_aortic_root_calcium():
+    """With ostial_lm_prob 1, some patients have a 2D component holding both left-main and aortic calcium; the
+    truth counts only its left-main voxels."""
+    config = SMALL.replace(ostial_lm_prob=1.0, category_weights=(0.0, 0.0, 0.0, 0.5, 0.5))
+    touching = 0
+    for i in range(6):
+        p = generate_patient(config, i)
+        lab, _ = ndi.label(p.volume.hu >= 130.0, structure=S2D)
+        both = set(np.unique(lab[p.labels == 1])) & set(np.unique(lab[p.labels == AORTIC])) - {0}
+        touching += len(both)
+        lm = score_scan(p.volume.hu, p.volume.spacing, labels=p.labels).per_artery["LM"]["agatston"]
+        assert p.truth["per_artery"]["LM"]["agatston"] == pytest.approx(lm)
+    assert touching >= 1
+
+
+def test_full_chest_scans_use_their_own_slice_increments():
+    config = SMALL.replace(gated_fraction=0.0, full_slice_increments_mm=(5.0,))
+    assert {generate_patient(config, i).volume.spacing[0] for i in range(3)} == {5.0}
+    with pytest.raises(InputError, match="full_slice_increments_mm"):
+        SMALL.replace(full_slice_increments_mm=())
+    with pytest.raises(InputError, match="large_plaque_prob"):
+        SMALL.replace(large_plaque_prob=1.5)

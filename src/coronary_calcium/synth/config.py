@@ -44,7 +44,9 @@ class SynthConfig:
     full_fov_mm: tuple[float, float] = (330.0, 410.0)
     """Field of view of full-chest scans (0.64-0.80 mm pixels at 512); widened to fit the body when needed."""
     slice_increments_mm: tuple[float, ...] = (2.5, 3.0)
-    """Slice increments to choose from (slice thickness = increment: contiguous slices)."""
+    """Slice increments of gated scans to choose from (slice thickness = increment: contiguous slices)."""
+    full_slice_increments_mm: tuple[float, ...] = (5.0,)
+    """Slice increments of full-chest (non-gated) scans: public non-gated chest CT is mostly 5 mm."""
     n_slices: tuple[int, int] = (40, 64)
     """Allowed number of slices; the scan covers the heart plus margins, clipped to this range."""
     noise_sd_hu: tuple[float, float] = (10.0, 30.0)
@@ -83,6 +85,12 @@ class SynthConfig:
     """Plaque size across the vessel (FWHM of its density profile); length along the vessel is 1.2-3x this (at most 15 mm)."""
     plaque_density_hu: tuple[float, float] = (250.0, 1400.0)
     """Plaque core HU above the vessel before partial volume; observed peaks span ~130 to >1000 HU."""
+    large_plaque_prob: float = 0.5
+    """Probability that a patient of category 101-400 or >400 has one large multi-slice plaque (15-30 mm along
+    the vessel, 4.5-8 mm across, 1000-1600 HU core: the 100-1,500 mm^3 plaques of heavy real burdens)."""
+    ostial_lm_prob: float = 0.15
+    """Probability that a patient with coronary calcium has left-main calcium at the ostium touching calcium of
+    the aortic root wall (one 2D component labelled LM and aortic)."""
 
     # --- non-coronary calcium and distractors --------------------------------------------------------------
     aortic_calcification_prob: float = 0.45
@@ -191,6 +199,11 @@ def _validate(c: SynthConfig) -> None:
         or not all(_is_num(x) and x > 0 for x in c.slice_increments_mm)
     ):
         raise InputError("slice_increments_mm", f"must be one or more positive numbers, got {c.slice_increments_mm!r}")
+    increments = c.full_slice_increments_mm
+    if not isinstance(increments, tuple) or not increments or not all(_is_num(x) and x > 0 for x in increments):
+        raise InputError("full_slice_increments_mm", f"must be one or more positive numbers, got {increments!r}")
+    _check_prob("large_plaque_prob", c.large_plaque_prob)
+    _check_prob("ostial_lm_prob", c.ostial_lm_prob)
     if not isinstance(c.n_slices, tuple) or len(c.n_slices) != 2 or not all(_is_int(x) for x in c.n_slices):
         raise InputError("n_slices", f"must be a (min, max) pair of integers, got {c.n_slices!r}")
     if not 1 <= c.n_slices[0] <= c.n_slices[1] <= 1000:

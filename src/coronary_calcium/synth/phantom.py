@@ -23,10 +23,13 @@ from scipy import ndimage as ndi
 from coronary_calcium.errors import InputError
 from coronary_calcium.io.volume import CTVolume
 from coronary_calcium.labels import AORTIC, CORONARY_LABELS, LABEL_NAMES, LAD, LCX, LM, RCA, VALVE
+from coronary_calcium.scoring.agatston import ScoringConfig, find_lesions, score_scan
 from coronary_calcium.synth.config import CATEGORY_BOUNDS, CATEGORY_LABELS, SynthConfig
 
-CALCIUM_THRESHOLD_HU = 130.0
-MIN_LESION_AREA_MM2 = 1.0
+# The truth follows the scoring module's default rules (120 kVp): one source of the Agatston rules.
+SCORING = ScoringConfig()
+CALCIUM_THRESHOLD_HU = SCORING.threshold
+MIN_LESION_AREA_MM2 = SCORING.min_area_mm2
 # A plaque claims a voxel where it adds at least this much HU (after blur) and more than any other plaque.
 PLAQUE_REGION_HU = 10.0
 # Noise specks >= 130 HU in the heart region of at least this area are flattened (see _despeckle); a bit
@@ -547,7 +550,8 @@ def _draw_grid(rng: np.random.Generator, config: SynthConfig, an: _Anatomy) -> t
         fov = max(rng.uniform(*config.full_fov_mm), 2 * an.body[0] + 10.0)
         cx, cy = rng.uniform(-5.0, 5.0), rng.uniform(0.0, 15.0)
     ps = fov / n
-    dz = float(config.slice_increments_mm[int(rng.integers(len(config.slice_increments_mm)))])
+    increments = config.slice_increments_mm if gated else config.full_slice_increments_mm
+    dz = float(increments[int(rng.integers(len(increments)))])
     v, a = an.ventricles, an.atria
     z_lo = v.centre[2] - v.extent(an.s_peri_line)[2] - rng.uniform(2.0, 8.0)
     z_hi = max(a.centre[2] + a.extent(an.s_peri_line)[2], an.root[2] + an.root_r) + rng.uniform(3.0, 15.0)
@@ -794,10 +798,6 @@ def _paint_anatomy(grid: _Grid, an: _Anatomy, table: bool) -> tuple[np.ndarray, 
 
 
 # --- calcium --------------------------------------------------------------------------------------------------
-def _weight(peak: float) -> int:
-    return 0 if peak < 130 else 1 if peak < 200 else 2 if peak < 300 else 3 if peak < 400 else 4
-
-
 def _render_plaque(pl: Plaque, grid: _Grid, kernel: np.ndarray, thickness: float) -> bool:
     """Sample the plaque's density on its box (averaged over the slice thickness, blurred in-plane)."""
     h = pl.fwhm_mm / 2.0
@@ -830,16 +830,9 @@ _S2D[1] = True  # 8-connected components within each slice, none across slices
 
 
 def _box_agatston(val: np.ndarray, region: np.ndarray, grid: _Grid) -> float:
-    """Agatston score of the >= 130 HU voxels of ``region`` on a box of rounded HU (2D lesions >= 1 mm^2)."""
-    lab, n = ndi.label(region & (val >= CALCIUM_THRESHOLD_HU), structure=_S2D)
-    if n == 0:
-        return 0.0
-    index = np.arange(1, n + 1)
-    area = np.bincount(lab.ravel(), minlength=n + 1)[1:] * grid.ps**2
-    peak = np.asarray(ndi.maximum(val, labels=lab, index=index))
-    weight = np.array([_weight(float(p)) for p in peak])
-    keep = area >= MIN_LESION_AREA_MM2 - 1e-9
-    return float((area * weight)[keep].sum() * grid.dz / 3.0)
+    """Agatston score of the calcium inside ``region`` on a box of rounded HU (the scoring module's rules)."""
+    lesions = find_lesions(val, (grid.dz, grid.ps, grid.ps), mask=region, config=SCORING)
+    return float(sum(les.agatston for les in lesions))
 
 
 def _perp_frame(rng: np.random.Generator, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -858,10 +851,11 @@ def _usable(pts: np.ndarray, grid: _Grid, margin: float = 4.0) -> np.ndarray:
 
 def _draw_coronary(
     rng: np.random.Generator, config: SynthConfig, an: _Anatomy, grid: _Grid, category: int,
-    hu: np.ndarray, kernel: np.ndarray,
+    hu: np.ndarray, kernel: np.ndarray, first: list[Plaque] = (),
 ) -> tuple[list[Plaque], float, float]:
     """Add coronary plaques to ``hu`` (blurred anatomy + noise) until the score reaches a target in the category.
 
+    ``first``: plaques placed before the drawn ones (`_special_plaques`), each kept if it fits the category.
     Each candidate is scored on the image it will land in (noise and earlier plaques included), so the
     measured score of the finished scan matches the running total up to rounding and plaque overlaps.
     """
@@ -879,7 +873,30 @@ def _draw_coronary(
     h_lo, h_hi = config.plaque_density_hu
     region = np.zeros(grid.shape, dtype=bool)  # union of the coronary plaques' regions so far
     plaques: list[Plaque] = []
-    total, scale = 0.0, 1.0
+    total = 0.0
+
+    def add(pl: Plaque) -> float | str:
+        """Render and score ``pl`` on the image; keep it and return its score, or say why not ("outside", "nothing"
+        or "too much" for the category)."""
+        if not _render_plaque(pl, grid, kernel, grid.dz):
+            return "outside"
+        v0, r0 = hu[pl.box], region[pl.box]
+        r1 = r0 | (pl.patch >= PLAQUE_REGION_HU)
+        est = _box_agatston(np.rint(v0 + pl.patch), r1, grid) - _box_agatston(np.rint(v0), r0, grid)
+        if est <= 0.0:
+            return "nothing"
+        if total + est > cap:
+            return "too much"
+        pl.estimated_agatston = est
+        v0 += pl.patch
+        r0 |= r1
+        plaques.append(pl)
+        return est
+
+    for pl in first:
+        if _usable(pl.centre_mm[None, :], grid)[0] and not isinstance(est := add(pl), str):
+            total += est
+    scale = 1.0
     for _ in range(30 * config.max_plaques + 20):
         if total >= target or len(plaques) >= config.max_plaques:
             break
@@ -896,33 +913,61 @@ def _draw_coronary(
         along = min(d * rng.uniform(1.2, 3.0), 15.0)
         fwhm = np.maximum(np.array([along, d * rng.uniform(0.4, 0.75), d * rng.uniform(0.6, 1.0)]), 0.6)
         centre = art.pts[j] + n * art.radius[j] * rng.uniform(0.2, 0.8)
-        pl = Plaque(art.label, centre, np.stack([t, n, b]), fwhm, dens)
-        if not _render_plaque(pl, grid, kernel, grid.dz):
-            continue
-        v0, r0 = hu[pl.box], region[pl.box]
-        r1 = r0 | (pl.patch >= PLAQUE_REGION_HU)
-        before = _box_agatston(np.rint(v0), r0, grid)
-        est = _box_agatston(np.rint(v0 + pl.patch), r1, grid) - before
-        if est <= 0.0:
+        est = add(Plaque(art.label, centre, np.stack([t, n, b]), fwhm, dens))
+        if est == "nothing":
             scale = min(scale * 1.3, 1.5)
-            continue
-        if total + est > cap:
+        elif est == "too much":
             scale *= 0.75
+        if isinstance(est, str):
             continue
-        pl.estimated_agatston = est
-        v0 += pl.patch
-        r0 |= r1
-        plaques.append(pl)
         total += est
         scale = 1.0
     return plaques, target, total
 
 
-def _draw_noncoronary(
-    rng: np.random.Generator, config: SynthConfig, an: _Anatomy, grid: _Grid, category: int, kernel: np.ndarray
-) -> list[Plaque]:
-    """Hard negatives: aortic wall calcification (label 5), aortic valve / mitral annulus calcification (6)."""
+def _special_plaques(rng: np.random.Generator, config: SynthConfig, an: _Anatomy, category: int) -> list[Plaque]:
+    """Plaques of real heavy or awkward burdens, placed before the drawn ones: a large multi-slice plaque (categories
+    101-400 and >400, ``large_plaque_prob``) and left-main calcium at the ostium (``ostial_lm_prob``)."""
     out: list[Plaque] = []
+    u = rng.uniform
+    if category >= 3 and rng.random() < config.large_plaque_prob:
+        w = np.asarray(config.artery_weights[1:], dtype=float)
+        art = an.arteries[1 + int(rng.choice(3, p=w / w.sum()))]
+        j = int(u(0.05, 0.5) * len(art.pts))
+        t = art.tangent[j]
+        n, b = _perp_frame(rng, t)
+        d = u(4.5, 8.0)
+        fwhm = np.array([u(15.0, 30.0), d * u(0.6, 0.9), d * u(0.8, 1.0)])
+        out.append(Plaque(art.label, art.pts[j] + n * art.radius[j] * u(0.2, 0.6), np.stack([t, n, b]), fwhm,
+                          u(1000.0, 1600.0)))
+    if category >= 1 and rng.random() < config.ostial_lm_prob:
+        lm = next(a for a in an.arteries if a.label == LM)
+        j = int(rng.integers(1, 4))
+        t = lm.tangent[j]
+        n, b = _perp_frame(rng, t)
+        fwhm = np.array([u(3.0, 6.0), u(1.5, 3.0), u(2.0, 3.5)])
+        out.append(Plaque(LM, lm.pts[j] + n * lm.radius[j] * u(0.2, 0.6), np.stack([t, n, b]), fwhm, u(400.0, 1200.0)))
+    return out
+
+
+def _ostial_aortic(rng: np.random.Generator, an: _Anatomy, lm_plaque: Plaque) -> Plaque:
+    """Calcium of the aortic root's wall at the left-main ostium, touching ``lm_plaque`` (labelled aortic)."""
+    u = rng.uniform
+    radial = _unit((lm_plaque.centre_mm - an.root) * np.array([1.0, 1.0, 0.0]))
+    axis = np.array([0.0, 0.0, 1.0])
+    circ = np.cross(axis, radial)
+    centre = an.root + radial * (an.root_r - 0.5) + circ * u(-2.0, 2.0) + axis * (lm_plaque.centre_mm[2] - an.root[2])
+    fwhm = np.array([u(3.0, 7.0), u(1.0, 1.8), u(4.0, 8.0)])
+    return Plaque(AORTIC, centre, np.stack([axis, radial, circ]), fwhm, u(400.0, 1200.0))
+
+
+def _draw_noncoronary(
+    rng: np.random.Generator, config: SynthConfig, an: _Anatomy, grid: _Grid, category: int, kernel: np.ndarray,
+    special: list[Plaque] = (),
+) -> list[Plaque]:
+    """Hard negatives: aortic wall calcification (label 5), aortic valve / mitral annulus calcification (6); with an
+    ostial left-main plaque among ``special``, the aortic root calcium it touches."""
+    out: list[Plaque] = [_ostial_aortic(rng, an, pl) for pl in special if pl.label == LM]
     boost = 0.4 + 0.3 * category
     u = rng.uniform
     if rng.random() < min(1.0, config.aortic_calcification_prob * boost):
@@ -1076,10 +1121,11 @@ def generate_patient(config: SynthConfig, index: int) -> SyntheticPatient:
     del buf
     # Calcium arrives blurred by the same kernel (rendered on small boxes): distractors first, then the
     # coronary plaques, drawn on the final image until the burden reaches its target.
-    plaques = _draw_noncoronary(rng, config, an, grid, category, kernel)
+    special = _special_plaques(rng, config, an, category)
+    plaques = _draw_noncoronary(rng, config, an, grid, category, kernel, special)
     for pl in plaques:
         hu[pl.box] += pl.patch
-    coronary, target, estimate = _draw_coronary(rng, config, an, grid, category, hu, kernel)
+    coronary, target, estimate = _draw_coronary(rng, config, an, grid, category, hu, kernel, special)
     plaques += coronary
     np.clip(hu, HU_MIN, HU_MAX, out=hu)
     np.rint(hu, out=hu)
@@ -1129,9 +1175,7 @@ def generate_patient(config: SynthConfig, index: int) -> SyntheticPatient:
 
 def _truth(pid: str, volume: CTVolume, labels: np.ndarray, plaques: list[Plaque], generation: dict[str, Any],
            table_z: float) -> dict[str, Any]:
-    from coronary_calcium.scoring.agatston import score_scan
-
-    score = score_scan(volume.hu, volume.spacing, labels=labels)
+    score = score_scan(volume.hu, volume.spacing, labels=labels, config=SCORING)
     pixel_area = volume.pixel_area_mm2
     # Work on the box around the labelled voxels (slice indices stay global).
     flat = np.flatnonzero(labels)
