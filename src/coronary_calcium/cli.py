@@ -5,26 +5,43 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-from coronary_calcium.errors import InputError, find_input_error
+from coronary_calcium.errors import InputError, find_user_error
+
+if TYPE_CHECKING:
+    from coronary_calcium.io.manifest import ScanEntry
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from coronary_calcium.io.manifest import validate_manifest
-    from coronary_calcium.io.scans import check_scan_readable
+    from coronary_calcium.io.manifest import problems_error, validate_manifest
 
-    manifest, problems = validate_manifest(args.manifest, check_images=None if args.quick else check_scan_readable)
-    for p in problems:
-        print(f"error: {p}", file=sys.stderr)
+    manifest, problems = validate_manifest(args.manifest, check_images=None if args.quick else check_scan)
     if problems:
-        print(f"{args.manifest}: {len(problems)} problem(s)", file=sys.stderr)
-        return 1
+        raise problems_error(args.manifest, problems)
     assert manifest is not None
     counts = {s: len(manifest.split(s)) for s in ("train", "validation", "test")}
     patients = len({s.patient_id for s in manifest.scans})
     print(f"{manifest.path}: OK: {len(manifest.scans)} scans of {patients} patients; " f"splits {counts}")
     return 0
+
+
+def check_scan(scan: ScanEntry) -> None:
+    """Read a manifest scan and its reference, and check the volume with the checks `infer` runs before scoring."""
+    from coronary_calcium.io.scans import read_scan
+    from coronary_calcium.io.volume import check_ct_volume
+
+    volume, _ = read_scan(scan)
+    check_ct_volume(volume, scan.image)
+
+
+def _out_path(value: str | None, option: str = "--out") -> Path | None:
+    """``value`` as a path; an empty string is refused (it would mean the current folder)."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise InputError(option, "empty path: give the output path")
+    return Path(value)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -33,12 +50,14 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from coronary_calcium.synth.regenerate import regenerate_from_manifest
 
     if args.manifest is not None:
-        if args.out or args.patients is not None or args.seed is not None or args.config:
-            raise InputError("--manifest", "takes the set's parameters from the manifest: drop --out/--patients/--seed/--config")
+        if args.out is not None or args.patients is not None or args.seed is not None or args.config is not None:
+            raise InputError("--manifest", "takes the set's parameters from the manifest: drop "
+                             "--out/--patients/--seed/--config")
         made = regenerate_from_manifest(args.manifest, overwrite=args.overwrite, workers=args.workers)
         print(f"{args.manifest}: " + ("generated its data set" if made else "its data set is already there"))
         return 0
-    if args.out is None:
+    out = _out_path(args.out)
+    if out is None:
         raise InputError("synth", "give --out DIR (or --manifest MANIFEST)")
     fields = {}
     if args.config is not None:
@@ -48,10 +67,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if args.seed is not None:
         fields["seed"] = args.seed
     config = SynthConfig.from_dict(fields)
-    if args.if_missing and (args.out / "data_manifest.json").is_file():
-        print(f"{args.out}: already holds a data set (drop --if-missing, add --overwrite to replace it)")
+    if args.if_missing and (out / "data_manifest.json").is_file():
+        print(f"{out}: already holds a data set (drop --if-missing, add --overwrite to replace it)")
         return 0
-    manifest = generate_dataset(args.out, config, overwrite=args.overwrite, workers=args.workers)
+    manifest = generate_dataset(out, config, overwrite=args.overwrite, workers=args.workers)
     print(f"wrote {manifest}")
     return 0
 
@@ -59,10 +78,14 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _read_json_object(path: Path) -> dict:
     import json
 
+    if path.is_dir():
+        raise InputError(path, "is a folder, not a JSON file of SynthConfig fields")
     try:
-        value = json.loads(path.read_text())
+        value = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
+    except UnicodeDecodeError:
+        raise InputError(path, "not a text file: expected a JSON object of SynthConfig fields") from None
     except json.JSONDecodeError as e:
         raise InputError(path, f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     if not isinstance(value, dict):
@@ -73,7 +96,8 @@ def _read_json_object(path: Path) -> dict:
 def _cmd_montage(args: argparse.Namespace) -> int:
     from coronary_calcium.synth.montage import write_montage
 
-    out = write_montage(args.dataset, args.out, n_slices=args.slices, seed=args.seed)
+    out = write_montage(args.dataset, _out_path(args.out), n_slices=args.slices, seed=args.seed,
+                        overwrite=args.overwrite)
     print(f"wrote {out}")
     return 0
 
@@ -92,8 +116,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     if args.command == "cam-montage":
         overrides["run"] = ["@cam_montage_png"]
-        if args.out is not None:
-            overrides["cam_montage_file"] = str(args.out.resolve())
+        out = _out_path(args.out)
+        if out is not None:
+            if out.is_dir():
+                raise InputError(out, "is a folder: give the PNG file to write, e.g. cam_montage.png")
+            overrides["cam_montage_file"] = str(out.resolve())
         parser = run_bundle(configs, overrides)
         print(f"wrote {parser.get_parsed_content('cam_montage_file')}")
         return 0
@@ -108,7 +135,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
         print(f"{split} slices: {m['n']}  accuracy {m['accuracy']:.4f}  precision {m['precision']:.4f}  "
               f"recall {m['recall']:.4f}  F1 {m['f1']:.4f}  ROC AUC {auc}")
-        print(f"confusion matrix (rows truth, columns prediction): {m['confusion_matrix']['rows_truth_cols_prediction']}")
+        cm = m["confusion_matrix"]["rows_truth_cols_prediction"]
+        print(f"confusion matrix (rows truth, columns prediction): {cm}")
     for k, v in paths.items():
         print(f"{k.replace('_dir', '').replace('ckpt', 'checkpoints')}: {v}")
     return 0
@@ -119,13 +147,11 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from coronary_calcium.train.bundle import BUNDLE_ROOT
 
     ckpt_dir = args.ckpt_dir or BUNDLE_ROOT / "runs" / args.network / "models"
-    result = run_inference(args.input, args.out, ckpt_dir=ckpt_dir, overwrite=args.overwrite, split=args.split,
-                           rule=args.rule)
+    result = run_inference(args.input, _out_path(args.out), ckpt_dir=ckpt_dir, overwrite=args.overwrite,
+                           split=args.split, rule=args.rule)
     print(f"{result.n_ok} scan(s) scored, {result.n_error} failed; summary: {result.summary_csv}")
     if result.report_html is not None:
         print(f"report: {result.report_html}")
-    for scan_id, reason in result.failures:
-        print(f"failed: {scan_id}: {reason}", file=sys.stderr)
     agreement = result.agreement or {}
     scores = agreement.get("scores")
     if scores:
@@ -155,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="coronary-calcium",
         description="Coronary artery calcium in chest CT: data, training, explanation and scoring.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="check a data manifest: schema, files, splits, readable images")
@@ -163,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("synth", help="generate a synthetic chest-CT data set with coronary calcium")
-    p.add_argument("--out", type=Path, help="output folder (with --manifest: defaults to its data_root)")
+    p.add_argument("--out", help="output folder (with --manifest: defaults to its data_root)")
     p.add_argument("--manifest", type=Path, help="regenerate the set a manifest describes (its generator block)")
     p.add_argument("--patients", type=int, help="number of patients (default: the config's)")
     p.add_argument("--seed", type=int, help="random seed (default: the config's)")
@@ -175,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("montage", help="write a PNG montage of synthetic slices with calcium and distractors")
     p.add_argument("dataset", type=Path, help="a synthetic data set folder or its manifest")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing PNG")
     p.add_argument("--slices", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_montage)
@@ -190,9 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("infer", help="score scans: slice probabilities, CAMs, lesions, Agatston per scan, report")
-    p.add_argument("input", type=Path, help="a manifest, a DICOM series folder, a NIfTI/MetaImage file, or a folder of scans")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--network", default="inception_v3_scratch", help="trained network id (finds bundle/runs/<id>/models)")
+    p.add_argument("input", type=Path,
+                   help="a manifest, a DICOM series folder, a NIfTI/MetaImage file, or a folder of scans")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--network", default="inception_v3_scratch",
+                   help="trained network id (finds bundle/runs/<id>/models)")
     p.add_argument("--ckpt-dir", type=Path, help="folder holding model.pt and thresholds.json (overrides --network)")
     p.add_argument("--split", help="with a manifest: only this split")
     p.add_argument("--overwrite", action="store_true", help="replace existing results")
@@ -214,28 +244,44 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(p)
         p.set_defaults(func=func)
 
-    p = sub.add_parser("cam-montage", help="PNG of Grad-CAM overlays, rows = layers shallow to deep, for a trained network")
+    p = sub.add_parser("cam-montage",
+                       help="PNG of Grad-CAM overlays, rows = layers shallow to deep, for a trained network")
     _add_bundle_args(p)
-    p.add_argument("--out", type=Path, help="PNG path (default: <output_dir>/eval/cam_montage.png)")
+    p.add_argument("--out", help="PNG path (default: <output_dir>/eval/cam_montage.png)")
     p.set_defaults(func=_cmd_train)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: bad input prints one `error:` line and exits with status 2."""
+    """Entry point: bad input (an `InputError` or an OS error about a path) prints one `error: <item>: <problem>`
+    line and exits with status 2; any other error one line and status 1. `--debug` shows the traceback."""
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    if args.debug:  # per-scan failures log their traceback at debug level
+        import logging
+
+        logging.basicConfig(level=logging.INFO)
+        logging.getLogger("coronary_calcium").setLevel(logging.DEBUG)
     try:
         return func(args)
-    except Exception as e:  # noqa: BLE001 - bad input reaches us wrapped by MONAI's config parser
-        err = find_input_error(e)
-        if err is None:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - bad input reaches us wrapped by MONAI's config parser and Ignite
+        if args.debug:
+            raise
+        err = find_user_error(e)
+        if err is not None:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"error: {args.command}: internal error ({type(e).__name__}: {_first_line(e)}); rerun with --debug "
+              "for the traceback", file=sys.stderr)
+        return 1
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
 
 
 if __name__ == "__main__":

@@ -178,6 +178,10 @@ def test_discovery_of_inputs(tmp_path, tiny_manifest):
     write_dicom_series(vol, tmp_path / "coca" / "patient" / "101" / "series 1", patient_id="101")
     scans, _ = discover_inputs(tmp_path / "coca")
     assert [s.scan_id for s in scans] == ["patient_101_series_1"]
+    (tmp_path / "coca" / "patient" / "selfloop").symlink_to(".", target_is_directory=True)  # a link loop
+    (tmp_path / "coca" / "series link").symlink_to(tmp_path / "coca" / "patient" / "101" / "series 1")
+    scans, _ = discover_inputs(tmp_path / "coca")
+    assert [s.scan_id for s in scans] == ["patient_101_series_1"]  # each folder once, links not walked
     single, _ = discover_inputs(tmp_path / "coca" / "patient" / "101" / "series 1")
     assert [s.scan_id for s in single] == ["series_1"]
     from_manifest, m = discover_inputs(tiny_manifest, split="test")

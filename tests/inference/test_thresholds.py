@@ -237,3 +237,40 @@ def test_channels_must_match_the_hu_windows_and_version_1_files_still_load(tmp_p
     assert old.cam_pooling == "max" and old.cam_gate_layer is None  # earlier files: the maximum, no gating
     with pytest.raises(InputError, match="cam_pooling"):
         Thresholds(**base, cam_pooling="median")
+
+
+_BAD_FIELDS = [
+    ({"t_slice": float("nan")}, "t_slice: must be a finite number"),
+    ({"t_cam": float("inf")}, "t_cam: must be a finite number"),
+    ({"t_slice": 1.5}, "t_slice: must be a probability"),
+    ({"t_slice": "0.5"}, "t_slice: must be a number"),
+    ({"version": 99}, "version: 99 is not a thresholds version"),
+    ({"version": 0}, "version: 0 is not a thresholds version"),
+    ({"version": "5"}, "version: must be an integer"),
+    ({"image_size": "256"}, "image_size: must be [height, width]"),
+    ({"image_size": None}, "image_size: must be [height, width]"),
+    ({"image_size": [32, "x"]}, "image_size: must be two positive integers"),
+    ({"scoring": 130}, "scoring: must be an object"),
+    ({"scoring": {"kvp": "high"}}, "scoring"),
+    ({"cam_gate_layer": 3}, "cam_gate_layer: must be a string or null"),
+    ({"validation": []}, "validation: must be an object"),
+    ({"cam_method": ["gradcam"]}, "cam_method: must be a string"),
+    ({"in_channels": True}, "in_channels: must be an integer or null"),
+    ({"lesion_classifier": [1]}, "lesion_classifier: must be an object or null"),
+]
+
+
+_IDS = [f"{next(iter(bad))}-{i}" for i, (bad, _) in enumerate(_BAD_FIELDS)]
+
+
+@pytest.mark.parametrize("bad, message", _BAD_FIELDS, ids=_IDS)
+def test_thresholds_fields_of_the_wrong_type_or_value_are_refused_at_load(tmp_path, bad, message):
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"weights")
+    t = Thresholds(network_name="tiny_cnn", checkpoint="model.pt", checkpoint_sha256=file_sha256(ckpt), t_slice=0.35,
+                   t_cam=0.6, cam_layer="layer2", image_size=(64, 64))
+    path = save_thresholds(t, tmp_path)
+    path.write_text(json.dumps({**json.loads(path.read_text()), **bad}))
+    with pytest.raises(InputError, match=MISSING.split(":")[0]) as e:
+        load_thresholds(path, ckpt)
+    assert message in str(e.value)

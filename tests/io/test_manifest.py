@@ -89,8 +89,36 @@ def test_every_problem_is_listed(tmp_path, files):
 def test_validate_command_exit_codes(tmp_path, files, capsys):
     bad = _manifest()
     bad["scans"][0]["reference"] = {"labels": "P1/nothing.nii.gz"}
-    assert main(["validate", "--quick", str(_write(tmp_path, bad))]) == 1
+    assert main(["validate", "--quick", str(_write(tmp_path, bad))]) == 2
     err = capsys.readouterr().err
     assert "labels file" in err and "nothing.nii.gz does not exist" in err
+    labels = tmp_path / "data" / "P1" / "nothing.nii.gz"
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: {tmp_path / 'data_manifest.json'}: scans/0 (P1): labels file {labels} does not exist"]
     assert main(["validate", "--quick", str(_write(tmp_path, _manifest(), "ok.json"))]) == 0
     assert "OK: 3 scans of 3 patients" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("image, field", [("../outside.nii.gz", "image"), ("P2/../../outside.nii.gz", "image"),
+                                          ("/etc/passwd.nii.gz", "image")])
+def test_paths_outside_data_root_are_refused_unless_allowed(tmp_path, files, image, field):
+    (tmp_path / "outside.nii.gz").write_bytes(b"")
+    m = _manifest()
+    m["scans"][1]["image"] = image
+    _, problems = validate_manifest(_write(tmp_path, m), check_files=False)
+    assert len(problems) == 1 and f"{field} {image!r} is outside data_root" in problems[0], problems
+    m["allow_outside_data_root"] = True
+    _, problems = validate_manifest(_write(tmp_path, m), check_files=False)
+    assert problems == []
+
+
+def test_reference_paths_outside_data_root_are_refused(tmp_path, files):
+    m = _manifest()
+    m["scans"][1]["reference"]["labels"] = "../../labels.nii.gz"
+    m["scans"][2]["truth"] = "/tmp/truth.json"
+    _, problems = validate_manifest(_write(tmp_path, m), check_files=False)
+    assert len(problems) == 2 and "labels '../../labels.nii.gz'" in problems[0] and "truth '/tmp" in problems[1]
+    # a path that climbs out and back in stays inside
+    m = _manifest()
+    m["scans"][1]["image"] = "../data/P2/ct.nii.gz"
+    assert validate_manifest(_write(tmp_path, m))[1] == []

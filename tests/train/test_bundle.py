@@ -45,7 +45,7 @@ def test_train_writes_checkpoints_and_tensorboard_scalars(trained):
                 "val_f1", "val_roc_auc", "val_loss"):
         assert [step for step, _ in scalars[tag]] == [1, 2], tag
     assert all(0.0 <= v <= 1.0 for _, v in scalars["val_accuracy"])
-    last = torch.load(trained / "models" / "last.pt", map_location="cpu", weights_only=False)
+    last = torch.load(trained / "models" / "last.pt", map_location="cpu", weights_only=True)
     assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"]
     # the Grad-CAM panel handler on the validation evaluator: an overlay per CAM layer and the raw peak
     acc = EventAccumulator(str(trained / "tensorboard"), size_guidance={"images": 0})
@@ -63,9 +63,9 @@ def test_wrong_cam_layer_fails_at_config_load(tiny_manifest, tmp_path, overrides
 
 
 def test_resume_continues_the_epoch_count(trained, tiny_manifest, overrides):
-    before = torch.load(trained / "models" / "last.pt", map_location="cpu", weights_only=False)
+    before = torch.load(trained / "models" / "last.pt", map_location="cpu", weights_only=True)
     run_bundle(["train"], overrides(tiny_manifest, trained, max_epochs=3))
-    after = torch.load(trained / "models" / "last.pt", map_location="cpu", weights_only=False)
+    after = torch.load(trained / "models" / "last.pt", map_location="cpu", weights_only=True)
     assert after["trainer"]["iteration"] == before["trainer"]["iteration"] + before["trainer"]["epoch_length"]
     steps = [s for s, _ in read_scalars(trained / "tensorboard")["val_accuracy"]]
     assert steps == [1, 2, 3]  # epoch 3 only was trained in the second run

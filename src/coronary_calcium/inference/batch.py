@@ -8,12 +8,16 @@ Input PATH:
 
 Outcome: a scan that cannot be read or is not CT is reported (``summary.csv`` status "error" with the reason,
 printed to stderr) and the others are processed. The run succeeds when at least one scan was scored; when every
-scan failed, `run_inference` raises `InputError` (the command line exits non-zero) after writing the summary.
+scan failed, `run_inference` raises `InputError` (the command line exits 2) after writing the summary, with the
+first reason in its message (the per-scan lines are printed only when some scan was scored).
 Existing results are never overwritten unless ``overwrite=True``: this is checked for every scan before any work.
+Outputs are all-or-nothing: the run writes into a temporary folder beside the output folder and moves its results
+into place at the end; an interrupt or a failure (a full disk) leaves the output folder as it was.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import time
@@ -44,6 +48,7 @@ from coronary_calcium.inference.thresholds import CHECKPOINT_FILE
 from coronary_calcium.io.images import read_image
 from coronary_calcium.io.manifest import METAIMAGE_SUFFIXES, NIFTI_SUFFIXES, Manifest, ScanEntry, load_manifest
 from coronary_calcium.io.scans import read_scan
+from coronary_calcium.report.files import atomic_folder, check_output_folder
 
 __all__ = ["RunResult", "ScanInput", "discover_inputs", "run_inference"]
 
@@ -148,7 +153,9 @@ def discover_inputs(input_path: str | Path, *, split: str | None = None) -> tupl
                              "or a folder")
         return [ScanInput(sanitize_scan_id(_stem(path)), path)], None
     found: list[tuple[str, Path]] = []
-    for folder in sorted([path, *(p for p in path.rglob("*") if p.is_dir())]):
+    # A linked folder (``selfloop -> .``) is not a scan of its own: its files would count a second time.
+    folders = [p for p in path.rglob("*") if p.is_dir() and not p.is_symlink()]
+    for folder in sorted([path, *folders]):
         if any(part.startswith(".") for part in folder.relative_to(path).parts):
             continue
         files = sorted(p for p in folder.iterdir() if p.is_file())
@@ -182,21 +189,35 @@ def _has_reference(entry: ScanEntry | None) -> bool:
     return entry is not None and any(p is not None for p in (entry.labels, entry.coca_xml, entry.truth))
 
 
+def _read(scan: ScanInput) -> tuple[Any, Any, list[str]]:
+    """The scan's volume, its reference labels (or None) and notes on a reference that could not be used."""
+    if scan.entry is None:
+        return read_image(scan.path), None, []
+    try:
+        volume, labels = read_scan(scan.entry)
+        return volume, labels, []
+    except InputError as exc:  # the image or its reference: the image alone decides whether to go on
+        volume, _ = read_scan(scan.entry, with_reference=False)
+        return volume, None, [f"reference not used: {exc}"]
+
+
+# Errors about the output folder (full disk, quota, read-only): they stop the run instead of failing one scan.
+_OUTPUT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def _is_output_error(exc: BaseException, output_dir: Path) -> bool:
+    if not isinstance(exc, OSError):
+        return False
+    name = exc.filename if isinstance(exc.filename, str) else None
+    return exc.errno in _OUTPUT_ERRNOS or (name is not None and Path(name).is_relative_to(output_dir))
+
+
 def _process(scan: ScanInput, model: InferenceModel, output_dir: Path, overlays: bool,
              keep: bool) -> tuple[dict[str, Any], ScanResult | None, dict[str, Any] | None]:
     started = time.perf_counter()
     scan_dir = output_dir / scan.scan_id
-    labels = None
-    notes = []
     try:
-        if scan.entry is not None:
-            try:
-                volume, labels = read_scan(scan.entry)
-            except InputError as exc:  # the image or its reference: the image alone decides whether to go on
-                volume, _ = read_scan(scan.entry, with_reference=False)
-                notes.append(f"reference not used: {exc}")
-        else:
-            volume = read_image(scan.path)
+        volume, labels, notes = _read(scan)
         volume.meta["scan_id"] = scan.scan_id
         result = infer_scan(volume, model, labels=labels, scan_id=scan.scan_id)
         result.notes.extend(notes)
@@ -210,7 +231,10 @@ def _process(scan: ScanInput, model: InferenceModel, output_dir: Path, overlays:
     except InputError as exc:
         reason = str(exc)
     except Exception as exc:  # one broken scan must not stop the batch; the reason names the failure
-        logger.exception("scan %s failed", scan.scan_id)
+        if _is_output_error(exc, output_dir):
+            raise
+        logger.error("scan %s failed: %s: %s", scan.scan_id, type(exc).__name__, exc)
+        logger.debug("scan %s failed", scan.scan_id, exc_info=True)  # the traceback, for --debug
         reason = f"internal error ({type(exc).__name__}): {exc}"
     seconds = time.perf_counter() - started
     write_error_result(scan_dir, scan.scan_id, reason, str(scan.path))
@@ -244,53 +268,65 @@ def run_inference(
     Raises `InputError` before any work when results exist and ``overwrite`` is False, and after writing the
     summary when no scan could be scored.
     """
-    output_dir = Path(str(output_dir))
+    output_dir = Path(str(output_dir)).absolute()
+    check_output_folder(output_dir)
     scans, manifest = discover_inputs(input_path, split=split)
     with_agreement = evaluate and manifest is not None and any(_has_reference(s.entry) for s in scans)
     if not overwrite:
         _check_existing(output_dir, scans, with_agreement)
-    own_model = model is None
-    if model is None:
-        if ckpt_dir is None:
-            raise InputError("ckpt_dir", "give the checkpoint folder (holding model.pt and thresholds.json)")
-        model = load_model(ckpt_dir, checkpoint=checkpoint, device=device, precision=precision,
-                           batch_size=batch_size, rule=rule)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-    results: list[ScanResult] = []
-    payloads: dict[str, dict[str, Any]] = {}
+    if model is not None:
+        return _run(scans, manifest, model, output_dir, input_path, progress, overlays, report, with_agreement)
+    if ckpt_dir is None:
+        raise InputError("ckpt_dir", "give the checkpoint folder (holding model.pt and thresholds.json)")
+    model = load_model(ckpt_dir, checkpoint=checkpoint, device=device, precision=precision, batch_size=batch_size,
+                       rule=rule)
     try:
+        return _run(scans, manifest, model, output_dir, input_path, progress, overlays, report, with_agreement)
+    finally:
+        model.close()
+
+
+def _run(scans: list[ScanInput], manifest: Manifest | None, model: InferenceModel, output_dir: Path,
+         input_path: str | Path, progress: bool, overlays: bool, report: bool, with_agreement: bool) -> RunResult:
+    """Score ``scans`` into a temporary folder, move its results into ``output_dir``; raise when none scored."""
+    with atomic_folder(output_dir, last=(SUMMARY_FILE,)) as work:
+        rows: list[dict[str, Any]] = []
+        results: list[ScanResult] = []
+        payloads: dict[str, dict[str, Any]] = {}
         for scan in tqdm(scans, desc="scoring scans", unit="scan", disable=not progress):
-            row, result, payload = _process(scan, model, output_dir, overlays, keep=with_agreement)
+            row, result, payload = _process(scan, model, work, overlays, keep=with_agreement)
             rows.append(row)
             if result is not None:
                 results.append(result)
             if payload is not None and report:
                 payloads[scan.scan_id] = _report_payload(payload)
-    finally:
-        if own_model:
-            model.close()
-    summary = write_summary(output_dir / SUMMARY_FILE, rows)
-    agreement = agreement_path = None
-    if with_agreement and results:
-        config = model.thresholds.scoring_config()
-        agreement = evaluate_agreement(results, manifest, config=config)  # type: ignore[arg-type]
-        agreement_path = write_agreement(output_dir / AGREEMENT_FILE, agreement)
-    report_path = None
-    if report:
-        t = model.thresholds
-        info = {"input": str(input_path), "model": model.network_name, "checkpoint": str(model.checkpoint),
-                "decision": t.decision, "t_slice": t.t_slice,
-                **({"t_lesion": t.t_lesion} if t.lesion_classifier is not None else {"t_cam": t.t_cam}),
-                "CAM": f"{t.cam_method} at {model.analyzer.cam_key} ({t.cam_score}, {t.cam_pooling})"}
-        report_path = write_report(output_dir / REPORT_FILE, rows, payloads, run_info=info, agreement=agreement)
-    run = RunResult(output_dir=output_dir, rows=rows, summary_csv=summary, report_html=report_path,
-                    agreement_json=agreement_path, agreement=agreement, results=results)
+        write_summary(work / SUMMARY_FILE, rows)
+        agreement = None
+        if with_agreement and results:
+            agreement = evaluate_agreement(results, manifest, config=model.thresholds.scoring_config())  # type: ignore
+            write_agreement(work / AGREEMENT_FILE, agreement)
+        if report:
+            write_report(work / REPORT_FILE, rows, payloads, run_info=_run_info(model, input_path), agreement=agreement)
+    run = RunResult(output_dir=output_dir, rows=rows, summary_csv=output_dir / SUMMARY_FILE,
+                    report_html=output_dir / REPORT_FILE if report else None,
+                    agreement_json=output_dir / AGREEMENT_FILE if agreement is not None else None,
+                    agreement=agreement, results=results)
+    if run.n_ok == 0:  # the reasons in the one error line: nothing else is printed for them
+        first_id, first_reason = run.failures[0]
+        more = f" (and {len(rows) - 1} more)" if len(rows) > 1 else ""
+        raise InputError(output_dir / SUMMARY_FILE, f"all {len(rows)} scan(s) failed (see the summary): "
+                         f"{first_id}: {first_reason}{more}")
     for scan_id, reason in run.failures:
         print(f"error: scan {scan_id}: {reason}", file=sys.stderr)
-    if run.n_ok == 0:
-        raise InputError(output_dir / SUMMARY_FILE, f"all {len(rows)} scan(s) failed (see the summary)")
     return run
+
+
+def _run_info(model: InferenceModel, input_path: str | Path) -> dict[str, Any]:
+    t = model.thresholds
+    return {"input": str(input_path), "model": model.network_name, "checkpoint": str(model.checkpoint),
+            "decision": t.decision, "t_slice": t.t_slice,
+            **({"t_lesion": t.t_lesion} if t.lesion_classifier is not None else {"t_cam": t.t_cam}),
+            "CAM": f"{t.cam_method} at {model.analyzer.cam_key} ({t.cam_score}, {t.cam_pooling})"}
 
 
 def _report_payload(payload: dict[str, Any]) -> dict[str, Any]:

@@ -288,7 +288,7 @@ def load_model(
     """
     ckpt_dir = Path(ckpt_dir)
     ckpt = Path(checkpoint)
-    if not ckpt.is_absolute() and not ckpt.is_file():
+    if ckpt.parent == Path("."):  # a bare file name lives in ckpt_dir, never in the current folder
         ckpt = ckpt_dir / ckpt
     if not ckpt.is_file():
         raise InputError(ckpt, "checkpoint not found (train the model first)")

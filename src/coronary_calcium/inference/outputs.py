@@ -28,7 +28,7 @@ from coronary_calcium import __version__
 from coronary_calcium.inference.scan import ScanResult
 from coronary_calcium.io.images import write_nifti
 from coronary_calcium.io.volume import CTVolume
-from coronary_calcium.report.files import atomic_path, write_csv, write_json
+from coronary_calcium.report.files import uninterrupted, atomic_path, write_csv, write_json
 
 RESULT_FILE = "result.json"
 LESION_MASK_FILE = "lesions.nii.gz"
@@ -166,13 +166,16 @@ def _write_overlays(result: ScanResult, volume: CTVolume, scan_dir: Path) -> lis
         cam = maps[i] if maps is not None else None
         rgb = render_overlay(volume.hu[k], cam, kept_mask[k], rejected[k], window)  # type: ignore[arg-type]
         name = f"{SLICES_DIR}/slice_{k:03d}.png"
-        with atomic_path(scan_dir / name) as tmp:
+        with atomic_path(scan_dir / name, make_parents=False) as tmp:
             tmp.write_bytes(_png_bytes(rgb))
         return name
 
     # PNG encoding (zlib) and numpy release the GIL: two threads overlap rendering and encoding.
-    with ThreadPoolExecutor(max_workers=OVERLAY_THREADS) as pool:
+    pool = ThreadPoolExecutor(max_workers=OVERLAY_THREADS)
+    try:
         written = list(pool.map(one, range(len(result.cam_slices)), result.cam_slices))
+    finally:  # on an interrupt, no thread may go on writing into a result folder that is being removed
+        uninterrupted(pool.shutdown, wait=True, cancel_futures=True)
     for old in folder.glob("slice_*.png"):  # overlays of an earlier run that this one has not rewritten
         if f"{SLICES_DIR}/{old.name}" not in written:
             old.unlink()

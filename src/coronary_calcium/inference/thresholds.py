@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,52 @@ def file_sha256(path: str | Path) -> str:
 
 def scoring_config_from_dict(values: dict[str, Any]) -> ScoringConfig:
     """The `ScoringConfig` of a ``ScoringConfig.to_dict()`` result (derived keys ignored, unknown keys refused)."""
+    if not isinstance(values, dict):
+        raise InputError("scoring", f"must be an object of scoring settings, got {type(values).__name__}")
     names = {f.name for f in dataclasses.fields(ScoringConfig)}
     unknown = sorted(set(values) - names - set(_DERIVED_SCORING_KEYS))
     if unknown:
         raise InputError("scoring", f"unknown scoring settings {unknown}; known: {sorted(names)}")
-    return ScoringConfig(**{k: v for k, v in values.items() if k in names})
+    try:
+        return ScoringConfig(**{k: v for k, v in values.items() if k in names})
+    except InputError as exc:
+        raise InputError(f"scoring.{exc.item}", exc.problem) from None
+    except (TypeError, ValueError) as exc:  # a setting of the wrong type, e.g. a string where a number goes
+        raise InputError("scoring", f"unusable settings ({exc})") from None
+
+
+_NUMBER = (int, float)
+# The JSON type of each field: a file whose field has another type is refused at load, not at the first scan.
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "network_name": ((str,), "a string"), "checkpoint": ((str,), "a string"),
+    "checkpoint_sha256": ((str,), "a string"), "cam_layer": ((str,), "a string"),
+    "cam_method": ((str,), "a string"), "cam_score": ((str,), "a string"), "cam_pooling": ((str,), "a string"),
+    "cam_gate_layer": ((str, type(None)), "a string or null"), "hu_windows": ((list,), "a list of [low, high]"),
+    "hu_window": ((list,), "[low, high]"), "image_size": ((list,), "[height, width]"),
+    "in_channels": ((int, type(None)), "an integer or null"),
+    "field_of_view_mm": ((*_NUMBER, type(None)), "a number or null"), "scoring": ((dict,), "an object"),
+    "lesion_classifier": ((dict, type(None)), "an object or null"), "t_slice": (_NUMBER, "a number"),
+    "t_cam": (_NUMBER, "a number"), "t_lesion": ((*_NUMBER, type(None)), "a number or null"),
+    "lesion_pooling": ((str,), "a string"), "validation": ((dict,), "an object"), "created": ((str,), "a string"),
+    "version": ((int,), "an integer"),
+}
+
+
+def _check_field_types(values: dict[str, Any]) -> None:
+    """Refuse a thresholds field of the wrong JSON type (booleans are not numbers here)."""
+    for name, (kinds, what) in _FIELD_TYPES.items():
+        if name not in values:
+            continue
+        value = values[name]
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise InputError(name, f"must be {what}, got {json.dumps(value)[:60]}")
+    size = values.get("image_size")
+    if size is not None and (len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in size)):
+        raise InputError("image_size", f"must be two positive integers [height, width], got {json.dumps(size)[:60]}")
+    version = values.get("version", THRESHOLDS_VERSION)
+    if not 1 <= version <= THRESHOLDS_VERSION:
+        raise InputError("version", f"{version} is not a thresholds version this software reads (1 to "
+                         f"{THRESHOLDS_VERSION}); a newer coronary-calcium wrote it, or it is damaged")
 
 
 @dataclass
@@ -121,8 +163,10 @@ class Thresholds:
             value = getattr(self, name)
             if value is None and name == "t_lesion":
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise InputError(name, f"must be a number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InputError(name, f"must be a finite number, got {value!r}")
+            if name != "t_cam" and not 0.0 <= value <= 1.0:  # probabilities; a raw CAM score has no upper bound
+                raise InputError(name, f"must be a probability in [0, 1], got {value!r}")
             setattr(self, name, float(value))
         if self.scoring_config().is_3d:
             raise InputError("scoring", "candidate lesions are 2D components per axial slice: use a '2d-*' "
@@ -195,9 +239,15 @@ class Thresholds:
                                      "cam_layer") if n not in values)
         if missing:
             raise InputError("thresholds", f"missing fields {missing}")
+        _check_field_types(values)
         if "hu_window" in values and "hu_windows" not in values:  # version 1 files: one window, one channel
             values = {**values, "hu_windows": [values["hu_window"]]}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        try:
+            return cls(**{k: v for k, v in values.items() if k in names})
+        except InputError:
+            raise
+        except (TypeError, ValueError, KeyError) as exc:  # e.g. a damaged lesion classifier or HU window
+            raise InputError("thresholds", f"unusable values ({type(exc).__name__}: {exc})") from None
 
 
 def thresholds_path(path: str | Path) -> Path:
@@ -222,7 +272,7 @@ def load_thresholds(path: str | Path, checkpoint: str | Path | None = None) -> T
     if not path.is_file():
         raise InputError(path, MISSING)
     try:
-        values = json.loads(path.read_text())
+        values = json.loads(path.read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(path, f"{MISSING} (the file is not valid JSON: {exc})") from None
     if not isinstance(values, dict):

@@ -7,6 +7,7 @@ Validation collects every problem it finds (so a user fixes them in one go); `lo
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -91,10 +92,12 @@ def _entry_paths(scan: ScanEntry) -> Iterable[Path]:
 
 
 def _read_json(path: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    if path.is_dir():
+        return None, [f"{path}: is a folder, not a manifest file"]
     if not path.is_file():
         return None, [f"{path}: manifest file not found"]
     try:
-        return json.loads(path.read_text()), []
+        return json.loads(path.read_bytes().decode("utf-8")), []
     except json.JSONDecodeError as e:
         return None, [f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"]
     except UnicodeDecodeError as e:
@@ -128,6 +131,27 @@ def _entries(path: Path, raw: dict[str, Any]) -> tuple[Path, list[ScanEntry]]:
             )
         )
     return data_root, entries
+
+
+def _outside_problems(path: Path, raw: dict[str, Any], data_root: Path) -> list[str]:
+    """Scan paths that leave ``data_root`` (``../``, absolute): refused unless the manifest allows them, so that a
+    manifest cannot make a command read (or score) files elsewhere on the system by accident."""
+    if raw.get("allow_outside_data_root") is True:
+        return []
+    problems = []
+    for i, s in enumerate(raw["scans"]):
+        ref = s.get("reference", {})
+        named = [("image", s["image"]), ("truth", s.get("truth")), ("labels", ref.get("labels")),
+                 ("coca_xml", ref.get("coca_xml"))]
+        for what, rel in named:
+            if rel is None:
+                continue
+            # lexical, not resolved: a symlink the data owner placed inside data_root is theirs to keep
+            target = Path(os.path.normpath(data_root / rel))
+            if not target.is_relative_to(data_root):
+                problems.append(f"{path}: scans/{i} ({s.get('scan_id', s['patient_id'])}): {what} {rel!r} is outside "
+                                f"data_root {data_root} (set \"allow_outside_data_root\": true to allow it)")
+    return problems
 
 
 def _consistency_problems(path: Path, entries: list[ScanEntry]) -> list[str]:
@@ -193,6 +217,9 @@ def validate_manifest(
     if problems:
         return None, problems
     data_root, entries = _entries(path, raw)
+    problems = _outside_problems(path, raw, data_root)
+    if problems:
+        return None, problems
     problems = _consistency_problems(path, entries)
     manifest = Manifest(
         path=path,
@@ -219,10 +246,21 @@ def validate_manifest(
     return manifest, problems
 
 
+def problems_error(path: str | Path, problems: list[str]) -> InputError:
+    """One `InputError` for the problems `validate_manifest` found: one problem as it is, several listed below a
+    count (one `error:` line either way)."""
+    path = Path(path).resolve()
+    if len(problems) == 1:
+        prefix = f"{path}: "
+        one = problems[0]
+        return InputError(path, one[len(prefix):] if one.startswith(prefix) else one)
+    return InputError(path, f"{len(problems)} problem(s) in the manifest:\n  " + "\n  ".join(problems))
+
+
 def load_manifest(path: str | Path, *, check_files: bool = True) -> Manifest:
     """Load and validate a manifest; raise one `InputError` listing every problem."""
     manifest, problems = validate_manifest(path, check_files=check_files)
     if problems:
-        raise InputError(Path(path), f"{len(problems)} problem(s) in the manifest:\n  " + "\n  ".join(problems))
+        raise problems_error(path, problems)
     assert manifest is not None
     return manifest

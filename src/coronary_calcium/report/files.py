@@ -1,4 +1,4 @@
-"""Atomic file writes: a result is either whole or absent, never half-written."""
+"""Atomic writes: a result file or folder is either whole or absent, never half-written."""
 
 from __future__ import annotations
 
@@ -6,16 +6,22 @@ import contextlib
 import csv
 import json
 import os
+import secrets
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
+
+from coronary_calcium.errors import InputError
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path`, on failure it is removed."""
+def atomic_path(path: str | Path, make_parents: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, on failure it is removed.
+    ``make_parents=False``: a missing folder is an error (a writer must not bring back a folder being removed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -24,6 +30,95 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_output_folder(path: str | Path) -> None:
+    """Refuse an output folder that cannot be made or written: an existing file, a path under a file, a folder
+    where no file can be created (read-only). Checked before any work, not after it."""
+    path = Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise InputError(path, "exists and is not a folder")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(existing, f"is a file, not a folder: {path} cannot be created under it")
+    try:  # a real probe: permission bits say nothing for root, and read-only mounts / immutable folders exist
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise InputError(existing, f"cannot write in this folder ({e.strerror or e})") from None
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path, *, replace: bool = False, last: Sequence[str] = ()) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``path`` to write a result into; on success its content goes into place,
+    on a failure or an interrupt it is removed: ``path`` never holds a partial result.
+
+    A missing ``path`` is the temporary folder renamed (atomic). An existing one is replaced as a whole
+    (``replace=True``) or gets each entry of the temporary folder in place of its own entry of that name, the
+    names in ``last`` moved last (a run summary appears only once what it lists is there).
+    """
+    path = Path(path).absolute()
+    check_output_folder(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        tmp.mkdir()  # not mkdtemp: its mode 0700 would stay on the renamed result
+    except OSError as e:
+        raise InputError(path.parent, f"cannot create a temporary folder beside {path.name} here "
+                         f"({e.strerror or e})") from None
+    try:
+        yield tmp
+        _move_into_place(tmp, path, replace, last)
+    except OSError as e:  # name the result's path, not the temporary one (a full disk while writing)
+        name = e.filename if isinstance(e.filename, str) else None
+        if name is None or not Path(name).is_relative_to(tmp):
+            raise
+        raise OSError(e.errno, e.strerror, str(path / Path(name).relative_to(tmp))) from e
+    finally:
+        _remove_tree(tmp)
+
+
+def uninterrupted(cleanup: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Run ``cleanup`` to its end even when Ctrl-C lands inside it (Python raises KeyboardInterrupt at any bytecode,
+    also in a finally block), then raise the interrupt."""
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            cleanup(*args, **kwargs)
+            break
+        except KeyboardInterrupt as e:
+            interrupted = e
+    if interrupted is not None:
+        raise interrupted
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove ``path`` (already gone when it was renamed into place), even when interrupted."""
+    uninterrupted(shutil.rmtree, path, ignore_errors=True)
+
+
+def _move_into_place(tmp: Path, path: Path, replace: bool, last: Sequence[str]) -> None:
+    if not path.exists():
+        os.rename(tmp, path)
+        return
+    if replace:
+        old = path.parent / f".{path.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+        os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except BaseException:
+            os.rename(old, path)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    trash = tmp / f".replaced-{secrets.token_hex(4)}"
+    trash.mkdir()
+    entries = sorted((e for e in tmp.iterdir() if e != trash), key=lambda e: (e.name in last, e.name))
+    for entry in entries:
+        target = path / entry.name
+        if target.exists() or target.is_symlink():
+            os.rename(target, trash / entry.name)
+        os.rename(entry, target)
 
 
 def write_json(path: str | Path, value: Any, compact: Sequence[str] = ()) -> Path:

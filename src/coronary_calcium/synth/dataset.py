@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
-import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from coronary_calcium.errors import InputError
+from coronary_calcium.report.files import atomic_folder
 from coronary_calcium.synth.config import CATEGORY_LABELS, SynthConfig
 from coronary_calcium.synth.phantom import SyntheticPatient, generate_patient
 
@@ -206,28 +205,10 @@ def generate_dataset(
         raise InputError("workers", f"must be a positive integer, got {workers!r}")
     out_dir = Path(out_dir).absolute()
     _check_out_dir(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
+    with atomic_folder(out_dir, replace=True) as tmp:
         summaries = _run(config, tmp, workers, progress)
         (tmp / MANIFEST_NAME).write_text(_dumps(build_manifest(config, summaries)))
         _check_out_dir(out_dir, overwrite)  # the folder may have appeared meanwhile
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            os.rename(out_dir, old)
-            try:
-                os.rename(tmp, out_dir)
-            except BaseException:
-                os.rename(old, out_dir)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir / MANIFEST_NAME
 
 

@@ -3,6 +3,8 @@ with resume, and the evaluation report."""
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -46,7 +48,8 @@ class LastCheckpoint:
 
     def __call__(self, engine: Engine) -> None:
         state = {k: _unwrap(v).state_dict() for k, v in self.save_dict.items()}
-        state["trainer"] = engine.state_dict()
+        # plain ints only, so that `torch.load(weights_only=True)` reads the file back (no pickled objects)
+        state["trainer"] = {k: int(v) for k, v in engine.state_dict().items() if isinstance(v, int)}
         with atomic_path(self.path) as tmp:
             torch.save(state, tmp)
 
@@ -69,38 +72,67 @@ def check_network_state(network: torch.nn.Module, state: Mapping[str, torch.Tens
         raise InputError(source, "checkpoint does not fit this network (another architecture?): " + "; ".join(parts))
 
 
+def load_resume_state(path: str | Path) -> dict[str, Any]:
+    """The state dict in a `LastCheckpoint` file, read with `weights_only=True`: tensors and plain containers only,
+    so a crafted file cannot run code. Anything else (a pickled object, a truncated or foreign file) is refused."""
+    advice = "delete it, or set resume=false to start afresh"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # what weights_only refuses: a global (class, function) to call
+        found = re.search(r"WeightsUnpickler error: ([^\n]*)", str(e))
+        detail = found.group(1).strip() if found else type(e).__name__
+        raise InputError(path, f"not a resume checkpoint that loads safely: it holds pickled Python objects, not "
+                         f"only tensors and plain values ({detail}); {advice}") from None
+    except Exception as e:  # EOFError / RuntimeError: truncated, or not a PyTorch file at all
+        first = str(e).strip().split(". ")[0] or type(e).__name__
+        raise InputError(path, f"not a resume checkpoint that loads safely: cannot be read ({first}); "
+                         f"{advice}") from None
+    if not isinstance(state, dict):
+        raise InputError(path, f"not a resume checkpoint: holds a {type(state).__name__}, not a dict")
+    return state
+
+
 class ResumeFromCheckpoint:
     """At start, restores `load_dict` (network, optimizer, ...) and the trainer it is attached to from
     `LastCheckpoint`'s file when it exists, continuing the epoch count up to the configured `max_epochs`.
-    Loads on CPU whatever device saved it."""
+    The file is read when the handler is built, with `load_resume_state` (never unpickling objects), on CPU
+    whatever device saved it."""
 
     def __init__(self, path: str | Path, load_dict: Mapping[str, Any], enabled: bool = True) -> None:
         self.path = Path(path)
         self.load_dict = load_dict
         self.enabled = enabled
+        # read (and refused) when the bundle is built: before any other handler writes into the run folder
+        self._state = load_resume_state(self.path) if enabled and self.path.is_file() else None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if not self.enabled or not self.path.is_file():
+        if not self.enabled or self._state is None:
             return
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception as e:  # a truncated or foreign file: name it
-            raise InputError(self.path, f"cannot read the checkpoint ({type(e).__name__}: {e})") from None
+        state, self._state = self._state, None
         if "network" in self.load_dict:
-            check_network_state(self.load_dict["network"], state.get("network", {}), self.path)
+            network_state = state.get("network")
+            check_network_state(self.load_dict["network"], network_state if isinstance(network_state, dict) else {},
+                                self.path)
         max_epochs = engine.state.max_epochs
         for key in [*self.load_dict, "trainer"]:
             if key not in state:
-                raise InputError(self.path, f"checkpoint has no {key!r} entry (has: {', '.join(state)})")
-        for key, obj in self.load_dict.items():
-            _unwrap(obj).load_state_dict(state[key])
+                raise InputError(self.path, f"checkpoint has no {key!r} entry (has: {', '.join(map(str, state))})")
         saved = state["trainer"]
+        if not isinstance(saved, dict) or not isinstance(saved.get("iteration"), int) or saved["iteration"] < 0:
+            raise InputError(self.path, f"checkpoint's 'trainer' entry is not a training state: {saved!r:.80}")
+        for key, obj in self.load_dict.items():
+            try:
+                _unwrap(obj).load_state_dict(state[key])
+            except (KeyError, ValueError, TypeError, RuntimeError) as e:  # another optimizer / scheduler
+                problem = f"checkpoint's {key!r} state does not fit ({type(e).__name__}: {e})"
+                raise InputError(self.path, problem) from None
         # Ignite refuses to load a state whose max_epochs is below the current epoch; the configured value wins.
         engine.state.iteration = saved["iteration"]
-        engine.state.epoch = saved["iteration"] // max(1, saved.get("epoch_length") or engine.state.epoch_length or 1)
+        length = saved.get("epoch_length") if isinstance(saved.get("epoch_length"), int) else None
+        engine.state.epoch = saved["iteration"] // max(1, length or engine.state.epoch_length or 1)
         engine.state.max_epochs = max_epochs
         engine.logger.info(f"resumed from {self.path} at epoch {engine.state.epoch} of {max_epochs}")
 
@@ -151,7 +183,8 @@ class SlicePredictionWriter:
         cm = np.array(self.metrics["confusion_matrix"]["rows_truth_cols_prediction"])
         write_csv(out / f"{self.prefix}_confusion_matrix.csv", ["truth", "pred_negative", "pred_positive"],
                   [["negative", *cm[0]], ["positive", *cm[1]]])
-        plot_confusion_matrix(cm, out / f"{self.prefix}_confusion_matrix.png", title=f"{self.title} {self.prefix}".strip())
+        plot_confusion_matrix(cm, out / f"{self.prefix}_confusion_matrix.png",
+                              title=f"{self.title} {self.prefix}".strip())
         if self.log_dir is not None and self.log_dir.is_dir():
             scalars = read_scalars(self.log_dir)
             wanted = {k: v for k, v in scalars.items() if k in CURVE_TAGS}
