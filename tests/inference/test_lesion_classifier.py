@@ -148,8 +148,9 @@ def test_lesion_features_of_a_calcium_speck_and_a_bone():
     assert s[col["component_z_mm"]] == pytest.approx(2.5) and b[col["component_z_mm"]] == pytest.approx(20.0)
     assert s[col["log_component_mm3"]] == pytest.approx(np.log(9 * 2.5))
     assert b[col["log_component_mm3"]] == pytest.approx(np.log(8 * 24 * 2.5))
-    # the body (hu > -400) is the 48 x 48 square centred on 31.5: the speck lies 10 rows above, 10 columns right
-    assert s[col["body_dy_mm"]] == pytest.approx(-10.5, abs=0.6) and s[col["body_dx_mm"]] == pytest.approx(9.5, abs=0.6)
+    # no lungs in this toy chest: their feature takes its fallback; the speck lies deeper inside the body than the bone
+    assert s[col["lung_distance_mm"]] == b[col["lung_distance_mm"]] == 100.0
+    assert s[col["body_depth_mm"]] > b[col["body_depth_mm"]] > 0.0
     # in a 7 x 7 square around each speck pixel: fat but the speck itself; around the bone: bone, fat, air
     assert s[col["fat_3mm"]] > 0.7 and s[col["lung_3mm"]] == 0.0 and s[col["soft_3mm"]] == 0.0
     assert b[col["dense_3mm"]] > s[col["dense_3mm"]]
@@ -255,6 +256,6 @@ def test_thresholds_keep_the_classifier_and_refuse_unknown_features(tmp_path):
     with pytest.raises(InputError, match="calibrated without a lesion classifier"):
         rule.with_rule("classifier")
     other = fit_lesion_classifier(x, y, ["slice_probability", "not_a_feature", "cam_mean", "cam_max"])
-    with pytest.raises(InputError, match="unknown features"):
+    with pytest.raises(InputError, match="features this version no longer computes"):
         Thresholds(network_name="tiny_cnn", checkpoint="m.pt", checkpoint_sha256="", t_slice=0.5, t_cam=0.5,
                    cam_layer="layer2", lesion_classifier=other, t_lesion=0.5)

@@ -3,18 +3,19 @@
 A candidate is an Agatston lesion of the whole slice (a 2D component of voxels >= the HU threshold with area >= the
 minimum, `find_lesions` without labels): coronary calcium, bone, aortic and valve calcium alike. `find_candidates`
 runs every slice through the network once (`SliceAnalyzer`: probabilities and CAMs in one pass), finds the
-candidates, and attaches to each its CAM score and, for a lesion classifier, its `lesion_features` and 3D
-component.
+candidates, and attaches to each its CAM score and, for a lesion classifier, its `lesion_features` (with where it
+lies in the scan's anatomy: `find_anatomy`, once per scan) and 3D component.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from coronary_calcium.errors import InputError
+from coronary_calcium.inference.anatomy import find_anatomy
 from coronary_calcium.inference.lesion_features import (
     LESION_FEATURES,
     candidate_components,
@@ -35,7 +36,8 @@ class Candidates:
     probabilities: per slice, P(coronary calcium). cam_slices / cam_maps: the slices whose CAM map was mapped back
     onto the original matrix, and those maps (len(cam_slices), Y, X). cam_scores: per candidate, the CAM's maximum
     or mean over its pixels (None where its slice has no map). features / components: per candidate, its
-    `lesion_features` row and 3D component id (None unless asked for).
+    `lesion_features` row and 3D component id (None unless asked for). notes: what the anatomy finder could not
+    find, and what the features fell back to.
     """
 
     lesions: list[Lesion]
@@ -45,6 +47,7 @@ class Candidates:
     cam_scores: list[float | None]
     features: np.ndarray | None = None
     components: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.lesions)
@@ -137,8 +140,9 @@ def find_candidates(
         scores = candidate_cam_scores(lesions, np.shape(hu), maps, cam_slices, analyzer.cam_pooling)
         return Candidates(lesions, probs, cam_slices, maps, scores)
     components = dense_components(hu, config)
-    table = lesion_features(hu, spacing, lesions, probs, maps, cam_slices, config, components)
+    anatomy = find_anatomy(hu, spacing)
+    table = lesion_features(hu, spacing, lesions, probs, maps, cam_slices, config, components, anatomy)
     # the features hold each candidate's CAM mean and maximum already
     column = LESION_FEATURES.index("cam_mean" if analyzer.cam_pooling == "mean" else "cam_max")
     return Candidates(lesions, probs, cam_slices, maps, [float(v) for v in table[:, column]], table,
-                      candidate_components(components, lesions))
+                      candidate_components(components, lesions), [f"anatomy: {n}" for n in anatomy.notes])

@@ -72,5 +72,6 @@ def describe_rule(t: Thresholds, cam_key: str) -> str:
     lumen = ", bordering lumen" if "lumen_mm" in classifier.features else ""
     return (f"coronary calcium = {found} on slices with probability >= {t.t_slice:g} whose lesion-classifier "
             f"probability (boosted trees on {len(classifier.features)} features: slice probability, "
-            f"{t.cam_method} at {cam_key}, size, density, 3D extent, position, surrounding tissue{lumen}){pooled} "
+            f"{t.cam_method} at {cam_key}, size, density, 3D extent, place in the anatomy, surrounding tissue{lumen})"
+            f"{pooled} "
             f"is >= {t.t_lesion:g}; non-coronary calcium is excluded by the models alone")

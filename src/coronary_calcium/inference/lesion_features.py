@@ -5,7 +5,8 @@ aortic wall or valve calcium, bone, or a noise speck. The slice classifier's pro
 these apart only partly (a 300 mm^2 rib on a positive slice, valve calcium under the coronary hot spot), so the
 classifier also sees what the CNN does not summarise: the candidate's size and density, the 3D component it
 belongs to (bone runs through many slices), the soft-tissue region it borders (a coronary vessel of 1.5-2.5 mm
-radius, the aorta, a heart chamber), its position in the body, and the tissue around it (coronary calcium sits in
+radius, the aorta, a heart chamber), where it lies in the anatomy every chest CT shows (inside the heart region
+between the lungs, away from bone and the body wall; `anatomy`), and the tissue around it (coronary calcium sits in
 epicardial fat, aortic and valve calcium against blood, bone against marrow and bone).
 
 Everything is computed from the HU volume, the slice probabilities and the CAM maps on the original matrix, in
@@ -21,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from coronary_calcium.errors import InputError
+from coronary_calcium.inference.anatomy import ANATOMY_FEATURES, Anatomy, anatomy_features, find_anatomy
 from coronary_calcium.scoring.agatston import Lesion, ScoringConfig
 
 __all__ = ["LESION_FEATURES", "NEIGHBOURHOOD_MM", "TISSUES", "candidate_components", "dense_components",
@@ -29,7 +31,6 @@ __all__ = ["LESION_FEATURES", "NEIGHBOURHOOD_MM", "TISSUES", "candidate_componen
 # HU ranges of the tissues whose share around a candidate is a feature: [low, high)
 TISSUES = {"lung": (-np.inf, -500.0), "fat": (-200.0, -30.0), "soft": (-30.0, 130.0), "dense": (130.0, np.inf)}
 NEIGHBOURHOOD_MM = (3.0, 8.0, 15.0)  # half-sides of the square neighbourhoods
-BODY_HU = -400.0  # the body on a slice: voxels above this (soft tissue, fat, bone; not air or lung)
 LUMEN_HU = (-30.0, 130.0)  # blood, vessel wall and myocardium in a non-contrast scan (TISSUES["soft"])
 LUMEN_REACH_PX = 2  # a soft-tissue region borders a candidate when it comes within 2 pixels (rows and columns)
 
@@ -47,8 +48,7 @@ LESION_FEATURES: tuple[str, ...] = (
     "component_x_mm",
     "lumen_mm",  # the largest radius and area among the soft-tissue regions the candidate borders on its slice:
     "log_lumen_mm2",  # a coronary vessel (radius 1.5-2.5 mm), the aorta (10-17 mm) or the heart
-    "body_dy_mm",  # the candidate's centroid relative to the body's centroid on its slice (rows: + posterior
-    "body_dx_mm",  # in LPS-oriented volumes; columns: + patient left)
+    *ANATOMY_FEATURES,  # where it lies relative to lungs, bone, the heart region and the body wall (anatomy.py)
     *(f"{tissue}_{int(r)}mm" for r in NEIGHBOURHOOD_MM for tissue in TISSUES),
     *(f"mean_hu_{int(r)}mm" for r in NEIGHBOURHOOD_MM),  # mean HU (clipped to [-1000, 1500]) in the squares
 )
@@ -86,12 +86,14 @@ def lesion_features(
     cam_slices: Sequence[int],
     config: ScoringConfig,
     components: np.ndarray | None = None,
+    anatomy: Anatomy | None = None,
 ) -> np.ndarray:
     """(n_candidates, len(LESION_FEATURES)) float64 features of 2D ``candidates`` of the (Z, Y, X) ``hu`` volume.
 
     probabilities: per slice; cam_maps: (len(cam_slices), Y, X) CAM maps on the original matrix, one per slice in
     ``cam_slices``, which must hold every candidate's slice. ``config``: the rules the candidates were found with
-    (its HU threshold defines the 3D components). components: the volume's `dense_components`, when already made.
+    (its HU threshold defines the 3D components). components: the volume's `dense_components`, when already made;
+    anatomy: its `find_anatomy`, likewise.
     """
     hu = np.asarray(hu)
     n = len(candidates)
@@ -145,14 +147,12 @@ def lesion_features(
     for name, axis, step in (("component_z_mm", 0, sz), ("component_y_mm", 1, sy), ("component_x_mm", 2, sx)):
         out[:, col[name]] = [(boxes[c - 1][axis].stop - boxes[c - 1][axis].start) * step for c in comp]
 
+    if anatomy is None:
+        anatomy = find_anatomy(hu, spacing)
+    first = col[ANATOMY_FEATURES[0]]
+    out[:, first : first + len(ANATOMY_FEATURES)] = anatomy_features(anatomy, candidates, spacing)
+
     slices = np.unique(k)
-    body = hu[slices] > BODY_HU
-    count = body.sum(axis=(1, 2)).astype(np.float64)
-    rows = np.where(count > 0, (body.sum(axis=2) @ np.arange(ny)) / np.maximum(count, 1), (ny - 1) / 2)
-    cols = np.where(count > 0, (body.sum(axis=1) @ np.arange(nx)) / np.maximum(count, 1), (nx - 1) / 2)
-    at = np.searchsorted(slices, k)
-    out[:, col["body_dy_mm"]] = (per_candidate_mean(y.astype(np.float64)) - rows[at]) * sy
-    out[:, col["body_dx_mm"]] = (per_candidate_mean(x.astype(np.float64)) - cols[at]) * sx
 
     # The soft-tissue regions each candidate borders, on its slice: coronary calcium sits beside a vessel of 1.5-2.5
     # mm radius surrounded by epicardial fat (on a non-contrast scan, lumen and wall are one soft region); aortic

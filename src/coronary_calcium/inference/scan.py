@@ -255,7 +255,7 @@ def infer_scan(
     shown = set(np.flatnonzero(candidates.probabilities >= t.t_slice).tolist())
     shown |= set(candidates.slice_of[decision.kept].tolist())
     rows = [i for i, k in enumerate(candidates.cam_slices) if k in shown]
-    notes = score.notes + [describe_rule(t, model.analyzer.cam_key)]
+    notes = score.notes + [describe_rule(t, model.analyzer.cam_key)] + candidates.notes
     kvp = volume.meta.get("kvp")
     if kvp not in (None, "") and float(kvp) != float(config.kvp):
         notes.append(f"scan acquired at {float(kvp):g} kVp but scored with the {config.threshold:g} HU threshold the "

@@ -155,8 +155,9 @@ class Thresholds:
         if self.lesion_classifier is not None:
             unknown = sorted(set(self.lesion_classifier.features) - set(LESION_FEATURES))
             if unknown:
-                raise InputError("lesion_classifier", f"unknown features {unknown}; this version computes "
-                                 f"{list(LESION_FEATURES)}")
+                raise InputError("lesion_classifier", f"fitted on features this version no longer computes "
+                                 f"{unknown}: calibrate the checkpoint again (`coronary-calcium calibrate`); this "
+                                 f"version computes {list(LESION_FEATURES)}")
             if self.t_lesion is None:
                 raise InputError("t_lesion", "a lesion classifier needs its threshold t_lesion")
         for name in ("t_slice", "t_cam", "t_lesion"):
