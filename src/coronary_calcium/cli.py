@@ -62,16 +62,51 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     fields = {}
     if args.config is not None:
         fields = _read_json_object(args.config)
-    if args.patients is not None:
-        fields["n_patients"] = args.patients
-    if args.seed is not None:
-        fields["seed"] = args.seed
-    config = SynthConfig.from_dict(fields)
     if args.if_missing and (out / "data_manifest.json").is_file():
         print(f"{out}: already holds a data set (drop --if-missing, add --overwrite to replace it)")
         return 0
-    manifest = generate_dataset(out, config, overwrite=args.overwrite, workers=args.workers)
+    if args.family == "shifted":
+        manifest = _synth_shifted(out, fields, args)
+    else:
+        if args.patients is not None:
+            fields["n_patients"] = args.patients
+        if args.seed is not None:
+            fields["seed"] = args.seed
+        manifest = generate_dataset(out, SynthConfig.from_dict(fields), overwrite=args.overwrite,
+                                    workers=args.workers)
     print(f"wrote {manifest}")
+    return 0
+
+
+def _synth_shifted(out: Path, fields: dict, args: argparse.Namespace) -> Path:
+    """The held-out family (`synth.shifted`): its own config fields; --patients / --seed override them."""
+    from coronary_calcium.synth.shifted import ShiftedConfig, generate_shifted_dataset
+
+    config = ShiftedConfig.from_dict(fields)
+    return generate_shifted_dataset(out, n_patients=args.patients or config.n_patients,
+                                    seed=config.seed if args.seed is None else args.seed,
+                                    workers=args.workers or 2, overwrite=args.overwrite, config=config)
+
+
+def _cmd_transfer(args: argparse.Namespace) -> int:
+    from coronary_calcium.synth.shifted import generate_shifted_dataset
+    from coronary_calcium.train.bundle import BUNDLE_ROOT
+    from coronary_calcium.transfer import transfer_report
+
+    manifest = args.manifest
+    if manifest is None:  # the held-out shifted family, made once
+        folder = _out_path(args.shifted_dir, "--shifted-dir")
+        manifest = folder / "data_manifest.json"
+        if not manifest.is_file():
+            generate_shifted_dataset(folder, n_patients=args.patients, seed=args.seed, workers=2)
+    ckpt_dir = args.ckpt_dir or BUNDLE_ROOT / "runs" / args.network / "models"
+    result = transfer_report(ckpt_dir, manifest, _out_path(args.out), split=args.split, overwrite=args.overwrite,
+                             progress=True)
+    fig = result["figures"]
+    print(f"{result['family']} ({len(result['scans'])} scans) scored with {ckpt_dir}: ICC(2,1) {fig['icc_2_1']}, "
+          f"5-class linear kappa {fig['kappa_5class']}, lesion F1 {fig['lesion_f1']}, "
+          f"calcium-free scored 0: {fig['zero_scored_zero']}, heavy below half their truth: {fig['heavy_below_half']}")
+    print(f"report: {result['files']['markdown']}")
     return 0
 
 
@@ -198,7 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--if-missing", action="store_true", help="with --out: do nothing when the folder holds a set")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
+    p.add_argument("--family", choices=("default", "shifted"), default="default",
+                   help="the default generator, or the independently written held-out one (synth/shifted.py)")
     p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("transfer", help="a trained model on the other synthetic family: agreement report")
+    p.add_argument("--out", required=True, help="report folder (transfer.md, transfer.json, inference/)")
+    p.add_argument("--manifest", type=Path, help="the family to score (default: the shifted family in "
+                   "--shifted-dir, generated when missing)")
+    p.add_argument("--shifted-dir", default="data/shifted", help="where the shifted family is (default: %(default)s)")
+    p.add_argument("--patients", type=int, default=24, help="shifted patients to generate (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated shifted family (default: %(default)s)")
+    p.add_argument("--network", default="inception_v3_scratch",
+                   help="trained network id (finds bundle/runs/<id>/models)")
+    p.add_argument("--ckpt-dir", type=Path, help="folder holding model.pt and thresholds.json (overrides --network)")
+    p.add_argument("--split", help="only this split of the manifest (default: every scan)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier report")
+    p.set_defaults(func=_cmd_transfer)
 
     p = sub.add_parser("montage", help="write a PNG montage of synthetic slices with calcium and distractors")
     p.add_argument("dataset", type=Path, help="a synthetic data set folder or its manifest")
