@@ -34,12 +34,14 @@ def test_kept_lesions_follow_the_rule_and_sum_to_the_totals(tiny_model, test_sca
     components, _ = ndimage.label(volume.hu >= 130.0, structure=np.ones((3, 3, 3), dtype=bool))
     ids = np.array([components.reshape(-1)[c.voxels[0]] for c in result.candidates])
     areas = np.array([c.total_area_mm2 for c in result.candidates])
-    for lesion, i, kept, pooled in zip(result.candidates, ids, result.kept, result.component_probabilities):
+    anatomy = result.decision.anatomy_ok  # see test_anatomy_rule_rejects_bone_and_the_body_wall
+    for c, (lesion, i, kept, pooled) in enumerate(zip(result.candidates, ids, result.kept,
+                                                      result.component_probabilities)):
         same = ids == i
         expected = float(np.sum(result.lesion_probabilities[same] * areas[same]) / np.sum(areas[same]))
         assert pooled == pytest.approx(expected, abs=1e-12)
         p = result.probabilities[lesion.slices[0]]
-        assert kept == (p >= t.t_slice and expected >= t.t_lesion)
+        assert kept == (p >= t.t_slice and expected >= t.t_lesion and anatomy[c])
     for cam in result.cam_scores:
         assert cam is not None and 0.0 <= cam <= 1.0  # normalised CAM inside the lesion
     d = result.to_dict()
@@ -47,7 +49,7 @@ def test_kept_lesions_follow_the_rule_and_sum_to_the_totals(tiny_model, test_sca
     for rej in d["rejected_candidates"]:
         below = (f"slice probability < {t.t_slice:g}" if rej["slice_probability"] < t.t_slice
                  else f"component probability < {t.t_lesion:g}")
-        assert rej["reason"] == below
+        assert rej["reason"] == below or rej["reason"].startswith("in bone or within")
     assert d["model"]["decision"] == "lesion classifier" and d["model"]["t_lesion"] == t.t_lesion
     assert d["model"]["lesion_pooling"] == "component"
     assert len(d["lesions"]) == int(result.kept.sum()) == d["totals"]["n_lesions"]
@@ -119,12 +121,14 @@ def test_candidate_pooling_judges_each_candidate_alone(tiny_model, test_scan):
     t = dataclasses.replace(tiny_model.thresholds, lesion_pooling="candidate", t_lesion=0.5)
     result = infer_scan(volume, dataclasses.replace(tiny_model, thresholds=t))
     assert result.component_probabilities is None
-    for lesion, q, kept in zip(result.candidates, result.lesion_probabilities, result.kept):
-        assert kept == (result.probabilities[lesion.slices[0]] >= t.t_slice and q >= 0.5)
+    for lesion, q, kept, ok in zip(result.candidates, result.lesion_probabilities, result.kept,
+                                   result.decision.anatomy_ok):
+        assert kept == (result.probabilities[lesion.slices[0]] >= t.t_slice and q >= 0.5 and ok)
     d = result.to_dict()
     assert all("component_probability" not in les for les in d["lesions"] + d["rejected_candidates"])
     reasons = {r["reason"] for r in d["rejected_candidates"]}
-    assert reasons <= {f"slice probability < {t.t_slice:g}", "lesion probability < 0.5"}
+    assert reasons <= {f"slice probability < {t.t_slice:g}", "lesion probability < 0.5",
+                       "in bone or within 10 mm of the body outline"}
 
 
 def test_reference_labels_name_arteries_but_do_not_change_the_decision(tiny_model, test_scan):
@@ -210,3 +214,20 @@ def test_candidate_cam_scores_by_max_or_mean():
     assert candidate_cam_scores(lesions, hu.shape, maps, [0]) == [None, None]  # no map on their slice
     with pytest.raises(InputError, match="cam_pooling"):
         candidate_cam_scores(lesions, hu.shape, maps, [1], "median")
+
+
+def test_anatomy_rule_rejects_bone_and_the_body_wall(tiny_model, test_scan):
+    """With both thresholds at 0 only the anatomy rule rejects: candidates in bone or within MIN_BODY_DEPTH_MM of
+    the body outline (the tiny scans' "spine" lies at the body's edge), with that reason."""
+    from coronary_calcium.inference.decision import MIN_BODY_DEPTH_MM, anatomy_allows
+
+    volume, _ = test_scan
+    t = dataclasses.replace(tiny_model.thresholds, t_slice=0.0, t_lesion=0.0)
+    result = infer_scan(volume, dataclasses.replace(tiny_model, thresholds=t))
+    depth, bone = result.candidates.feature_columns(("body_depth_mm", "in_bone")).T
+    allowed = (depth >= MIN_BODY_DEPTH_MM) & (bone < 0.5)
+    assert np.array_equal(result.kept, allowed) and not allowed.all()
+    reasons = {r["reason"] for r in result.to_dict()["rejected_candidates"]}
+    assert reasons == {f"in bone or within {MIN_BODY_DEPTH_MM:g} mm of the body outline"}
+    assert anatomy_allows([[MIN_BODY_DEPTH_MM, 0.0], [MIN_BODY_DEPTH_MM - 0.1, 0.0], [50.0, 1.0]]).tolist() == [
+        True, False, False]

@@ -47,6 +47,7 @@ from coronary_calcium.inference.lesion_classifier import (
 from coronary_calcium.inference.lesion_features import LESION_FEATURES
 from coronary_calcium.inference.model import SliceAnalyzer, _device
 from coronary_calcium.inference.candidates import find_candidates
+from coronary_calcium.inference.decision import anatomy_allows
 from coronary_calcium.inference.thresholds import (
     CAM_SCORES,
     CHECKPOINT_FILE,
@@ -488,6 +489,9 @@ def choose_thresholds(
     if classifier is not None:
         # (t_slice, t_lesion) jointly: the same grid search over (slice probability, lesion probability)
         p_lesion = pool_probabilities(p_lesion, val["component"], val["area"], lesion_pooling)
+        # the anatomy rule of `decide` holds here too: what it rejects is never kept, whatever its probability
+        columns = [LESION_FEATURES.index(name) for name in ("body_depth_mm", "in_bone")]
+        p_lesion = np.where(anatomy_allows(val["features"][:, columns]), p_lesion, -np.inf)
         found = grid_search(val["probability"], p_lesion, val["pairs"], n_ref, slice_grid,
                             lesion_grid if lesion_grid is not None else DEFAULT_LESION_GRID, val["non_coronary"], slack)
         t_lesion = found.pop("t_cam")

@@ -15,7 +15,12 @@ from coronary_calcium.inference.candidates import Candidates
 from coronary_calcium.inference.lesion_classifier import pool_probabilities
 from coronary_calcium.inference.thresholds import Thresholds
 
-__all__ = ["Decision", "decide", "describe_rule"]
+__all__ = ["Decision", "MIN_BODY_DEPTH_MM", "anatomy_allows", "decide", "describe_rule"]
+
+# Coronary arteries lie inside the chest, behind a chest wall (skin, fat, muscle, ribs or sternum) thicker than this
+# everywhere: a candidate closer to the body outline (skin, the table, a sharp kernel's edge overshoot) or inside bone
+# is not coronary calcium, whatever a classifier fitted on other anatomy says.
+MIN_BODY_DEPTH_MM = 10.0
 
 
 @dataclass
@@ -30,11 +35,14 @@ class Decision:
     t_lesion: float | None = None
     lesion_probabilities: np.ndarray | None = None
     component_probabilities: np.ndarray | None = None
+    anatomy_ok: np.ndarray | None = None  # None: no anatomy features (the slice-and-CAM rule)
 
     def reason(self, i: int) -> str:
-        """Why candidate ``i`` was not kept: the first threshold it fell below."""
+        """Why candidate ``i`` was not kept: the first rule it failed."""
         if self.slice_probabilities[i] < self.t_slice:
             return f"slice probability < {self.t_slice:g}"
+        if self.anatomy_ok is not None and not self.anatomy_ok[i]:
+            return f"in bone or within {MIN_BODY_DEPTH_MM:g} mm of the body outline"
         if self.component_probabilities is not None:
             return f"component probability < {self.t_lesion:g}"
         if self.lesion_probabilities is not None:
@@ -56,7 +64,16 @@ def decide(candidates: Candidates, thresholds: Thresholds) -> Decision:
     if t.lesion_pooling == "component":
         pooled = pool_probabilities(lesion, candidates.components, candidates.areas)
     decided_by = lesion if pooled is None else pooled
-    return Decision(on_positive & (decided_by >= t.t_lesion), slice_p, t.t_slice, t.t_cam, t.t_lesion, lesion, pooled)
+    anatomy_ok = anatomy_allows(candidates.feature_columns(("body_depth_mm", "in_bone")))
+    kept = on_positive & (decided_by >= t.t_lesion) & anatomy_ok
+    return Decision(kept, slice_p, t.t_slice, t.t_cam, t.t_lesion, lesion, pooled, anatomy_ok)
+
+
+def anatomy_allows(depth_and_bone: np.ndarray) -> np.ndarray:
+    """Per candidate, from its (body_depth_mm, in_bone) features: whether anatomy allows it to be coronary calcium
+    (see MIN_BODY_DEPTH_MM)."""
+    depth_and_bone = np.asarray(depth_and_bone, dtype=np.float64).reshape(-1, 2)
+    return (depth_and_bone[:, 0] >= MIN_BODY_DEPTH_MM) & (depth_and_bone[:, 1] < 0.5)
 
 
 def describe_rule(t: Thresholds, cam_key: str) -> str:
@@ -73,5 +90,5 @@ def describe_rule(t: Thresholds, cam_key: str) -> str:
     return (f"coronary calcium = {found} on slices with probability >= {t.t_slice:g} whose lesion-classifier "
             f"probability (boosted trees on {len(classifier.features)} features: slice probability, "
             f"{t.cam_method} at {cam_key}, size, density, 3D extent, place in the anatomy, surrounding tissue{lumen})"
-            f"{pooled} "
-            f"is >= {t.t_lesion:g}; non-coronary calcium is excluded by the models alone")
+            f"{pooled} is >= {t.t_lesion:g}, and which lie outside bone and deeper than {MIN_BODY_DEPTH_MM:g} mm inside "
+            "the body outline (anatomy); non-coronary calcium is excluded by the models and that rule alone")
