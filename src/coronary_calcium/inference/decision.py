@@ -90,5 +90,5 @@ def describe_rule(t: Thresholds, cam_key: str) -> str:
     return (f"coronary calcium = {found} on slices with probability >= {t.t_slice:g} whose lesion-classifier "
             f"probability (boosted trees on {len(classifier.features)} features: slice probability, "
             f"{t.cam_method} at {cam_key}, size, density, 3D extent, place in the anatomy, surrounding tissue{lumen})"
-            f"{pooled} is >= {t.t_lesion:g}, and which lie outside bone and deeper than {MIN_BODY_DEPTH_MM:g} mm inside "
-            "the body outline (anatomy); non-coronary calcium is excluded by the models and that rule alone")
+            f"{pooled} is >= {t.t_lesion:g}, and which lie outside bone and deeper than {MIN_BODY_DEPTH_MM:g} mm "
+            "inside the body outline (anatomy); non-coronary calcium is excluded by the models and that rule alone")
