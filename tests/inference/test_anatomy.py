@@ -181,6 +181,23 @@ def test_water_cylinder_head_sized():
     assert 50 < _col(x, "body_depth_mm")[0] <= CAP_MM  # the speck is ~70 mm inside the outline
 
 
+def test_a_ring_of_skin_lies_on_the_outline_though_its_centroid_is_deep():
+    """A sharp kernel's overshoot can lift the skin above 130 HU: one ring-shaped candidate whose centroid is the
+    body's centre. Its depth is that of its nearest voxel, so the anatomy rule of the decision rejects it."""
+    nz, n, px = 12, 128, 1.5
+    yy, xx = np.mgrid[:n, :n]
+    r = np.hypot(yy - n / 2, xx - n / 2) * px
+    hu = np.where(r <= 80.0, 0.0, -1000.0).astype(np.float32)
+    hu[(r > 77.0) & (r <= 80.0)] = 200.0  # the skin, 3 mm thick
+    hu = hu[None].repeat(nz, axis=0)
+    _speck(hu, 6, 60, 60)
+    _, lesions, x = _analyse(hu, (3.0, px, px))
+    ring = [i for i, les in enumerate(lesions) if les.total_area_mm2 > 500]
+    speck = [i for i, les in enumerate(lesions) if les.peak_hu == 400.0]
+    assert ring and len(speck) == 1
+    assert _col(x, "body_depth_mm")[ring].max() < 5.0 and _col(x, "body_depth_mm")[speck[0]] > 50.0
+
+
 def test_cut_off_body_is_still_body():
     """A body filling the whole image (a heavy patient in a small field of view): no outline, depth capped."""
     hu = np.full((8, 96, 96), 40.0, dtype=np.float32)

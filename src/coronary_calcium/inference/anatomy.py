@@ -83,7 +83,8 @@ ANATOMY_FEATURES: tuple[str, ...] = (
     "heart_dx",  # (candidate - heart centre) / heart radius: columns (+ patient left), rows (+ posterior),
     "heart_dy",  # slices (+ along the slice index), clipped to +-5; no heart: 0
     "heart_dz",
-    "body_depth_mm",  # in-plane distance to the body outline (the image border is none); no outline: 100
+    "body_depth_mm",  # in-plane distance of its nearest voxel to the body outline (the image border is none);
+    # no outline: 100
 )
 
 
@@ -466,7 +467,8 @@ def anatomy_features(anatomy: Anatomy, lesions, spacing) -> np.ndarray:
         "bone_distance_mm": np.minimum.reduceat(bone, starts),
         "in_bone": np.add.reduceat(reach.ravel()[idx].astype(np.float64), starts) / counts >= 0.5,
         "behind_lung": np.add.reduceat(a.behind_lung.ravel()[idx].astype(np.float64), starts) / counts,
-        "body_depth_mm": _nearest_mm(outside, czyx, a.spacing, plane=True),
+        # the candidate's nearest approach to the outline, not its centroid's: a ring of skin has its centroid deep
+        "body_depth_mm": np.minimum.reduceat(_nearest_mm(outside, bzyx, a.spacing, plane=True)[inverse], starts),
     }
     if a.found["heart"]:
         depth = _nearest_mm(_edge(a.heart, _PLANE), czyx, a.spacing, plane=True)
