@@ -28,9 +28,9 @@ import torch
 
 from coronary_calcium.inference import load_model, run_inference
 from coronary_calcium.inference.calibration import training_defaults
+from coronary_calcium.inference.candidates import find_candidates
 from coronary_calcium.inference.lesion_classifier import LesionClassifier, fit_lesion_classifier
 from coronary_calcium.inference.lesion_features import LESION_FEATURES, lesion_features
-from coronary_calcium.inference.candidates import find_candidates
 from coronary_calcium.inference.thresholds import Thresholds, file_sha256, save_thresholds
 from coronary_calcium.io.dicom import read_dicom_series, write_dicom_series
 from coronary_calcium.io.volume import CTVolume

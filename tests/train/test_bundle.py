@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from coronary_calcium.cli import main
@@ -20,6 +19,8 @@ from coronary_calcium.report.tensorboard import read_scalars
 from coronary_calcium.train.bundle import BUNDLE_ROOT, run_bundle
 
 REPO = BUNDLE_ROOT.parent
+
+
 @pytest.fixture(scope="module")
 def overrides(tiny_bundle):
     """overrides(manifest, out, **extra): the tiny bundle's ids for a run writing to ``out``."""

@@ -38,6 +38,8 @@ from tqdm.auto import tqdm
 
 from coronary_calcium.data.transforms import check_hu_windows
 from coronary_calcium.errors import InputError
+from coronary_calcium.inference.candidates import find_candidates
+from coronary_calcium.inference.decision import anatomy_allows
 from coronary_calcium.inference.lesion_classifier import (
     LesionClassifier,
     check_lesion_pooling,
@@ -46,8 +48,6 @@ from coronary_calcium.inference.lesion_classifier import (
 )
 from coronary_calcium.inference.lesion_features import LESION_FEATURES
 from coronary_calcium.inference.model import SliceAnalyzer, _device
-from coronary_calcium.inference.candidates import find_candidates
-from coronary_calcium.inference.decision import anatomy_allows
 from coronary_calcium.inference.thresholds import (
     CAM_SCORES,
     CHECKPOINT_FILE,

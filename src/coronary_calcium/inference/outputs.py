@@ -28,7 +28,7 @@ from coronary_calcium import __version__
 from coronary_calcium.inference.scan import ScanResult
 from coronary_calcium.io.images import write_nifti
 from coronary_calcium.io.volume import CTVolume
-from coronary_calcium.report.files import uninterrupted, atomic_path, write_csv, write_json
+from coronary_calcium.report.files import atomic_path, uninterrupted, write_csv, write_json
 
 RESULT_FILE = "result.json"
 LESION_MASK_FILE = "lesions.nii.gz"
