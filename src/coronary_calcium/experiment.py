@@ -438,8 +438,8 @@ def _resolved(parser: Any) -> dict[str, Any]:
         out["train_slices"] = len(parser.get_parsed_content("train#records"))
         out["train_samples_per_epoch"] = len(parser.get_parsed_content("train#dataset"))
         out["validation_slices"] = len(parser.get_parsed_content("validate#records"))
-    except Exception:  # noqa: BLE001
-        pass
+    except Exception as exc:  # noqa: BLE001 - the report says what it could not read rather than failing the run
+        out["training_state_unavailable"] = f"{type(exc).__name__}: {exc}"
     return out
 
 
