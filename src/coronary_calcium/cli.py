@@ -5,18 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 from coronary_calcium.errors import InputError, find_user_error
-
-if TYPE_CHECKING:
-    from coronary_calcium.io.manifest import ScanEntry
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from coronary_calcium.io.manifest import problems_error, validate_manifest
+    from coronary_calcium.io.scans import check_scan_readable
 
-    manifest, problems = validate_manifest(args.manifest, check_images=None if args.quick else check_scan)
+    manifest, problems = validate_manifest(args.manifest, check_images=None if args.quick else check_scan_readable)
     if problems:
         raise problems_error(args.manifest, problems)
     assert manifest is not None
@@ -24,15 +22,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     patients = len({s.patient_id for s in manifest.scans})
     print(f"{manifest.path}: OK: {len(manifest.scans)} scans of {patients} patients; " f"splits {counts}")
     return 0
-
-
-def check_scan(scan: ScanEntry) -> None:
-    """Read a manifest scan and its reference, and check the volume with the checks `infer` runs before scoring."""
-    from coronary_calcium.io.scans import read_scan
-    from coronary_calcium.io.volume import check_ct_volume
-
-    volume, _ = read_scan(scan)
-    check_ct_volume(volume, scan.image)
 
 
 def _out_path(value: str | None, option: str = "--out") -> Path | None:

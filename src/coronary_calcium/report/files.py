@@ -74,8 +74,8 @@ def atomic_folder(path: str | Path, *, replace: bool = False, last: Sequence[str
         if name is None or not Path(name).is_relative_to(tmp):
             raise
         raise OSError(e.errno, e.strerror, str(path / Path(name).relative_to(tmp))) from e
-    finally:
-        _remove_tree(tmp)
+    finally:  # gone already when renamed into place; removed even when Ctrl-C lands in the clean-up
+        uninterrupted(shutil.rmtree, tmp, ignore_errors=True)
 
 
 def uninterrupted(cleanup: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
@@ -90,11 +90,6 @@ def uninterrupted(cleanup: Callable[..., Any], *args: Any, **kwargs: Any) -> Non
             interrupted = e
     if interrupted is not None:
         raise interrupted
-
-
-def _remove_tree(path: Path) -> None:
-    """Remove ``path`` (already gone when it was renamed into place), even when interrupted."""
-    uninterrupted(shutil.rmtree, path, ignore_errors=True)
 
 
 def _move_into_place(tmp: Path, path: Path, replace: bool, last: Sequence[str]) -> None:

@@ -32,9 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import secrets
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +43,7 @@ from scipy import ndimage as ndi
 from coronary_calcium.errors import InputError
 from coronary_calcium.io.volume import CTVolume
 from coronary_calcium.labels import AORTIC, CORONARY_LABELS, LABEL_NAMES, LAD, LCX, LM, RCA, VALVE
+from coronary_calcium.report.files import atomic_folder
 from coronary_calcium.synth import shifted_anatomy as sa
 
 GENERATOR_NAME = "coronary_calcium.synth.shifted"
@@ -730,10 +728,7 @@ def generate_shifted_dataset(out_dir: str | Path, n_patients: int = 12, seed: in
         raise InputError("workers", f"must be a positive integer, got {workers!r}")
     out_dir = Path(out_dir).absolute()
     _check_out_dir(out_dir, bool(overwrite))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
+    with atomic_folder(out_dir, replace=True) as tmp:
         cfg = config.to_dict()
         if workers == 1:
             summaries = [_make(cfg, i, str(tmp)) for i in range(config.n_patients)]
@@ -742,10 +737,4 @@ def generate_shifted_dataset(out_dir: str | Path, n_patients: int = 12, seed: in
                 summaries = list(pool.map(_make, [cfg] * config.n_patients, range(config.n_patients),
                                           [str(tmp)] * config.n_patients))
         (tmp / MANIFEST_NAME).write_text(_dumps(build_shifted_manifest(config, summaries)))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir / MANIFEST_NAME
