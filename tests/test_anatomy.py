@@ -216,3 +216,22 @@ def test_no_candidates_and_bad_input():
         find_anatomy(np.zeros((2, 16, 16)), (3.0, 0.0, 1.0))
     with pytest.raises(InputError):
         find_anatomy(np.zeros((2, 16, 16)), (3.0, float("nan"), 1.0))
+
+
+@pytest.mark.parametrize("gated", [True, False], ids=["gated", "full-chest"])
+def test_heart_centre_lies_in_the_heart_and_a_160_mm_field_around_it_holds_the_coronaries(gated):
+    """The slice classifier looks at 160 mm around `heart_centre_px` (train.json): every coronary calcium voxel of a
+    synthetic patient lies inside that field, and the centre itself lies in the heart region."""
+    p = _first(gated)
+    anatomy = find_anatomy(p.volume.hu, p.volume.spacing)
+    row, col = anatomy.heart_centre_px
+    _, sy, sx = p.volume.spacing
+    z, y, x = np.nonzero(np.isin(p.labels, CORONARY_LABELS))
+    assert np.max(np.maximum(np.abs(y - row) * sy, np.abs(x - col) * sx)) <= 80.0
+    f = anatomy.factor
+    assert anatomy.heart[:, int(row) // f, int(col) // f].any()
+
+
+def test_no_heart_no_centre():
+    anatomy = find_anatomy(np.full((4, 64, 64), -1000.0, np.float32), (3.0, 0.7, 0.7))
+    assert anatomy.heart_centre_px is None

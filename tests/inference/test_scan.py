@@ -142,6 +142,37 @@ def test_reference_labels_name_arteries_but_do_not_change_the_decision(tiny_mode
     assert sum(d["agatston"] for d in named.score.per_artery.values()) == pytest.approx(named.agatston)
 
 
+def test_an_artery_model_names_each_kept_lesion_when_a_heart_is_found(tiny_model):
+    """The thresholds' artery model names kept lesions from their place relative to the heart (a synthetic chest
+    with lungs and a heart); the reference labels are then recorded beside, not used. Without a heart (the tiny
+    scans have no lungs) every lesion stays "unknown" and the note says why."""
+    from coronary_calcium.inference.arteries import fit_artery_model
+    from coronary_calcium.synth.config import SynthConfig
+    from coronary_calcium.synth.phantom import generate_patient
+
+    rng = np.random.default_rng(0)
+    places = {"LM": (0.2, -0.4, -0.9), "LAD": (0.5, -0.8, 0.0), "LCX": (0.9, 0.3, -0.2), "RCA": (-0.9, -0.3, 0.1)}
+    x = np.concatenate([rng.normal(p, 0.2, size=(20, 3)) for p in places.values()])
+    arteries = fit_artery_model(x, np.repeat(list(places), 20))
+    thresholds = dataclasses.replace(tiny_model.thresholds, artery_model=arteries)
+    model = dataclasses.replace(tiny_model, thresholds=thresholds)
+    model.thresholds.t_slice, model.thresholds.t_lesion = 0.0, 0.0  # keep every candidate the anatomy rule allows
+    patient = next(p for p in (generate_patient(SynthConfig(matrix=256, n_slices=(24, 24)), i) for i in range(20))
+                   if np.isin(p.labels, [1, 2, 3, 4]).any())
+    result = infer_scan(patient.volume, model, labels=patient.labels)
+    records = result.to_dict()["lesions"]
+    assert records and all(r["artery"] in places and 0.25 <= r["artery_probability"] <= 1 for r in records)
+    assert all("reference_label" in r for r in records)
+    assert any(n.startswith("arteries assigned by the artery model") for n in result.notes)
+    assert result.to_dict()["model"]["artery_model"] == list(places)
+    assert sum(d["agatston"] for d in result.score.per_artery.values()) == pytest.approx(result.agatston)
+    hu = np.full((3, 40, 56), 40.0, np.float32)
+    hu[:, 18:22, 26:30] = 400.0  # a 4 mm^2 deposit in a block of soft tissue: no lungs, no heart
+    no_heart = infer_scan(CTVolume(hu=hu, spacing=(3.0, 0.5, 0.5)), model)
+    assert all(r["artery"] == "unknown" and "artery_probability" not in r for r in no_heart.to_dict()["lesions"])
+    assert any("no heart found, so the artery model" in n for n in no_heart.notes)
+
+
 def test_bf16_keeps_the_decisions(ckpt_dir, test_scan):
     volume, _ = test_scan
     fp32 = load_model(ckpt_dir, device="cpu", precision="fp32")

@@ -480,7 +480,7 @@ def choose_thresholds(
                              field_of_view_centre=probe.field_of_view_centre, cam_layer=cam_layer,
                              cam_method=cam_method, cam_gate_layer=cam_gate_layer, cam_score=cam_score,
                              cam_pooling=cam_pooling, device=dev, precision=precision,
-                             channels_last=(precision == "bf16") if channels_last is None else bool(channels_last),
+                             channels_last=True if channels_last is None else bool(channels_last),
                              batch_size=batch_size)
     try:
         cases, patients, described = _cases(data, split)
