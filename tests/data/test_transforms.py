@@ -14,6 +14,8 @@ from coronary_calcium.data.transforms import (
     MaxPoolResize,
     MaxPoolResized,
     apply_hu_windows,
+    check_centred_field,
+    check_field_of_view_centre,
     crop_or_pad_to_box,
     field_of_view_box,
     uncrop_from_box,
@@ -62,6 +64,37 @@ def test_field_of_view_gives_every_scan_the_same_millimetres_per_pixel():
     assert FieldOfViewd("image", None)({"image": img})["image"] is img  # None: unchanged, no spacing needed
 
 
+def test_field_of_view_centred_on_a_point():
+    """A heart-centred field: the box is centred on the given (row, column) pixel, parts beyond the slice are padded,
+    the inverse puts maps back at the same place, and a sample whose centre is NaN (no heart found) or None gets the
+    image-centred field, as inference falls back."""
+    box = field_of_view_box((512, 512), (0.5, 0.5), 100.0, centre=(100.0, 400.5))
+    assert box == ((200, 1), (200, 301))  # rows 1..200 around row 100 (halves round up); columns 301..500
+    assert field_of_view_box((512, 512), (0.5, 0.5), 100.0, centre=(20.0, 256.0)) == ((200, -79), (200, 157))
+    x = np.arange(64 * 48, dtype=np.float32).reshape(64, 48)
+    box = field_of_view_box((64, 48), (1.0, 1.0), 20.0, centre=(5.0, 40.0))
+    assert box == ((20, -4), (20, 31))  # 4 rows of padding above, 3 columns beyond the right edge
+    field = crop_or_pad_to_box(torch.as_tensor(x), box, -1.0).numpy()
+    assert np.array_equal(field[4:, :17], x[:16, 31:48]) and (field[:4] == -1).all() and (field[:, 17:] == -1).all()
+    back = uncrop_from_box(field, (64, 48), box)
+    assert np.array_equal(back[:16, 31:], x[:16, 31:]) and back[16:].sum() == 0 and back[:, :31].sum() == 0
+    img = torch.as_tensor(x)[None]
+    crop = FieldOfViewd("image", 20.0, values=-1.0)
+    at = crop({"image": img, "pixel_spacing": [1.0, 1.0], "fov_centre": [5.0, 40.0]})["image"]
+    assert np.array_equal(at[0].numpy(), field)
+    centred = crop({"image": img, "pixel_spacing": [1.0, 1.0]})["image"]
+    for missing in ([float("nan"), float("nan")], None):
+        same = crop({"image": img, "pixel_spacing": [1.0, 1.0], "fov_centre": missing})["image"]
+        assert torch.equal(same, centred)
+    with pytest.raises(InputError, match="fov_centre"):
+        field_of_view_box((64, 48), (1.0, 1.0), 20.0, centre=(5.0,))
+    with pytest.raises(InputError, match="field_of_view_centre"):
+        check_field_of_view_centre("aorta")
+    with pytest.raises(InputError, match="needs field_of_view_mm"):
+        check_centred_field(None, "heart")
+    assert check_centred_field(None, "image") == (None, "image")
+
+
 @pytest.mark.parametrize("fov, spacing, item", [(0.0, [0.5, 0.5], "field_of_view_mm"),
                                                 ("wide", [0.5, 0.5], "field_of_view_mm"),
                                                 (250.0, [0.5], "pixel_spacing"),
@@ -100,6 +133,7 @@ def test_training_augmentation_keeps_calcium_above_the_threshold():
     pipeline = parser.get_parsed_content("train#preprocessing")
     lo, hi = parser.get_parsed_content("hu_windows")[1]
     brightness, contrast = parser.get_parsed_content("brightness_hu"), parser.get_parsed_content("contrast_factor")
+    step = parser.get_parsed_content("field_of_view_mm") / 64  # the field of view is the whole 64 x 64 image
     image = np.full((1, 64, 64), 40, dtype=np.int16)
     image[0, 30, 33] = 300
     mask = (image >= 130).astype(np.uint8)
@@ -107,7 +141,7 @@ def test_training_augmentation_keeps_calcium_above_the_threshold():
     peaks = []
     for seed in range(30):
         pipeline.set_random_state(seed)
-        out = pipeline({"image": image.copy(), "mask": mask.copy(), "pixel_spacing": [250 / 64, 250 / 64]})
+        out = pipeline({"image": image.copy(), "mask": mask.copy(), "pixel_spacing": [step, step]})
         assert out["image"].shape == (2, 64, 64)
         if out["mask"].sum() == 1:  # nearest rotation may drop the pixel, then it drops from the mask too
             peaks.append(float(out["image"][1][out["mask"][0] > 0].max()))

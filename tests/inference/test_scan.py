@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from coronary_calcium.errors import InputError
@@ -190,10 +191,18 @@ def test_cam_maps_are_on_the_original_matrix(tiny_model):
     assert framed.shape == (2, 40, 56) and np.all((framed >= 0) & (framed <= 1))
     assert framed[:, :, :12].max() == 0 and framed[:, :, 44:].max() == 0  # outside the 16 mm field: no CAM
     assert framed[:, 4:36, 12:44].max() > 0
+    # centred on a point (the heart's): a 32 x 32 field around row 10, column 40 spans rows -5..26, columns 25..56
+    shifted = fov.cam_maps(hu, [0, 2], pixel_spacing=(3.0, 0.5, 0.5), centre=(10.0, 40.0))
+    assert shifted[:, 27:].max() == 0 and shifted[:, :, :25].max() == 0 and shifted[:, :27, 25:].max() > 0
+    x = fov.preprocess(hu, (3.0, 0.5, 0.5), centre=(10.0, 40.0))
+    assert torch.equal(x[:, :, :5], torch.zeros_like(x[:, :, :5]))  # 5 rows of air above the slice, every window
     fov.close()
     empty = CTVolume(hu=np.full((2, 40, 56), -1000.0, np.float32), spacing=(3.0, 0.5, 0.5))
     result = infer_scan(empty, tiny_model, scan_id="air")
     assert result.agatston == 0.0 and result.category == "0" and len(result.candidates) == 0
+    # the model looks at a heart-centred field (train.json); without a heart the note says where it looked instead
+    assert tiny_model.analyzer.field_of_view_centre == "heart"
+    assert any(n.startswith("network: no heart found") and "centred on the image" in n for n in result.notes)
 
 
 def test_candidate_cam_scores_by_max_or_mean():

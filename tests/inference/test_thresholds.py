@@ -45,7 +45,8 @@ def test_calibrate_writes_complete_thresholds(ckpt_dir):
     assert saved["decision"] == v["decision"] == "lesion classifier"
     assert (v["t_slice"], v["t_lesion"]) == (saved["t_slice"], saved["t_lesion"])
     assert v["lesion_probabilities"] == "out of fold, 2 folds by patient"
-    assert saved["lesion_pooling"] == v["lesion_pooling"] == "component" and saved["version"] == 5
+    assert saved["lesion_pooling"] == v["lesion_pooling"] == "component" and saved["version"] == 6
+    assert saved["field_of_view_centre"] == "heart" and saved["field_of_view_mm"] == 160.0  # train.json's
     fitted = saved["lesion_classifier"]["fitted_on"]
     assert fitted["data"][0].endswith("(train)") and fitted["data"][1].endswith("(validation)")
     assert fitted["n_scans"] == 6 and fitted["n_coronary"] > 0 and len(fitted["seeds"]) == 5
@@ -197,22 +198,30 @@ def test_preprocessing_equals_the_training_pipeline():
     rng = np.random.default_rng(3)
     hu = rng.normal(0, 400, size=(3, 50, 30)).astype(np.int16).astype(np.float32)
     windows = ((-250.0, 950.0), (130.0, 630.0))
-    for fov, size in ((None, (40, 24)), (30.0, (24, 24))):  # 30 mm at 0.8 mm: 38 rows of 50 kept, 30 columns padded
+    # 30 mm at 0.8 mm: 38 rows of 50 kept, 30 columns padded; centred on the image, or on a point (the heart's)
+    for fov, size, centre in ((None, (40, 24), None), (30.0, (24, 24), None), (30.0, (24, 24), [12.0, 20.0])):
         parser = ConfigParser()
         parser.read_config(str(BUNDLE_ROOT / "configs" / "train.json"))
         parser["image_size"] = list(size)
         parser["field_of_view_mm"] = fov
         train_pipeline = parser.get_parsed_content("validate#preprocessing")
-        ours = build_preprocessing(windows, size, fov)({"image": hu, "pixel_spacing": [0.8, 0.8]})["image"]
+        sample = {"image": hu, "pixel_spacing": [0.8, 0.8], "fov_centre": centre}
+        ours = build_preprocessing(windows, size, fov)(sample)["image"]
         assert ours.shape == (3, 2, *size)
         for k in range(3):
             ref = train_pipeline({"image": hu[k][None].astype(np.int16).astype(np.float32),
-                                  "mask": np.zeros((1, 50, 30), np.uint8), "pixel_spacing": [0.8, 0.8]})["image"]
+                                  "mask": np.zeros((1, 50, 30), np.uint8), "pixel_spacing": [0.8, 0.8],
+                                  "fov_centre": [float("nan")] * 2 if centre is None else centre})["image"]
             assert ref.shape == (2, *size)
             assert torch.equal(torch.as_tensor(ours[k]), torch.as_tensor(ref))
         if fov is None:
             pooled = torch.nn.functional.adaptive_max_pool2d(torch.as_tensor(hu[:1]), size)
             assert torch.allclose(ours[0, 1], ((pooled[0] - 130.0) / 500.0).clamp(0, 1))  # calcium window by hand
+        elif centre is not None:
+            field = torch.full((1, 38, 38), -1024.0)
+            field[:, 6:, :28] = torch.as_tensor(hu[:1, :32, 2:30])  # rows -6..31 (6 of air above), columns 2..39
+            pooled = torch.nn.functional.adaptive_max_pool2d(field, size)
+            assert torch.allclose(ours[0, 0], ((pooled[0] + 250.0) / 1200.0).clamp(0, 1))
         else:
             field = torch.full((1, 38, 38), -1024.0)
             field[:, :, 4:34] = torch.as_tensor(hu[:1, 6:44])  # centred: rows 6..43 kept, 4 columns of air each side
@@ -237,6 +246,15 @@ def test_channels_must_match_the_hu_windows_and_version_1_files_still_load(tmp_p
     assert old.cam_pooling == "max" and old.cam_gate_layer is None  # earlier files: the maximum, no gating
     with pytest.raises(InputError, match="cam_pooling"):
         Thresholds(**base, cam_pooling="median")
+    # files before version 6: a field centred on the image; a heart-centred one needs a size
+    v5 = Thresholds.from_dict({**base, "field_of_view_mm": 250, "version": 5})
+    assert v5.field_of_view_centre == "image"
+    assert Thresholds(**base, field_of_view_mm=160, field_of_view_centre="heart").to_dict()["preprocessing"][
+        "field_of_view_centre"] == "heart"
+    with pytest.raises(InputError, match="needs field_of_view_mm"):
+        Thresholds(**base, field_of_view_centre="heart")
+    with pytest.raises(InputError, match="field_of_view_centre"):
+        Thresholds(**base, field_of_view_mm=160, field_of_view_centre="aorta")
 
 
 _BAD_FIELDS = [
@@ -257,6 +275,8 @@ _BAD_FIELDS = [
     ({"cam_method": ["gradcam"]}, "cam_method: must be a string"),
     ({"in_channels": True}, "in_channels: must be an integer or null"),
     ({"lesion_classifier": [1]}, "lesion_classifier: must be an object or null"),
+    ({"field_of_view_centre": None}, "field_of_view_centre: must be a string"),
+    ({"field_of_view_centre": "lungs"}, "field_of_view_centre: must be one of"),
 ]
 
 

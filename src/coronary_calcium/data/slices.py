@@ -4,6 +4,9 @@ A slice is positive when it holds coronary calcium (labels 1-4) >= the threshold
 the minimum area (the Agatston lesion rule); aortic or valve calcium alone leaves it negative. Each record keeps the
 slice's coronary-calcium mask for measuring localization.
 
+With a heart-centred field of view each record also holds the heart's in-plane centre (`coronary_calcium.anatomy`,
+found on the volume as inference finds it), where `FieldOfViewd` centres the crop.
+
 Volumes are decoded once per scan and the slices kept in a per-scan cache file (MONAI's Persistent/CacheDataset
 cache per item, and an item here is a slice: caching per volume avoids decoding a series once per slice).
 """
@@ -20,16 +23,18 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from coronary_calcium.anatomy import find_anatomy
+from coronary_calcium.data.transforms import check_field_of_view_centre
 from coronary_calcium.errors import InputError
 from coronary_calcium.io.manifest import Manifest, ScanEntry, load_manifest
 from coronary_calcium.io.scans import read_scan
 from coronary_calcium.labels import CORONARY_LABELS
 from coronary_calcium.scoring.agatston import ScoringConfig, find_lesions
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the heart's centre (fov_centre)
 
 
-def _scan_slices(scan: ScanEntry, threshold_hu: float, min_area_mm2: float) -> dict[str, np.ndarray]:
+def _scan_slices(scan: ScanEntry, threshold_hu: float, min_area_mm2: float, centre: str) -> dict[str, np.ndarray]:
     volume, labels = read_scan(scan)
     if labels is None:
         raise InputError(scan.image, f"scan {scan.scan_id} has no reference (labels or COCA XML): slices need labels")
@@ -39,7 +44,9 @@ def _scan_slices(scan: ScanEntry, threshold_hu: float, min_area_mm2: float) -> d
     for lesion in lesions:
         positive[list(lesion.slices)] = 1
     mask = (volume.hu >= threshold_hu) & np.isin(labels, CORONARY_LABELS)
+    heart = find_anatomy(volume.hu, volume.spacing).heart_centre_px if centre == "heart" else None
     return {
+        "fov_centre": np.asarray(heart if heart is not None else (np.nan, np.nan), dtype=np.float64),
         "image": np.clip(np.rint(volume.hu), -32768, 32767).astype(np.int16),
         "mask": mask.astype(np.uint8),
         "label": positive,
@@ -47,8 +54,8 @@ def _scan_slices(scan: ScanEntry, threshold_hu: float, min_area_mm2: float) -> d
     }
 
 
-def _cache_key(scan: ScanEntry, threshold_hu: float, min_area_mm2: float) -> str:
-    parts: list[Any] = [CACHE_VERSION, scan.scan_id, threshold_hu, min_area_mm2, scan.label_scheme]
+def _cache_key(scan: ScanEntry, threshold_hu: float, min_area_mm2: float, centre: str) -> str:
+    parts: list[Any] = [CACHE_VERSION, scan.scan_id, threshold_hu, min_area_mm2, scan.label_scheme, centre]
     for p in (scan.image, scan.labels, scan.coca_xml):
         if p is None:
             parts.append(None)
@@ -59,15 +66,15 @@ def _cache_key(scan: ScanEntry, threshold_hu: float, min_area_mm2: float) -> str
 
 
 def _cached_scan_slices(
-    scan: ScanEntry, threshold_hu: float, min_area_mm2: float, cache_dir: Path | None
+    scan: ScanEntry, threshold_hu: float, min_area_mm2: float, centre: str, cache_dir: Path | None
 ) -> dict[str, np.ndarray]:
     if cache_dir is None:
-        return _scan_slices(scan, threshold_hu, min_area_mm2)
-    path = cache_dir / f"{scan.scan_id}-{_cache_key(scan, threshold_hu, min_area_mm2)}.npz"
+        return _scan_slices(scan, threshold_hu, min_area_mm2, centre)
+    path = cache_dir / f"{scan.scan_id}-{_cache_key(scan, threshold_hu, min_area_mm2, centre)}.npz"
     if path.is_file():
         with np.load(path) as z:
             return {k: z[k] for k in z.files}
-    arrays = _scan_slices(scan, threshold_hu, min_area_mm2)
+    arrays = _scan_slices(scan, threshold_hu, min_area_mm2, centre)
     cache_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npz.tmp")
     with os.fdopen(fd, "wb") as f:
@@ -84,13 +91,18 @@ def slice_records(
     min_area_mm2: float = 1.0,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    field_of_view_centre: str = "image",
 ) -> list[dict[str, Any]]:
     """One record per axial slice of the split's scans.
 
     Each record: ``image`` (1, H, W) int16 HU, ``mask`` (1, H, W) uint8 coronary calcium, ``label`` 0/1,
     ``patient_id``, ``scan_id``, ``slice_index``, ``pixel_spacing`` (row, column mm) and ``original_size`` (rows,
-    columns) of the original slice, from which localization metrics convert distances after resizing.
+    columns) of the original slice, from which localization metrics convert distances after resizing, and
+    ``fov_centre``: with ``field_of_view_centre="heart"`` the scan's heart centre as (row, column) pixels, else (NaN,
+    NaN): the field is then centred on the image, as inference does where no heart is found (NaN rather than None,
+    which a DataLoader cannot collate).
     """
+    check_field_of_view_centre(field_of_view_centre)
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
     scans = manifest.split(split)
@@ -99,7 +111,8 @@ def slice_records(
     cache = Path(cache_dir) if cache_dir is not None else None
     records: list[dict[str, Any]] = []
     for scan in tqdm(scans, desc=f"reading {split} scans", unit="scan", disable=not progress):
-        arrays = _cached_scan_slices(scan, threshold_hu, min_area_mm2, cache)
+        arrays = _cached_scan_slices(scan, threshold_hu, min_area_mm2, field_of_view_centre, cache)
+        centre = [float(v) for v in arrays["fov_centre"]]
         for k in range(arrays["image"].shape[0]):
             records.append(
                 {
@@ -111,6 +124,7 @@ def slice_records(
                     "slice_index": k,
                     "pixel_spacing": arrays["pixel_spacing"].tolist(),
                     "original_size": list(arrays["image"].shape[1:]),
+                    "fov_centre": centre,
                 }
             )
     return records

@@ -4,7 +4,10 @@ HU windows as channels.
 MONAI's `ResizeWithPadOrCrop` takes a size in pixels; `FieldOfView` takes millimetres and each slice's pixel
 spacing, so a 200 mm cardiac-gated reconstruction and a 400 mm chest scan both reach the network with the heart at
 one scale (otherwise the heart's size tells the network which kind of scan it sees, a shortcut that does not
-transfer), and `field_of_view_box` lets CAMs be mapped back onto the original matrix.
+transfer), and `field_of_view_box` lets CAMs be mapped back onto the original matrix. The field is centred on the
+image, or on a given point: the heart's centre (`coronary_calcium.anatomy`), so that a small field holds the heart
+and the coronary arteries whatever the scan's field of view, and the network spends its pixels on them rather than
+on the spine, ribs and arms.
 
 MONAI's `Resized` averages ("area") or interpolates; halving a 512 x 512 slice that way spreads a 1 mm^2 calcium
 deposit (2-6 pixels) over its darker neighbours until it drops below the calcium threshold, so the slice label
@@ -30,6 +33,7 @@ from coronary_calcium.errors import InputError
 
 
 AIR_HU = -1024.0
+FIELD_OF_VIEW_CENTRES = ("image", "heart")  # where a field of view is centred: the slice's centre or the heart's
 
 
 def check_field_of_view(field_of_view_mm: float | None) -> float | None:
@@ -45,21 +49,52 @@ def check_field_of_view(field_of_view_mm: float | None) -> float | None:
     return fov
 
 
+def check_field_of_view_centre(centre: str) -> str:
+    """``centre`` unless it is not one of `FIELD_OF_VIEW_CENTRES` (InputError)."""
+    if centre not in FIELD_OF_VIEW_CENTRES:
+        raise InputError("field_of_view_centre", f"must be one of {list(FIELD_OF_VIEW_CENTRES)}, got {centre!r}")
+    return centre
+
+
+def check_centred_field(field_of_view_mm: float | None, centre: str) -> tuple[float | None, str]:
+    """A field of view and its centre, checked together: a heart-centred field needs a size (InputError)."""
+    field_of_view_mm = check_field_of_view(field_of_view_mm)
+    if check_field_of_view_centre(centre) == "heart" and field_of_view_mm is None:
+        raise InputError("field_of_view_centre", "a heart-centred field of view needs field_of_view_mm (a size in mm)")
+    return field_of_view_mm, centre
+
+
+def _check_point(centre: Sequence[float] | None) -> tuple[float, float] | None:
+    if centre is None:
+        return None
+    try:
+        point = tuple(float(v) for v in np.asarray(centre, dtype=np.float64).reshape(-1))
+    except (TypeError, ValueError):
+        point = ()
+    if len(point) != 2 or not all(math.isfinite(v) for v in point):
+        raise InputError("fov_centre", f"must be a finite (row, column) pixel position or None, got {centre!r}")
+    return point  # type: ignore[return-value]
+
+
 def field_of_view_box(
-    shape: Sequence[int], spacing_mm: Sequence[float], field_of_view_mm: float
+    shape: Sequence[int], spacing_mm: Sequence[float], field_of_view_mm: float,
+    centre: Sequence[float] | None = None,
 ) -> tuple[tuple[int, int], ...]:
     """Per in-plane axis, ``(n, offset)``: the ``n``-pixel grid spanning ``field_of_view_mm`` at the slice's spacing,
-    centred on the slice; pixel ``i`` of that grid is pixel ``i + offset`` of the slice (a negative offset pads)."""
+    centred on the slice, or on ``centre`` ((row, column) pixel position) when given; pixel ``i`` of that grid is
+    pixel ``i + offset`` of the slice (a negative offset pads)."""
     fov = check_field_of_view(field_of_view_mm)
     if fov is None:
         raise InputError("field_of_view_mm", "a field-of-view box needs a field of view, got None")
     sp = [float(v) for v in np.asarray(spacing_mm, dtype=np.float64).reshape(-1)]
     if len(sp) != 2 or not all(math.isfinite(v) and v > 0 for v in sp):
         raise InputError("pixel_spacing", f"need (row, column) spacing > 0 mm for a field of view, got {spacing_mm!r}")
+    point = _check_point(centre)
     box = []
-    for size, step in zip(shape[-2:], sp):
+    for axis, (size, step) in enumerate(zip(shape[-2:], sp)):
         n = max(1, int(round(fov / step)))
-        box.append((n, (int(size) - n) // 2))
+        offset = (int(size) - n) // 2 if point is None else int(math.floor(point[axis] - (n - 1) / 2 + 0.5))
+        box.append((n, offset))
     return tuple(box)
 
 
@@ -89,26 +124,31 @@ def uncrop_from_box(maps: np.ndarray, shape: Sequence[int], box: Sequence[tuple[
 
 
 class FieldOfView(Transform):
-    """Centre-crop or pad a (..., H, W) slice to a square ``field_of_view_mm`` at its own pixel spacing (mm);
-    ``field_of_view_mm=None`` leaves it unchanged. Padding is ``value`` (air for HU, 0 for masks)."""
+    """Crop or pad a (..., H, W) slice to a square ``field_of_view_mm`` at its own pixel spacing (mm), centred on the
+    slice or on ``centre`` ((row, column) pixels); ``field_of_view_mm=None`` leaves it unchanged. Padding is
+    ``value`` (air for HU, 0 for masks)."""
 
     def __init__(self, field_of_view_mm: float | None, value: float = AIR_HU) -> None:
         self.field_of_view_mm = check_field_of_view(field_of_view_mm)
         self.value = float(value)
 
-    def __call__(self, img: torch.Tensor, spacing_mm: Sequence[float]) -> torch.Tensor:
+    def __call__(self, img: torch.Tensor, spacing_mm: Sequence[float],
+                 centre: Sequence[float] | None = None) -> torch.Tensor:
         t = convert_to_tensor(img, track_meta=False)
         if self.field_of_view_mm is None:
             return t
         if t.ndim < 2:
             raise ValueError(f"FieldOfView expects (..., H, W), got shape {tuple(t.shape)}")
-        return crop_or_pad_to_box(t, field_of_view_box(t.shape, spacing_mm, self.field_of_view_mm), self.value)
+        box = field_of_view_box(t.shape, spacing_mm, self.field_of_view_mm, centre)
+        return crop_or_pad_to_box(t, box, self.value)
 
 
 class FieldOfViewd(MapTransform):
     """Dictionary version of `FieldOfView`: the spacing comes from ``spacing_key``; ``values`` pads each key (one
-    value, or one per key). The field's size before resizing goes to ``size_key``: the resized grid's spacing is
-    ``field_of_view_mm / image size``, which localization metrics need."""
+    value, or one per key); the field is centred on ``centre_key``'s (row, column) pixel position where the sample
+    has a finite one (`slice_records` with a heart-centred field), else on the slice (None or NaN: no heart found).
+    The field's size before resizing goes to ``size_key``: the resized grid's spacing is ``field_of_view_mm / image
+    size``, which localization metrics need."""
 
     def __init__(
         self,
@@ -117,12 +157,14 @@ class FieldOfViewd(MapTransform):
         values: Sequence[float] | float = AIR_HU,
         spacing_key: str = "pixel_spacing",
         size_key: str = "field_size",
+        centre_key: str = "fov_centre",
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.croppers = [FieldOfView(field_of_view_mm, v) for v in ensure_tuple_rep(values, len(self.keys))]
         self.spacing_key = spacing_key
         self.size_key = size_key
+        self.centre_key = centre_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
@@ -130,8 +172,11 @@ class FieldOfViewd(MapTransform):
             return d
         if self.spacing_key not in d:
             raise InputError(self.spacing_key, "missing from the sample: a field of view in mm needs the pixel spacing")
+        centre = d.get(self.centre_key)
+        if centre is not None and not np.isfinite(np.asarray(centre, dtype=np.float64)).all():
+            centre = None
         for key, cropper in self.key_iterator(d, self.croppers):
-            d[key] = cropper(d[key], d[self.spacing_key])
+            d[key] = cropper(d[key], d[self.spacing_key], centre)
             d[self.size_key] = list(d[key].shape[-2:])
         return d
 

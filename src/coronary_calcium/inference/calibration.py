@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from coronary_calcium.data.transforms import check_hu_windows
 from coronary_calcium.errors import InputError
+from coronary_calcium.inference.arteries import ARTERY_FEATURES, ArteryModel, fit_artery_model
 from coronary_calcium.inference.candidates import find_candidates
 from coronary_calcium.inference.decision import anatomy_allows
 from coronary_calcium.inference.lesion_classifier import (
@@ -59,7 +60,7 @@ from coronary_calcium.inference.thresholds import (
 from coronary_calcium.io.manifest import Manifest, load_manifest
 from coronary_calcium.io.scans import read_scan
 from coronary_calcium.io.volume import CTVolume
-from coronary_calcium.labels import AORTIC, LAD, VALVE
+from coronary_calcium.labels import AORTIC, CORONARY_LABELS, LABEL_NAMES, LAD, VALVE
 from coronary_calcium.networks import create_network, load_checkpoint_weights, network_spec, validate_cam_layers
 from coronary_calcium.scoring.agatston import ScoringConfig, find_lesions
 from coronary_calcium.scoring.agreement import match_lesions
@@ -73,7 +74,8 @@ DEFAULT_CAM_GRID = tuple(round(v, 4) for v in np.linspace(0.0, 1.0, 21))
 NON_CORONARY_LABELS = (AORTIC, VALVE)
 DEFAULT_LESION_GRID = tuple(round(v, 4) for v in np.linspace(0.02, 0.98, 49))
 _FALLBACK_DEFAULTS = {"network_name": "inception_v3_scratch", "hu_windows": [[-250.0, 950.0], [130.0, 630.0]],
-                      "image_size": [256, 256], "field_of_view_mm": None, "calcium_threshold_hu": 130.0,
+                      "image_size": [256, 256], "field_of_view_mm": None, "field_of_view_centre": "image",
+                      "calcium_threshold_hu": 130.0,
                       "min_lesion_area_mm2": 1.0}
 # Weight of aortic / valve candidates in the lesion classifier's fit. 1: weights of 5 and 20 gave validation F1s
 # within half a lesion of it (0.982-0.986 against 0.982, Inception v3 15 epochs, fitted on training patients only;
@@ -86,11 +88,12 @@ VALIDATION_FOLDS = 3
 # default (4 epochs) 0.982 judged one by one, 0.996 pooled (2 more reference lesions found, and the one aortic
 # candidate kept one by one rejected).
 LESION_POOLING = "component"
-FROM_TRAINING = "train.json"  # field_of_view_mm default: train.json's value (None itself means "no crop")
+FROM_TRAINING = "train.json"  # field of view defaults: train.json's values (None itself means "no crop")
 
 
 def training_defaults(train_config: str | Path | None = None) -> dict[str, Any]:
-    """network_name, hu_windows, image_size, field_of_view_mm, in_channels (one per window), calcium_threshold_hu,
+    """network_name, hu_windows, image_size, field_of_view_mm, field_of_view_centre, in_channels (one per window),
+    calcium_threshold_hu,
     min_lesion_area_mm2 of the bundle's ``configs/train.json`` (the values the classifier is trained with unless
     overridden)."""
     if train_config is None:
@@ -238,7 +241,8 @@ def _collect(cases: Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], n_cases
              config: ScoringConfig, desc: str, progress: bool) -> dict[str, Any]:
     """Per candidate of every case: slice probability, CAM score, lesion features, matched reference lesions, and
     whether it is aortic or valve calcium (touches those labels and no coronary lesion), its patient, its 3D
-    component (ids unique across scans) and its area."""
+    component (ids unique across scans), its area, and its reference artery (majority coronary label of its
+    voxels; "" for none)."""
     probability: list[float] = []
     patient: list[str] = []
     cams: list[float] = []
@@ -246,6 +250,7 @@ def _collect(cases: Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], n_cases
     non_coronary: list[bool] = []
     components: list[np.ndarray] = []
     areas: list[float] = []
+    arteries: list[str] = []
     pairs: list[tuple[int, int]] = []
     n_ref = n_scans = n_slices = n_positive_slices = n_components = 0
     for patient_id, hu, spacing, labels in tqdm(cases, total=n_cases, desc=desc, unit="scan", disable=not progress):
@@ -263,6 +268,7 @@ def _collect(cases: Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], n_cases
         flat_labels = np.asarray(labels).reshape(-1)
         non_coronary.extend(bool(np.isin(flat_labels[np.asarray(c.voxels)], NON_CORONARY_LABELS).any())
                             for c in found)
+        arteries.extend(_reference_artery(flat_labels[np.asarray(c.voxels)]) for c in found)
         for m in match_lesions(reference, found.lesions)["matches"]:
             pairs.append((offset + m["pred"], n_ref + m["ref"]))
         n_ref += len(reference)
@@ -278,10 +284,25 @@ def _collect(cases: Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], n_cases
         "features": np.concatenate(features) if features else np.zeros((0, len(LESION_FEATURES))),
         "pairs": pairs_array, "coronary": coronary, "non_coronary": non_coronary,
         "component": np.concatenate(components) if components else np.zeros(0, dtype=np.int64),
-        "area": np.asarray(areas, dtype=np.float64),
+        "area": np.asarray(areas, dtype=np.float64), "artery": np.asarray(arteries, dtype=str),
         "patient": np.asarray(patient, dtype=str), "n_ref": n_ref, "n_scans": n_scans,
         "n_slices": n_slices, "n_positive_slices": n_positive_slices,
     }
+
+
+def _reference_artery(values: np.ndarray) -> str:
+    """The artery name of the most frequent coronary label among a candidate's voxel labels; "" for none."""
+    counts = np.bincount(np.asarray(values, dtype=np.int64).clip(0, 255), minlength=256)[list(CORONARY_LABELS)]
+    return LABEL_NAMES[CORONARY_LABELS[int(counts.argmax())]] if counts.max() > 0 else ""
+
+
+def _fit_arteries(sets: Sequence[dict[str, Any]], data: Sequence[str]) -> ArteryModel | None:
+    """The artery model fitted on the coronary candidates (matched to a reference lesion) of the collected sets."""
+    rows = [(c["features"][:, [LESION_FEATURES.index(f) for f in ARTERY_FEATURES]], c["artery"], c["coronary"])
+            for c in sets]
+    x = np.concatenate([f[m & (a != "")] for f, a, m in rows])
+    y = np.concatenate([a[m & (a != "")] for _, a, m in rows])
+    return fit_artery_model(x, y, {"data": list(data)})
 
 
 def _check_folds(folds: Any) -> int:
@@ -359,6 +380,7 @@ def choose_thresholds(
     image_size: Sequence[int] | None = None,
     in_channels: int | None = None,
     field_of_view_mm: float | str | None = FROM_TRAINING,
+    field_of_view_centre: str = FROM_TRAINING,
     cam_layer: str | None = None,
     cam_method: str = "gradcam",
     cam_gate_layer: str | None = None,
@@ -394,7 +416,8 @@ def choose_thresholds(
     data / fit_data: a manifest (its ``split`` / ``fit_split`` scans, which need reference labels or COCA XML),
     slice records as made by `slice_records` (their masks are the reference), or (CTVolume, labels) pairs.
     cam_layer: defaults to the network spec's intermediate CAM layer (stride <= 16), ``cam_layers[0]``.
-    field_of_view_mm: the slices' centre crop / pad in mm before resizing; default train.json's, None for none.
+    field_of_view_mm / field_of_view_centre: the slices' crop / pad in mm before resizing and where it is centred
+    ("image" or "heart"); default train.json's, None for no crop.
     cam_pooling: a candidate's CAM score is the "max" or the "mean" of the map over its pixels.
     hard_negative_weight: the weight of aortic and valve calcium candidates in the classifier's fit (the others
     weigh 1); default 1 (see HARD_NEGATIVE_WEIGHT).
@@ -415,6 +438,8 @@ def choose_thresholds(
     in_channels = int(in_channels if in_channels is not None else len(hu_windows))
     if field_of_view_mm == FROM_TRAINING:
         field_of_view_mm = defaults["field_of_view_mm"]
+    if field_of_view_centre == FROM_TRAINING:
+        field_of_view_centre = defaults["field_of_view_centre"]
     cam_layer = cam_layer or spec.cam_layers[0]
     if cam_score not in CAM_SCORES:
         raise InputError("cam_score", f"must be one of {list(CAM_SCORES)}, got {cam_score!r}")
@@ -429,6 +454,7 @@ def choose_thresholds(
                        cam_layer=cam_layer, cam_method=cam_method, cam_gate_layer=cam_gate_layer,
                        cam_score=cam_score, cam_pooling=cam_pooling, hu_windows=hu_windows,
                        image_size=image_size, in_channels=in_channels, field_of_view_mm=field_of_view_mm,
+                       field_of_view_centre=field_of_view_centre,
                        scoring=config.to_dict())
     validate_cam_layers(network, [cam_layer] + ([cam_gate_layer] if cam_gate_layer else []))
     check_lesion_pooling(lesion_pooling)
@@ -450,7 +476,8 @@ def choose_thresholds(
                          "the lesion classifier's features and fit need: give a manifest or (CTVolume, labels) "
                          "pairs, or lesion_classifier=False")
     analyzer = SliceAnalyzer(network=network, hu_windows=hu_windows, image_size=image_size,
-                             field_of_view_mm=probe.field_of_view_mm, cam_layer=cam_layer,
+                             field_of_view_mm=probe.field_of_view_mm,
+                             field_of_view_centre=probe.field_of_view_centre, cam_layer=cam_layer,
                              cam_method=cam_method, cam_gate_layer=cam_gate_layer, cam_score=cam_score,
                              cam_pooling=cam_pooling, device=dev, precision=precision,
                              channels_last=(precision == "bf16") if channels_last is None else bool(channels_last),
@@ -469,10 +496,11 @@ def choose_thresholds(
     if n_ref == 0:
         raise InputError(described, "no reference coronary lesions: thresholds cannot be chosen on this data")
     slack = None if f1_slack_lesions is None else float(f1_slack_lesions) / n_ref
-    classifier = None
+    classifier = artery_model = None
     if fit is not None:
         classifier, p_lesion, used_folds = cross_fit_lesion_classifier(
             fit, val, validation_folds, tree_params, hard_negative_weight, data=(fit_described, described))
+        artery_model = _fit_arteries((fit, val), (fit_described, described))
     cams = val["cam"]
     if cam_grid is None:
         if cam_score == "normalised":
@@ -538,8 +566,10 @@ def choose_thresholds(
         image_size=image_size,
         in_channels=in_channels,
         field_of_view_mm=probe.field_of_view_mm,
+        field_of_view_centre=probe.field_of_view_centre,
         scoring=config.to_dict(),
         lesion_classifier=classifier,
+        artery_model=artery_model,
         t_lesion=t_lesion,
         lesion_pooling=lesion_pooling if classifier is not None else "candidate",
         validation=validation,
@@ -563,8 +593,8 @@ def calibrate(
 
     ckpt_dir: defaults to ``<output_dir>/models`` (the training bundle's layout); give one of the two.
     network_name: defaults to train.json's ``network_name``. Other keyword arguments go to `choose_thresholds`
-    (hu_windows, image_size, in_channels, field_of_view_mm, cam_layer, cam_method, cam_gate_layer, cam_score,
-    cam_pooling, scoring, device, precision, ...):
+    (hu_windows, image_size, in_channels, field_of_view_mm, field_of_view_centre, cam_layer, cam_method,
+    cam_gate_layer, cam_score, cam_pooling, scoring, device, precision, ...):
     pass the values the model was trained with when they differ from train.json's.
     """
     if ckpt_dir is None:

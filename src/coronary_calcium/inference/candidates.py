@@ -2,9 +2,10 @@
 
 A candidate is an Agatston lesion of the whole slice (a 2D component of voxels >= the HU threshold with area >= the
 minimum, `find_lesions` without labels): coronary calcium, bone, aortic and valve calcium alike. `find_candidates`
+finds the scan's anatomy once (`find_anatomy`: where a heart-centred network looks, and where each candidate lies),
 runs every slice through the network once (`SliceAnalyzer`: probabilities and CAMs in one pass), finds the
-candidates, and attaches to each its CAM score and, for a lesion classifier, its `lesion_features` (with where it
-lies in the scan's anatomy: `find_anatomy`, once per scan) and 3D component.
+candidates, and attaches to each its CAM score and, for a lesion classifier, its `lesion_features` and 3D
+component.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from coronary_calcium.errors import InputError
-from coronary_calcium.inference.anatomy import find_anatomy
+from coronary_calcium.anatomy import Anatomy, find_anatomy
 from coronary_calcium.inference.lesion_features import (
     LESION_FEATURES,
     candidate_components,
@@ -37,7 +38,7 @@ class Candidates:
     onto the original matrix, and those maps (len(cam_slices), Y, X). cam_scores: per candidate, the CAM's maximum
     or mean over its pixels (None where its slice has no map). features / components: per candidate, its
     `lesion_features` row and 3D component id (None unless asked for). notes: what the anatomy finder could not
-    find, and what the features fell back to.
+    find, and what the features fell back to. heart_found: whether `find_anatomy` found a heart (None: not run).
     """
 
     lesions: list[Lesion]
@@ -48,6 +49,7 @@ class Candidates:
     features: np.ndarray | None = None
     components: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+    heart_found: bool | None = None
 
     def __len__(self) -> int:
         return len(self.lesions)
@@ -127,7 +129,9 @@ def find_candidates(
     ``features`` the candidates' `lesion_features` and 3D components are computed too (the CAM is then mapped
     back on every candidate slice, so ``cam_slices`` may hold more slices than asked).
     """
-    probs, small = analyzer.probabilities_and_cams(hu, pixel_spacing=spacing)
+    anatomy = find_anatomy(hu, spacing) if features or analyzer.field_of_view_centre == "heart" else None
+    centre, notes = _network_centre(analyzer, anatomy)
+    probs, small = analyzer.probabilities_and_cams(hu, pixel_spacing=spacing, centre=centre)
     lesions = find_lesions(hu, spacing, slice_thickness=slice_thickness, config=config)
     if callable(cam_slices):
         cam_slices = cam_slices(probs)
@@ -135,14 +139,27 @@ def find_candidates(
     if cam_slices is None:
         cam_slices = candidate_slices
     cam_slices = sorted({int(k) for k in cam_slices} | (candidate_slices if features else set()))
-    maps = analyzer.to_original(small[cam_slices], np.shape(hu), spacing)
+    maps = analyzer.to_original(small[cam_slices], np.shape(hu), spacing, centre)
     if not features:
         scores = candidate_cam_scores(lesions, np.shape(hu), maps, cam_slices, analyzer.cam_pooling)
-        return Candidates(lesions, probs, cam_slices, maps, scores)
+        return Candidates(lesions, probs, cam_slices, maps, scores, notes=notes,
+                          heart_found=None if anatomy is None else bool(anatomy.found.get("heart")))
     components = dense_components(hu, config)
-    anatomy = find_anatomy(hu, spacing)
     table = lesion_features(hu, spacing, lesions, probs, maps, cam_slices, config, components, anatomy)
     # the features hold each candidate's CAM mean and maximum already
     column = LESION_FEATURES.index("cam_mean" if analyzer.cam_pooling == "mean" else "cam_max")
     return Candidates(lesions, probs, cam_slices, maps, [float(v) for v in table[:, column]], table,
-                      candidate_components(components, lesions), [f"anatomy: {n}" for n in anatomy.notes])
+                      candidate_components(components, lesions), notes, bool(anatomy.found.get("heart")))
+
+
+def _network_centre(analyzer: SliceAnalyzer, anatomy: Anatomy | None) -> tuple[tuple[float, float] | None, list[str]]:
+    """Where the network's field of view is centred ((row, column) pixels; None: the image centre), and the notes on
+    the anatomy found: what is missing, and for a heart-centred network without a heart, the fallback."""
+    notes = [] if anatomy is None else [f"anatomy: {n}" for n in anatomy.notes]
+    if analyzer.field_of_view_centre != "heart":
+        return None, notes
+    centre = anatomy.heart_centre_px
+    if centre is None:
+        notes.append(f"network: no heart found, its {analyzer.field_of_view_mm:g} mm field of view is centred on the "
+                     "image instead of the heart")
+    return centre, notes

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from coronary_calcium.errors import InputError
-from coronary_calcium.inference.anatomy import ANATOMY_FEATURES, Anatomy, anatomy_features, find_anatomy
+from coronary_calcium.anatomy import ANATOMY_FEATURES, Anatomy, anatomy_features, find_anatomy
 from coronary_calcium.scoring.agatston import Lesion, ScoringConfig
 
 __all__ = ["LESION_FEATURES", "NEIGHBOURHOOD_MM", "TISSUES", "candidate_components", "dense_components",

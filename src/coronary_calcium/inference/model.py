@@ -1,10 +1,11 @@
 """A trained slice classifier ready for inference: preprocessing, batched slice probabilities and CAM maps.
 
 The preprocessing is the training pipeline's deterministic part (``bundle/configs/train.json``,
-``deterministic_transforms`` and ``window_transforms``): ``EnsureTyped`` (float32), ``FieldOfViewd`` (centre crop /
-pad to a field of view in mm, when the model was trained with one), ``MaxPoolResized`` and the HU windows as
-channels (``HUWindows``), with the parameters saved in ``thresholds.json``. A whole volume goes through
-them at once with its slices as channels: every transform acts per slice, so each slice comes out exactly as the
+``deterministic_transforms`` and ``window_transforms``): ``EnsureTyped`` (float32), ``FieldOfViewd`` (crop / pad to
+a field of view in mm, centred on the image or on the heart, when the model was trained with one),
+``MaxPoolResized`` and the HU windows as channels (``HUWindows``), with the parameters saved in
+``thresholds.json``. A whole volume goes through them at once with its slices as channels: every transform acts
+per slice, so each slice comes out exactly as the
 training pipeline makes it (a test checks this against train.json).
 """
 
@@ -27,7 +28,7 @@ from coronary_calcium.data.transforms import (
     FieldOfViewd,
     MaxPoolResized,
     apply_hu_windows,
-    check_field_of_view,
+    check_centred_field,
     check_hu_windows,
     field_of_view_box,
     uncrop_from_box,
@@ -52,7 +53,8 @@ def build_preprocessing(
     hu_windows: tuple[tuple[float, float], ...], image_size: tuple[int, int], field_of_view_mm: float | None = None
 ) -> Any:
     """The training pipeline's deterministic transforms for key "image": (Z, H, W) HU slices -> (Z, n_windows,
-    *image_size) network input. With a field of view the sample also needs "pixel_spacing" (row, column mm)."""
+    *image_size) network input. With a field of view the sample also needs "pixel_spacing" (row, column mm), and
+    "fov_centre" ((row, column) pixels, or None for the image centre)."""
     from monai.transforms import Compose, EnsureTyped, Lambdad
 
     windows = check_hu_windows(hu_windows)
@@ -78,8 +80,10 @@ class SliceAnalyzer:
     ``probabilities(hu, pixel_spacing)`` gives P(coronary calcium) per slice; ``cam_maps(hu, slices,
     pixel_spacing)`` the positive class's CAM of the chosen slices at ``cam_layer``, resized (bilinear) to the field
     of view's grid and placed back on the original matrix (0 outside the field), per-slice min-max
-    normalised (``cam_score="normalised"``) or raw. Batches of ``batch_size`` slices run under autocast at
-    ``precision`` ("bf16" on CPUs/GPUs that support it, see `default_precision`), channels_last when asked.
+    normalised (``cam_score="normalised"``) or raw. With ``field_of_view_centre="heart"`` the field is centred on
+    the ``centre`` the caller passes (the heart's, from `find_anatomy`; None: the image centre). Batches of
+    ``batch_size`` slices run under autocast at ``precision`` ("bf16" on CPUs/GPUs that support it, see
+    `default_precision`), channels_last when asked.
     """
 
     network: nn.Module
@@ -87,6 +91,7 @@ class SliceAnalyzer:
     image_size: tuple[int, int]
     cam_layer: str
     field_of_view_mm: float | None = None
+    field_of_view_centre: str = "image"
     cam_method: str = "gradcam"
     cam_gate_layer: str | None = None
     cam_score: str = "normalised"
@@ -104,7 +109,8 @@ class SliceAnalyzer:
         if self.cam_pooling not in CAM_POOLINGS:  # before any forward pass, not after the first volume
             raise InputError("cam_pooling", f"must be one of {list(CAM_POOLINGS)}, got {self.cam_pooling!r}")
         self.hu_windows = check_hu_windows(self.hu_windows)
-        self.field_of_view_mm = check_field_of_view(self.field_of_view_mm)
+        self.field_of_view_mm, self.field_of_view_centre = check_centred_field(
+            self.field_of_view_mm, self.field_of_view_centre)
         self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
         self.network = prepare_network(self.network, self.device, self.channels_last).eval()
         self._inferer = PrecisionInferer(self.precision, self.channels_last)
@@ -120,10 +126,13 @@ class SliceAnalyzer:
                              "the slices' (row, column) pixel spacing")
         return [float(v) for v in np.asarray(pixel_spacing, dtype=np.float64).reshape(-1)[-2:]]
 
-    def preprocess(self, hu: np.ndarray, pixel_spacing: Sequence[float] | None = None) -> torch.Tensor:
+    def preprocess(self, hu: np.ndarray, pixel_spacing: Sequence[float] | None = None,
+                   centre: Sequence[float] | None = None) -> torch.Tensor:
         """(Z, H, W) HU -> (Z, n_windows, *image_size) float32 network input (a plain tensor), on the CPU.
-        ``pixel_spacing`` (row, column mm; a (z, row, column) spacing works too) is needed with a field of view."""
-        sample = {"image": np.asarray(hu, dtype=np.float32), "pixel_spacing": self._spacing(pixel_spacing)}
+        ``pixel_spacing`` (row, column mm; a (z, row, column) spacing works too) is needed with a field of view;
+        ``centre`` ((row, column) pixels) centres it, None on the image."""
+        sample = {"image": np.asarray(hu, dtype=np.float32), "pixel_spacing": self._spacing(pixel_spacing),
+                  "fov_centre": centre}
         out = build_preprocessing(self.hu_windows, self.image_size, self.field_of_view_mm)(sample)
         x = out["image"]
         if hasattr(x, "as_tensor"):  # a MetaTensor would route every network op through MONAI's meta handling
@@ -158,9 +167,11 @@ class SliceAnalyzer:
     # -- per volume ---------------------------------------------------------------------------------------
 
     def probabilities(self, hu: np.ndarray, x: torch.Tensor | None = None,
-                      pixel_spacing: Sequence[float] | None = None) -> np.ndarray:
-        """P(positive) per slice (float64, length Z); ``x`` = ``preprocess(hu, pixel_spacing)`` when already made."""
-        x = self.preprocess(hu, pixel_spacing) if x is None else x
+                      pixel_spacing: Sequence[float] | None = None,
+                      centre: Sequence[float] | None = None) -> np.ndarray:
+        """P(positive) per slice (float64, length Z); ``x`` = ``preprocess(hu, pixel_spacing, centre)`` when already
+        made."""
+        x = self.preprocess(hu, pixel_spacing, centre) if x is None else x
         out = []
         with torch.inference_mode():
             for batch in self._batches(x):
@@ -172,14 +183,15 @@ class SliceAnalyzer:
 
     def probabilities_and_cams(self, hu: np.ndarray, slices: Sequence[int] | None = None,
                                x: torch.Tensor | None = None,
-                               pixel_spacing: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                               pixel_spacing: Sequence[float] | None = None,
+                               centre: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """P(positive) per slice and the positive class's CAM at the network's input size, from one pass.
 
         The CAM's forward pass gives the logits too, so classifying and explaining ``slices`` (default: all)
         costs about one forward pass plus the backward pass down to the CAM layer. Returns the probabilities of
         ``slices`` and their maps (len(slices), *image_size), normalised or raw per ``cam_score``.
         """
-        x = self.preprocess(hu, pixel_spacing) if x is None else x
+        x = self.preprocess(hu, pixel_spacing, centre) if x is None else x
         if slices is not None:
             x = x[[int(k) for k in slices]]
         if x.shape[0] == 0:
@@ -197,13 +209,14 @@ class SliceAnalyzer:
             maps.append(m[:, 0].float().cpu())
         return torch.cat(probs).double().numpy(), torch.cat(maps).numpy().astype(np.float32, copy=False)
 
-    def to_original(self, maps: np.ndarray, shape: Sequence[int],
-                    pixel_spacing: Sequence[float] | None = None) -> np.ndarray:
-        """Maps at the network's input size resized (bilinear) to the field of view's grid, or to the whole (H, W)
-        matrix without one, and placed on the original matrix (0 outside the field)."""
+    def to_original(self, maps: np.ndarray, shape: Sequence[int], pixel_spacing: Sequence[float] | None = None,
+                    centre: Sequence[float] | None = None) -> np.ndarray:
+        """Maps at the network's input size resized (bilinear) to the field of view's grid (centred as in
+        `preprocess`), or to the whole (H, W) matrix without one, and placed on the original matrix (0 outside the
+        field)."""
         h, w = int(shape[-2]), int(shape[-1])
         spacing = self._spacing(pixel_spacing)
-        box = None if spacing is None else field_of_view_box((h, w), spacing, self.field_of_view_mm)
+        box = None if spacing is None else field_of_view_box((h, w), spacing, self.field_of_view_mm, centre)
         grid = (h, w) if box is None else (box[0][0], box[1][0])
         m = torch.as_tensor(np.asarray(maps, dtype=np.float32))
         if m.shape[0] == 0:
@@ -215,11 +228,11 @@ class SliceAnalyzer:
         return out if box is None else uncrop_from_box(out, (h, w), box)
 
     def cam_maps(self, hu: np.ndarray, slices: Sequence[int], x: torch.Tensor | None = None,
-                 pixel_spacing: Sequence[float] | None = None) -> np.ndarray:
+                 pixel_spacing: Sequence[float] | None = None, centre: Sequence[float] | None = None) -> np.ndarray:
         """CAM of the positive class on the given slices, (len(slices), H, W) float32 on the original matrix."""
         slices = [int(k) for k in slices]
-        _, maps = self.probabilities_and_cams(hu, slices, x, pixel_spacing)
-        return self.to_original(maps, np.shape(hu), pixel_spacing)
+        _, maps = self.probabilities_and_cams(hu, slices, x, pixel_spacing, centre)
+        return self.to_original(maps, np.shape(hu), pixel_spacing, centre)
 
 
 @dataclass
@@ -250,6 +263,7 @@ class InferenceModel:
             "t_lesion": t.t_lesion,
             "lesion_pooling": None if t.lesion_classifier is None else t.lesion_pooling,
             "lesion_features": None if t.lesion_classifier is None else list(t.lesion_classifier.features),
+            "artery_model": None if t.artery_model is None else list(t.artery_model.arteries),
             "cam_layer": t.cam_layer,
             "cam_method": t.cam_method,
             "cam_gate_layer": t.cam_gate_layer,
@@ -258,6 +272,7 @@ class InferenceModel:
             "hu_windows": [list(w) for w in t.hu_windows],
             "image_size": list(t.image_size),
             "field_of_view_mm": t.field_of_view_mm,
+            "field_of_view_centre": t.field_of_view_centre,
             "validation_f1": t.validation.get("f1"),
             "precision": self.analyzer.precision,
             "device": str(self.analyzer.device),
@@ -305,6 +320,7 @@ def load_model(
         hu_windows=thresholds.hu_windows,
         image_size=thresholds.image_size,
         field_of_view_mm=thresholds.field_of_view_mm,
+        field_of_view_centre=thresholds.field_of_view_centre,
         cam_layer=thresholds.cam_layer,
         cam_method=thresholds.cam_method,
         cam_gate_layer=thresholds.cam_gate_layer,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from coronary_calcium.errors import InputError
+from coronary_calcium.inference.arteries import ArteryModel
 from coronary_calcium.inference.candidates import Candidates, find_candidates
 from coronary_calcium.inference.decision import Decision, decide, describe_rule
 from coronary_calcium.inference.model import InferenceModel
@@ -59,6 +60,7 @@ class ScanResult:
     seconds: float = 0.0
     reference: Any = None  # agreement_report.ScanReference, when the scan has one
     lesion_reference_labels: list[str] | None = None
+    artery_probabilities: np.ndarray | None = None  # per kept lesion, the artery model's probability of its artery
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -144,6 +146,8 @@ class ScanResult:
                 "mass_mg": float(lesion.mass_mg),
                 "artery": lesion.artery,
             }
+            if self.artery_probabilities is not None:
+                record["artery_probability"] = round(float(self.artery_probabilities[i - 1]), 6)
             if self.lesion_reference_labels is not None:
                 record["reference_label"] = self.lesion_reference_labels[i - 1]
             records.append(record)
@@ -248,7 +252,8 @@ def infer_scan(
                                  slice_thickness=volume.slice_thickness, features=t.lesion_classifier is not None)
     decision = decide(candidates, t)
     kept = [les for les, keep in zip(candidates, decision.kept) if keep]
-    reference_labels = None if labels is None else _name_arteries(kept, np.asarray(labels))
+    reference_labels = None if labels is None else _reference_labels(kept, np.asarray(labels))
+    artery_note, artery_probabilities = _name_arteries(kept, candidates, decision, t.artery_model, labels)
     score = score_lesions(kept, float(volume.spacing[0]), slice_thickness=volume.slice_thickness, config=config)
 
     # Overlays show the positive slices and any slice with a kept lesion.
@@ -260,8 +265,7 @@ def infer_scan(
     if kvp not in (None, "") and float(kvp) != float(config.kvp):
         notes.append(f"scan acquired at {float(kvp):g} kVp but scored with the {config.threshold:g} HU threshold the "
                      f"model was calibrated with ({float(config.kvp):g} kVp rule)")
-    notes.append("arteries unknown: no reference labels" if labels is None else
-                 "arteries named from the reference labels (majority coronary label of each lesion's voxels)")
+    notes.append(artery_note)
     return ScanResult(
         scan_id=scan_id,
         source=str(volume.meta.get("source", "")),
@@ -276,19 +280,39 @@ def infer_scan(
         notes=notes,
         seconds=time.perf_counter() - start,
         lesion_reference_labels=reference_labels,
+        artery_probabilities=artery_probabilities,
     )
 
 
-def _name_arteries(lesions: list[Lesion], labels: np.ndarray) -> list[str]:
-    """Name each lesion's artery from the reference labels (majority coronary label of its voxels); return each
-    lesion's majority reference label of any kind (aortic, valve, background) for the records."""
+def _reference_labels(lesions: list[Lesion], labels: np.ndarray) -> list[str]:
+    """Each lesion's majority reference label of any kind (an artery, aortic, valve, background), for the records;
+    its majority coronary label goes to ``lesion.label``."""
     flat = labels.reshape(-1)
-    reference_labels = []
+    out = []
     for lesion in lesions:
         values = flat[np.asarray(lesion.voxels)]
-        label = _majority(values, CORONARY_LABELS)
-        lesion.label = label
-        lesion.artery = LABEL_NAMES[label] if label else UNKNOWN_ARTERY
+        lesion.label = _majority(values, CORONARY_LABELS)
         any_label = _majority(values)
-        reference_labels.append(LABEL_NAMES.get(any_label, str(any_label)))
-    return reference_labels
+        out.append(LABEL_NAMES.get(any_label, str(any_label)))
+    return out
+
+
+def _name_arteries(lesions: list[Lesion], candidates: Candidates, decision: Decision,
+                   model: ArteryModel | None, labels: np.ndarray | None) -> tuple[str, np.ndarray | None]:
+    """Name each kept lesion's artery: by the thresholds' artery model from its place relative to the heart, else
+    from the reference labels (majority coronary label, `_reference_labels`), else "unknown". Returns the note and,
+    with the model, each lesion's artery probability."""
+    if model is not None and candidates.heart_found and candidates.features is not None:
+        names, probability = model.assign(candidates.feature_columns(model.features)[decision.kept])
+        for lesion, name in zip(lesions, names):
+            lesion.artery = name
+        beside = "; the reference labels are recorded beside" if labels is not None else ""
+        return ("arteries assigned by the artery model from each lesion's position relative to the heart centre "
+                f"(artery_probability per lesion){beside}"), probability
+    for lesion in lesions:
+        lesion.artery = LABEL_NAMES[lesion.label] if labels is not None and lesion.label else UNKNOWN_ARTERY
+    if labels is not None:
+        return "arteries named from the reference labels (majority coronary label of each lesion's voxels)", None
+    if model is not None:
+        return "arteries unknown: no heart found, so the artery model has no position to read", None
+    return "arteries unknown: no artery model in the thresholds and no reference labels", None

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coronary_calcium.data.transforms import check_field_of_view, check_hu_windows
+from coronary_calcium.data.transforms import check_centred_field, check_hu_windows
 from coronary_calcium.errors import InputError
 from coronary_calcium.explain.cam import METHODS
+from coronary_calcium.inference.arteries import ArteryModel
 from coronary_calcium.inference.lesion_classifier import LesionClassifier, check_lesion_pooling
 from coronary_calcium.inference.lesion_features import LESION_FEATURES
 from coronary_calcium.report.files import write_json
@@ -29,8 +30,9 @@ THRESHOLDS_FILE = "thresholds.json"
 CHECKPOINT_FILE = "model.pt"
 # 2: several HU windows (hu_windows) instead of one (hu_window); 3: field_of_view_mm and cam_gate_layer (absent
 # before: None, no crop and no gating); 4: lesion_classifier and t_lesion (absent before: the t_slice / t_cam rule);
-# 5: lesion_pooling (absent before: "candidate")
-THRESHOLDS_VERSION = 5
+# 5: lesion_pooling (absent before: "candidate"); 6: field_of_view_centre (absent before: "image") and
+# artery_model (absent before: arteries unknown)
+THRESHOLDS_VERSION = 6
 MISSING = "thresholds missing: run coronary-calcium calibrate / evaluate first"
 CAM_SCORES = ("normalised", "raw")
 RULES = ("classifier", "slice-cam")  # the decision rules a thresholds file can apply (`Thresholds.with_rule`)
@@ -74,7 +76,9 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "hu_window": ((list,), "[low, high]"), "image_size": ((list,), "[height, width]"),
     "in_channels": ((int, type(None)), "an integer or null"),
     "field_of_view_mm": ((*_NUMBER, type(None)), "a number or null"), "scoring": ((dict,), "an object"),
+    "field_of_view_centre": ((str,), "a string"),
     "lesion_classifier": ((dict, type(None)), "an object or null"), "t_slice": (_NUMBER, "a number"),
+    "artery_model": ((dict, type(None)), "an object or null"),
     "t_cam": (_NUMBER, "a number"), "t_lesion": ((*_NUMBER, type(None)), "a number or null"),
     "lesion_pooling": ((str,), "a string"), "validation": ((dict,), "an object"), "created": ((str,), "a string"),
     "version": ((int,), "an integer"),
@@ -123,11 +127,13 @@ class Thresholds:
     hu_windows: tuple[tuple[float, float], ...] = ((-250.0, 950.0), (130.0, 630.0))
     image_size: tuple[int, int] = (256, 256)
     in_channels: int | None = None  # one channel per HU window; None: len(hu_windows)
-    field_of_view_mm: float | None = None  # slices centre-cropped / padded to this many mm first; None: not
+    field_of_view_mm: float | None = None  # slices cropped / padded to this many mm first; None: not
+    field_of_view_centre: str = "image"  # that field centred on the image, or on the heart (`find_anatomy`)
     scoring: dict[str, Any] = field(default_factory=lambda: ScoringConfig().to_dict())
     lesion_classifier: LesionClassifier | None = None
     t_lesion: float | None = None
     lesion_pooling: str = "candidate"  # files before version 5 judged each candidate by its own probability
+    artery_model: ArteryModel | None = None  # names each kept lesion's artery (inference.arteries); None: unknown
     validation: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     version: int = THRESHOLDS_VERSION
@@ -137,7 +143,8 @@ class Thresholds:
         self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise InputError("image_size", f"must be two positive sizes, got {self.image_size}")
-        self.field_of_view_mm = check_field_of_view(self.field_of_view_mm)
+        self.field_of_view_mm, self.field_of_view_centre = check_centred_field(
+            self.field_of_view_mm, self.field_of_view_centre)
         if self.in_channels is None:
             self.in_channels = len(self.hu_windows)
         if self.in_channels != len(self.hu_windows):
@@ -150,6 +157,10 @@ class Thresholds:
         if self.cam_pooling not in CAM_POOLINGS:
             raise InputError("cam_pooling", f"must be one of {list(CAM_POOLINGS)}, got {self.cam_pooling!r}")
         check_lesion_pooling(self.lesion_pooling)
+        if self.artery_model is not None and not isinstance(self.artery_model, ArteryModel):
+            self.artery_model = ArteryModel.from_dict(self.artery_model)
+        if self.artery_model is not None and self.lesion_classifier is None:
+            raise InputError("artery_model", "reads the lesion features, which only a lesion classifier computes")
         if self.lesion_classifier is not None and not isinstance(self.lesion_classifier, LesionClassifier):
             self.lesion_classifier = LesionClassifier.from_dict(self.lesion_classifier)
         if self.lesion_classifier is not None:
@@ -200,25 +211,28 @@ class Thresholds:
         if isinstance(t_slice, bool) or not isinstance(t_slice, (int, float)):
             raise InputError("validation.slice_and_cam.t_slice", f"must be a number, got {t_slice!r}")
         return dataclasses.replace(self, lesion_classifier=None, t_lesion=None, lesion_pooling="candidate",
-                                   t_slice=float(t_slice))
+                                   artery_model=None, t_slice=float(t_slice))
 
     def to_dict(self) -> dict[str, Any]:
         classifier = self.lesion_classifier
         # asdict would deep-copy every tree array: the classifier is written by its own to_dict
-        out = dataclasses.asdict(dataclasses.replace(self, lesion_classifier=None))
+        out = dataclasses.asdict(dataclasses.replace(self, lesion_classifier=None, artery_model=None))
         out.pop("lesion_classifier")
+        out["artery_model"] = None if self.artery_model is None else self.artery_model.to_dict()
         out["hu_windows"] = [list(w) for w in self.hu_windows]
         out["image_size"] = list(self.image_size)
         out["preprocessing"] = {
             "transforms": [
                 "EnsureTyped(dtype=float32)",
-                *([f"FieldOfViewd(field_of_view_mm={self.field_of_view_mm})"] if self.field_of_view_mm else []),
+                *([f"FieldOfViewd(field_of_view_mm={self.field_of_view_mm}, centre={self.field_of_view_centre})"]
+                  if self.field_of_view_mm else []),
                 f"MaxPoolResized(spatial_size={list(self.image_size)})",
                 f"HUWindows(windows={[list(w) for w in self.hu_windows]})",
             ],
             "hu_windows": [list(w) for w in self.hu_windows],
             "image_size": list(self.image_size),
             "field_of_view_mm": self.field_of_view_mm,
+            "field_of_view_centre": self.field_of_view_centre,
             "in_channels": self.in_channels,
         }
         if classifier is not None:

@@ -111,6 +111,15 @@ class Anatomy:
     found: dict[str, bool] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def heart_centre_px(self) -> tuple[float, float] | None:
+        """The heart region's in-plane centre as (row, column) pixel coordinates of the full matrix; None when no
+        heart was found (where a heart-centred field of view falls back to the image centre)."""
+        if not self.found.get("heart"):
+            return None
+        row_mm, col_mm = self.spacing[1] / self.factor, self.spacing[2] / self.factor
+        return self.heart_centre_mm[1] / row_mm, self.heart_centre_mm[2] / col_mm
+
 
 def _check(hu: np.ndarray, spacing) -> tuple[np.ndarray, tuple[float, float, float]]:
     hu = np.asarray(hu)

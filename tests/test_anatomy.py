@@ -8,7 +8,7 @@ import pydicom
 import pytest
 
 from coronary_calcium.errors import InputError
-from coronary_calcium.inference.anatomy import ANATOMY_FEATURES, CAP_MM, anatomy_features, find_anatomy
+from coronary_calcium.anatomy import ANATOMY_FEATURES, CAP_MM, anatomy_features, find_anatomy
 from coronary_calcium.io.dicom import read_dicom_series
 from coronary_calcium.io.images import read_image
 from coronary_calcium.labels import CORONARY_LABELS
