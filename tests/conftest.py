@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from coronary_calcium.io.images import write_nifti
@@ -57,6 +58,27 @@ def qrm_series_dir(tmp_path_factory) -> Path:
     dirs = {p.parent for p in out.rglob("*") if p.is_file()}
     assert len(dirs) == 1, f"expected one folder of DICOM files in the QRM archive, found {sorted(dirs)}"
     return dirs.pop()
+
+
+def _edit_dicom(paths, edit=None, **tags) -> None:
+    """Rewrite DICOM files in place: ``edit(ds, i)`` on the ``i``-th of ``paths`` (one path or several), then each
+    of ``tags`` set (None deletes the tag)."""
+    for i, path in enumerate([paths] if isinstance(paths, (str, os.PathLike)) else paths):
+        ds = pydicom.dcmread(path)
+        if edit is not None:
+            edit(ds, i)
+        for name, value in tags.items():
+            if value is None:
+                delattr(ds, name)
+            else:
+                setattr(ds, name, value)
+        ds.save_as(path)
+
+
+@pytest.fixture(scope="session")
+def edit_dicom():
+    """edit_dicom(paths, edit=None, **tags): rewrite tiny DICOM series written by a test with some tags changed."""
+    return _edit_dicom
 
 
 SPLITS = {"train": 4, "validation": 2, "test": 2}

@@ -470,22 +470,44 @@ def run_experiment(
     Bad arguments (unknown network or profile, weights for a from-scratch network, a missing weights file, a manifest
     that does not validate, a folder of a run with other settings) raise InputError before anything trains.
     """
-    from coronary_calcium.io.manifest import validate_manifest
-    from coronary_calcium.report.experiment_report import write_experiment_report
-
     prof = get_profile(profile)
     names = parse_networks(networks)
     weights = _check_weights(pretrained_weights, names)
+    manifest, parsed = _validated_manifest(manifest)
+    out_dir = Path(out_dir).expanduser().resolve()
+    extra = _checked_overrides(overrides)
+    plans = _plan_runs(names, prof, manifest, out_dir, weights, extra)
+    summary = _new_summary(prof, names, manifest, parsed, out_dir, weights, extra)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _run_plans(plans, summary, out_dir, prof.name, weights, progress)
+    report = out_dir / "report.md"
+    _log(progress, f"wrote {report} and {out_dir / 'report.html'}")
+    return report
+
+
+def _validated_manifest(manifest: str | os.PathLike) -> tuple[Path, Any]:
+    """The manifest's resolved path and its parsed form; InputError when it does not validate."""
+    from coronary_calcium.io.manifest import validate_manifest
+
     manifest = Path(manifest).expanduser().resolve()
     parsed, problems = validate_manifest(manifest)
     if problems:
         raise InputError(manifest, f"does not validate ({len(problems)} problem(s)): {problems[0]}")
-    out_dir = Path(out_dir).expanduser().resolve()
+    return manifest, parsed
+
+
+def _checked_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The caller's bundle overrides; InputError for a key the experiment sets per configuration."""
     extra = dict(overrides or {})
     for key in ("network_name", "output_dir", "manifest", "pretrained_weights"):
         if key in extra:
             raise InputError(key, "is set by the experiment per configuration; it cannot be overridden")
+    return extra
 
+
+def _plan_runs(names: list[str], prof: Profile, manifest: Path, out_dir: Path, weights: Mapping[str, Path],
+               extra: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Each configuration's bundle overrides, checked against what an earlier run left in its folder."""
     plans: list[tuple[str, dict[str, Any]]] = []
     for name in names:
         ov: dict[str, Any] = {
@@ -499,9 +521,14 @@ def run_experiment(
             ov["pretrained_weights"] = str(weights[name])
         _check_previous(out_dir / name, ov)
         plans.append((name, ov))
+    return plans
 
+
+def _new_summary(prof: Profile, names: list[str], manifest: Path, parsed: Any, out_dir: Path,
+                 weights: Mapping[str, Path], extra: dict[str, Any]) -> dict[str, Any]:
+    """The experiment's summary before any configuration has run (the report is rendered from it)."""
     desc = getattr(parsed, "description", None) or ""
-    summary: dict[str, Any] = {
+    return {
         "title": "Coronary artery calcium slice classification: the paper's configurations",
         "paper": {"citation": PAPER, "results": PAPER_RESULTS},
         "started": _now(),
@@ -519,12 +546,18 @@ def run_experiment(
         "networks": names,
         "runs": [],
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = out_dir / "report.md"
+
+
+def _run_plans(plans: list[tuple[str, dict[str, Any]]], summary: dict[str, Any], out_dir: Path, profile_name: str,
+               weights: Mapping[str, Path], progress: bool) -> None:
+    """Run each configuration in turn, rewriting the report after each one and once more at the end, even on error."""
+    from coronary_calcium.report.experiment_report import write_experiment_report
+
+    names = summary["networks"]
     t_start = time.perf_counter()
     try:
         for i, (name, ov) in enumerate(plans, 1):
-            _log(progress, f"[{i}/{len(plans)}] {name} (profile {prof.name})")
+            _log(progress, f"[{i}/{len(plans)}] {name} (profile {profile_name})")
             summary["runs"].append(_run_one(name, ov, weights.get(name), progress))
             summary["seconds"] = round(time.perf_counter() - t_start, 1)
             summary["pending"] = names[i:]
@@ -534,8 +567,6 @@ def run_experiment(
         summary["seconds"] = round(time.perf_counter() - t_start, 1)
         summary["pending"] = [n for n in names if n not in {r["network"] for r in summary["runs"]}]
         write_experiment_report(summary, out_dir)
-    _log(progress, f"wrote {report} and {out_dir / 'report.html'}")
-    return report
 
 
 # --------------------------------------------------------------------------------------------------

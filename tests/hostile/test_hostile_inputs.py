@@ -40,6 +40,7 @@ class Ctx:
     ckpt: Path
     run: Path
     tiny_bundle: dict[str, Any]
+    edit_dicom: Callable[..., None]
     out: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -80,10 +81,7 @@ class Ctx:
 
     def dicom(self, name: str, edit: Callable[[pydicom.Dataset, int], None]) -> str:
         """A DICOM series of the tiny volume, each slice ``i`` changed by ``edit(ds, i)``."""
-        for i, p in enumerate(write_dicom_series(self.volume(), self.tmp / "data" / name, patient_id="D1")):
-            ds = pydicom.dcmread(p)
-            edit(ds, i)
-            ds.save_as(p)
+        self.edit_dicom(write_dicom_series(self.volume(), self.tmp / "data" / name, patient_id="D1"), edit)
         return name
 
     def raw_nifti(self, name: str, array: np.ndarray, zero_spacing: bool = False) -> str:
@@ -580,11 +578,11 @@ def _snapshot(path: Path) -> dict[str, tuple[int, int]] | None:
 
 
 @pytest.fixture
-def ctx(tmp_path, tiny_manifest, hostile_ckpt, hostile_run, tiny_bundle, monkeypatch) -> Ctx:
+def ctx(tmp_path, tiny_manifest, hostile_ckpt, hostile_run, tiny_bundle, edit_dicom, monkeypatch) -> Ctx:
     work = tmp_path / "case"
     work.mkdir()
     monkeypatch.chdir(work)
-    return Ctx(work, tiny_manifest, hostile_ckpt, hostile_run, tiny_bundle)
+    return Ctx(work, tiny_manifest, hostile_ckpt, hostile_run, tiny_bundle, edit_dicom)
 
 
 @pytest.mark.parametrize("make, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -17,21 +17,28 @@ from coronary_calcium.io.volume import CTVolume
 STRIPPED = ("SeriesInstanceUID", "StudyInstanceUID", "SeriesDescription")
 
 
-def _deidentify(paths, *, drop=STRIPPED, **tags):
-    """Strip the tags releases strip, add a private tag, and set ``tags`` (None deletes), in place."""
-    for path in paths:
-        ds = pydicom.dcmread(path)
+def _release_header(drop=STRIPPED):
+    """An `edit_dicom` edit: strip the tags ``drop`` (those releases strip) and add a private tag."""
+
+    def edit(ds, _):
         for name in drop:
             if name in ds:
                 delattr(ds, name)
         block = ds.private_block(0x0009, "ACME DEIDENT 1.0", create=True)
         block.add_new(0x01, "LO", "removed by the release tool")
-        for name, value in tags.items():
-            if value is None:
-                delattr(ds, name)
-            else:
-                setattr(ds, name, value)
-        ds.save_as(path)
+
+    return edit
+
+
+@pytest.fixture
+def deidentify(edit_dicom):
+    """deidentify(paths, drop=STRIPPED, **tags): de-identify the files as releases do, then set ``tags`` (None
+    deletes), in place."""
+
+    def run(paths, *, drop=STRIPPED, **tags):
+        edit_dicom(paths, _release_header(drop), **tags)
+
+    return run
 
 
 def _chest(shape=(8, 64, 64), pixel=0.7, seed=0) -> CTVolume:
@@ -43,10 +50,10 @@ def _chest(shape=(8, 64, 64), pixel=0.7, seed=0) -> CTVolume:
     return CTVolume(hu=hu, spacing=(5.0, pixel, pixel), origin=(-22.0, -22.0, -300.0), slice_thickness=5.0)
 
 
-def test_series_without_uids_reads(tmp_path):
+def test_series_without_uids_reads(deidentify, tmp_path):
     volume = _chest()
     paths = write_dicom_series(volume, tmp_path / "s", patient_id="ANON", series_description="chest 5mm")
-    _deidentify(paths)
+    deidentify(paths)
     ds = pydicom.dcmread(paths[0])
     assert "SeriesInstanceUID" not in ds and "StudyInstanceUID" not in ds and "SeriesDescription" not in ds
     assert ds[0x0009, 0x1001].value == "removed by the release tool"
@@ -60,20 +67,20 @@ def test_series_without_uids_reads(tmp_path):
     assert "only series" in meta["series_selection"] and SERIES_GROUPING in meta["series_selection"]
 
 
-def test_series_without_uid_or_series_number_reads(tmp_path):
+def test_series_without_uid_or_series_number_reads(deidentify, tmp_path):
     volume = _chest(shape=(5, 32, 32))
     paths = write_dicom_series(volume, tmp_path / "s", patient_id="ANON")
-    _deidentify(paths, drop=STRIPPED + ("SeriesNumber", "FrameOfReferenceUID", "StudyID"))
+    deidentify(paths, drop=STRIPPED + ("SeriesNumber", "FrameOfReferenceUID", "StudyID"))
     np.testing.assert_array_equal(read_dicom_series(tmp_path / "s").hu, volume.hu)
 
 
-def test_two_uidless_series_differing_only_in_pixel_spacing(tmp_path):
+def test_two_uidless_series_differing_only_in_pixel_spacing(deidentify, tmp_path):
     folder = tmp_path / "two"
     big = _chest(shape=(8, 64, 64), pixel=0.7, seed=1)
     other = _chest(shape=(6, 64, 64), pixel=0.8, seed=2)  # same FrameOfReference, no SeriesNumber: spacing decides
     paths = write_dicom_series(big, folder, patient_id="ANON", series_number=1)
     paths += write_dicom_series(other, folder, patient_id="ANON", series_number=2)
-    _deidentify(paths, drop=STRIPPED + ("SeriesNumber",), FrameOfReferenceUID="1.2.3.4")
+    deidentify(paths, drop=STRIPPED + ("SeriesNumber",), FrameOfReferenceUID="1.2.3.4")
     vol = read_dicom_series(folder)
     np.testing.assert_array_equal(vol.hu, big.hu)
     selection = vol.meta["series_selection"]
@@ -84,7 +91,7 @@ def test_two_uidless_series_differing_only_in_pixel_spacing(tmp_path):
     assert rest["series_uid"] is None and rest["n_files"] == 6 and "PixelSpacing 0.8\\0.8" in rest["series_key"]
 
 
-def test_two_uidless_series_differing_in_frame_of_reference_and_orientation(tmp_path):
+def test_two_uidless_series_differing_in_frame_of_reference_and_orientation(deidentify, tmp_path):
     folder = tmp_path / "two"
     tilted = np.array([[1, 0, 0], [0, np.cos(0.1), np.sin(0.1)], [0, -np.sin(0.1), np.cos(0.1)]])  # 5.7 degrees
     first = _chest(shape=(5, 32, 32), seed=3)
@@ -92,7 +99,7 @@ def test_two_uidless_series_differing_in_frame_of_reference_and_orientation(tmp_
     second.direction = tilted
     paths = write_dicom_series(first, folder, patient_id="ANON", series_number=1)
     paths += write_dicom_series(second, folder, patient_id="ANON", series_number=2)
-    _deidentify(paths, drop=STRIPPED + ("SeriesNumber",))
+    deidentify(paths, drop=STRIPPED + ("SeriesNumber",))
     vol = read_dicom_series(folder)
     np.testing.assert_array_equal(vol.hu, second.hu)  # the one with more slices, tilted but still axial
     np.testing.assert_allclose(vol.direction, tilted, atol=1e-6)
@@ -113,12 +120,12 @@ def test_uid_present_keeps_grouping_by_uid(tmp_path):
     assert SERIES_GROUPING not in vol.meta["series_selection"]
 
 
-def test_real_qrm_series_with_uids_stripped(qrm_series_dir, tmp_path):
+def test_real_qrm_series_with_uids_stripped(deidentify, qrm_series_dir, tmp_path):
     original = read_dicom_series(qrm_series_dir)
     folder = tmp_path / "qrm"
     shutil.copytree(qrm_series_dir, folder)
     files = sorted(p for p in folder.iterdir() if p.is_file())
-    _deidentify(files)
+    deidentify(files)
     vol = read_dicom_series(folder)
     np.testing.assert_array_equal(vol.hu, original.hu)
     assert vol.spacing == original.spacing and vol.origin == original.origin
@@ -157,8 +164,8 @@ def test_a_link_to_a_file_elsewhere_is_read(tmp_path):
     np.testing.assert_array_equal(read_dicom_series(folder).hu, volume.hu)
 
 
-def test_requesting_a_uid_that_was_stripped(tmp_path):
+def test_requesting_a_uid_that_was_stripped(deidentify, tmp_path):
     paths = write_dicom_series(_chest(shape=(3, 32, 32)), tmp_path / "s", patient_id="P")
-    _deidentify(paths)
+    deidentify(paths)
     with pytest.raises(InputError, match="series 1.2.3 not found; series present: \\['no SeriesInstanceUID: "):
         read_dicom_series(tmp_path / "s", series_uid="1.2.3")

@@ -13,17 +13,6 @@ from coronary_calcium.errors import InputError
 from coronary_calcium.io.dicom import read_dicom_series, write_dicom_series
 
 
-def _edit(path, **tags):
-    """Rewrite one DICOM file with some tags changed (None deletes the tag)."""
-    ds = pydicom.dcmread(path)
-    for name, value in tags.items():
-        if value is None:
-            delattr(ds, name)
-        else:
-            setattr(ds, name, value)
-    ds.save_as(path)
-
-
 def _assert_same_geometry(a, b):
     np.testing.assert_allclose(a.spacing, b.spacing, rtol=0, atol=1e-9)
     np.testing.assert_allclose(a.origin, b.origin, rtol=0, atol=1e-9)
@@ -230,21 +219,21 @@ def _positions(paths):
         ("tilt", "not stacked along the slice normal"),
     ],
 )
-def test_bad_series(small_volume, tmp_path, case, problem):
+def test_bad_series(edit_dicom, small_volume, tmp_path, case, problem):
     folder = tmp_path / "bad"
     paths = write_dicom_series(small_volume, folder, patient_id="P")
     pos = _positions(paths)
     if case == "modality":
         for p in paths:
-            _edit(p, Modality="MR")
+            edit_dicom(p, Modality="MR")
     elif case == "uneven":
-        _edit(paths[3], ImagePositionPatient=[pos[3][0], pos[3][1], pos[3][2] + 1.0])
+        edit_dicom(paths[3], ImagePositionPatient=[pos[3][0], pos[3][1], pos[3][2] + 1.0])
     elif case == "duplicate":
-        _edit(paths[3], ImagePositionPatient=pos[2])
+        edit_dicom(paths[3], ImagePositionPatient=pos[2])
     elif case == "orientation":
-        _edit(paths[2], ImageOrientationPatient=[1, 0, 0, 0, 0.96, 0.28])
+        edit_dicom(paths[2], ImageOrientationPatient=[1, 0, 0, 0, 0.96, 0.28])
     elif case == "pixel_spacing":
-        _edit(paths[4], PixelSpacing=[0.8, 0.6])
+        edit_dicom(paths[4], PixelSpacing=[0.8, 0.6])
     elif case == "matrix":
         ds = pydicom.dcmread(paths[1])
         ds.Rows, ds.Columns = 8, 8
@@ -252,11 +241,11 @@ def test_bad_series(small_volume, tmp_path, case, problem):
         ds.save_as(paths[1])
     elif case == "tilt":
         for k, p in enumerate(paths):
-            _edit(p, ImagePositionPatient=[pos[k][0], pos[k][1] + 0.5 * k, pos[k][2]])
+            edit_dicom(p, ImagePositionPatient=[pos[k][0], pos[k][1] + 0.5 * k, pos[k][2]])
     else:
         tag = {"no_position": "ImagePositionPatient", "no_orientation": "ImageOrientationPatient",
                "no_pixel_spacing": "PixelSpacing"}[case]
-        _edit(paths[2], **{tag: None})
+        edit_dicom(paths[2], **{tag: None})
     with pytest.raises(InputError) as err:
         read_dicom_series(folder)
     message = str(err.value)

@@ -10,7 +10,6 @@ import math
 import itk
 import nibabel as nib
 import numpy as np
-import pydicom
 import pytest
 
 from coronary_calcium.errors import InputError
@@ -19,17 +18,6 @@ from coronary_calcium.io.images import read_image
 from coronary_calcium.io.manifest import ScanEntry
 from coronary_calcium.io.scans import check_scan_readable
 from coronary_calcium.io.volume import CTVolume, check_ct_volume
-
-
-def _edit(path, **tags):
-    """Rewrite one DICOM file with some tags changed (None deletes the tag)."""
-    ds = pydicom.dcmread(path)
-    for name, value in tags.items():
-        if value is None:
-            delattr(ds, name)
-        else:
-            setattr(ds, name, value)
-    ds.save_as(path)
 
 
 def _rotation_x(degrees: float) -> np.ndarray:
@@ -83,38 +71,38 @@ def test_slightly_oblique_series_is_read(make_volume, tmp_path):
 
 @pytest.mark.parametrize("value, shown", [("0", "RescaleSlope 0 "), ("NaN", "RescaleSlope nan"),
                                           ("inf", "RescaleSlope inf"), ("-1", "RescaleSlope -1")])
-def test_unusable_rescale_slope(series, value, shown):
+def test_unusable_rescale_slope(edit_dicom, series, value, shown):
     folder, paths, _ = series
-    _edit(paths[2], RescaleSlope=value)
+    edit_dicom(paths[2], RescaleSlope=value)
     _refused(lambda: read_dicom_series(folder), str(paths[2]), shown, "must be a finite positive number")
 
 
-def test_non_finite_rescale_intercept(series):
+def test_non_finite_rescale_intercept(edit_dicom, series):
     folder, paths, _ = series
-    _edit(paths[1], RescaleIntercept="NaN")
+    edit_dicom(paths[1], RescaleIntercept="NaN")
     _refused(lambda: read_dicom_series(folder), str(paths[1]), "RescaleIntercept nan is not a finite number")
 
 
 @pytest.mark.parametrize("tag", ["RescaleIntercept", "RescaleSlope"])
-def test_rescale_missing_on_some_slices(series, tag):
+def test_rescale_missing_on_some_slices(edit_dicom, series, tag):
     folder, paths, _ = series
-    _edit(paths[3], **{tag: None})
+    edit_dicom(paths[3], **{tag: None})
     _refused(lambda: read_dicom_series(folder), str(paths[3]), f"{tag} missing, but present on 5 other slice(s)",
              "(1 of 6 slices lack it)", "required on every slice")
 
 
 @pytest.mark.parametrize("tag", ["RescaleIntercept", "RescaleSlope"])
-def test_rescale_missing_on_every_slice(series, tag):
+def test_rescale_missing_on_every_slice(edit_dicom, series, tag):
     folder, paths, _ = series
     for path in paths:
-        _edit(path, **{tag: None})
+        edit_dicom(path, **{tag: None})
     _refused(lambda: read_dicom_series(folder), f"{folder}: {tag} missing on every slice", "required on every slice")
 
 
-def test_rescale_slope_other_than_one_is_applied(series):
+def test_rescale_slope_other_than_one_is_applied(edit_dicom, series):
     folder, paths, volume = series
     for path in paths:
-        _edit(path, RescaleSlope="2", RescaleIntercept="-2048")
+        edit_dicom(path, RescaleSlope="2", RescaleIntercept="-2048")
     hu = read_dicom_series(folder).hu
     np.testing.assert_array_equal(hu, (volume.hu + 1024) * 2 - 2048)
 
@@ -128,17 +116,17 @@ def test_rescale_slope_other_than_one_is_applied(series):
     ([-0.5, -0.5], "non-positive pixel spacing [-0.5, -0.5] mm"),
     ([0, 0.7], "non-positive pixel spacing [0.0, 0.7] mm"),
 ])
-def test_implausible_pixel_spacing(series, spacing, problem):
+def test_implausible_pixel_spacing(edit_dicom, series, spacing, problem):
     folder, paths, _ = series
     for path in paths:
-        _edit(path, PixelSpacing=spacing)
+        edit_dicom(path, PixelSpacing=spacing)
     message = _refused(lambda: read_dicom_series(folder), str(paths[0]), problem)
     assert "inconsistent" not in message
 
 
-def test_non_positive_pixel_spacing_on_one_slice_is_not_called_inconsistent(series):
+def test_non_positive_pixel_spacing_on_one_slice_is_not_called_inconsistent(edit_dicom, series):
     folder, paths, _ = series
-    _edit(paths[4], PixelSpacing=[-0.5, -0.5])
+    edit_dicom(paths[4], PixelSpacing=[-0.5, -0.5])
     _refused(lambda: read_dicom_series(folder), str(paths[4]), "non-positive pixel spacing")
 
 

@@ -21,6 +21,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -302,6 +303,87 @@ def evaluate_localization(
     ``best_layer``: highest 3 mm pointing-game hit rate (ties: energy-based pointing game), None without positives.
     Non-finite values are written as None.
     """
+    layers, tolerances = _checked_arguments(layers, method, precision, sanity_mode, batch_size, tolerances_mm,
+                                            max_negative, dataset)
+    start = time.perf_counter()
+    device = _device_of(network)
+    loader = _loader(dataset, max_negative, batch_size, num_workers)
+    keys = layers + ([gated_name(layer, gate_layer) for layer in layers] if gate_layer is not None else [])
+    acc = {key: _LayerAccumulator(tolerances) for key in keys}
+    raw_sizes: dict[str, list[int]] = {}
+    reader = _SampleReader(image_key, label_key, mask_key, spacing_key, candidates_key, original_size, max_negative,
+                           sanity_samples if sanity_check else 0)
+    with CAM(network, layers, method, gate_layer=gate_layer) as cam:
+        for batch in tqdm(loader, desc=f"CAM localization ({method})", unit="batch", disable=not progress):
+            slices = [s for s in (reader.read(item, k) for k, item in enumerate(batch)) if s is not None]
+            if not slices:
+                continue
+            x = torch.stack([s.image for s in slices]).to(device)
+            with _autocast(precision, device):
+                results = cam(x, POSITIVE_CLASS)
+            _accumulate(results, slices, acc, raw_sizes)
+    out_layers = _layer_results(acc, raw_sizes)
+    if sanity_check and reader.sanity_x:
+        _add_sanity(out_layers, network, layers, torch.stack(reader.sanity_x).to(device), method, sanity_mode, seed)
+    result = _result(method, gate_layer, precision, tolerances, out_layers, reader, original_size, start)
+    log.info("CAM localization: %d positive (%d with mask), %d negative slices in %.1f s; best layer %s",
+             reader.n_pos, reader.n_pos_mask, reader.n_neg, result["seconds"], result["best_layer"])
+    return result
+
+
+def _loader(dataset: Sequence, max_negative: int | None, batch_size: int,
+            num_workers: int) -> torch.utils.data.DataLoader:
+    """Batches of the samples to explain, in dataset order (negatives thinned to ``max_negative`` where cheap)."""
+    indices = _select_indices(len(dataset), _cheap_labels(dataset), max_negative)
+    return torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, indices),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
+    )
+
+
+def _layer_results(acc: dict[str, _LayerAccumulator], raw_sizes: dict[str, list[int]]) -> dict[str, dict]:
+    """Each layer's metrics with its raw map size; "sanity" None until `_add_sanity` sets it."""
+    out_layers: dict[str, dict] = {}
+    for layer, layer_acc in acc.items():
+        metrics = layer_acc.summary()
+        metrics["raw_map_size"] = raw_sizes.get(layer)
+        metrics["sanity"] = None
+        out_layers[layer] = metrics
+    return out_layers
+
+
+def _result(method: str, gate_layer: str | None, precision: str, tolerances: list[float], out_layers: dict[str, dict],
+            reader: _SampleReader, original_size: Sequence[int] | None, start: float) -> dict:
+    """The JSON-ready result of `evaluate_localization` (see its docstring); ``start``: its perf_counter start."""
+    key = _tolerance_key(tolerances)
+    return {
+        "method": method,
+        "gate_layer": gate_layer,
+        "gate_method": GATE_METHOD if gate_layer is not None else None,
+        "precision": precision,
+        "class_idx": POSITIVE_CLASS,
+        "tolerances_mm": tolerances,
+        "layers": out_layers,
+        "n_slices": reader.n_pos + reader.n_neg,
+        "n_positive": reader.n_pos,
+        "n_positive_with_mask": reader.n_pos_mask,
+        "n_negative": reader.n_neg,
+        "best_layer": _best_layer(out_layers, key),
+        "best_layer_by": f"pointing_game/{key}/hit_rate",
+        "spacing": "pixel_spacing * original_size / image size"
+        if original_size is not None
+        else "pixel_spacing as given (image grid)",
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _checked_arguments(layers: str | Sequence[str], method: str, precision: str, sanity_mode: str, batch_size: int,
+                       tolerances_mm: Sequence[float], max_negative: int | None,
+                       dataset: Sequence) -> tuple[list[str], list[float]]:
+    """The layer names as a list and the tolerances as floats; InputError for the first bad argument."""
     layers = [layers] if isinstance(layers, str) else list(layers)
     if not layers:
         raise InputError("layers", "give at least one layer name")
@@ -324,129 +406,112 @@ def evaluate_localization(
         raise InputError("max_negative", f"must be None or an integer >= 0, got {max_negative!r}")
     if len(dataset) == 0:
         raise InputError("dataset", "is empty")
+    return layers, tolerances
 
-    start = time.perf_counter()
+
+def _device_of(network: nn.Module) -> torch.device:
+    """The device of the network's first parameter (CPU for a network without parameters)."""
     param = next(unwrap_model(network).parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    indices = _select_indices(len(dataset), _cheap_labels(dataset), max_negative)
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, indices),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=_collate,
-    )
-    keys = layers + ([gated_name(layer, gate_layer) for layer in layers] if gate_layer is not None else [])
-    acc = {key: _LayerAccumulator(tolerances) for key in keys}
-    raw_sizes: dict[str, list[int]] = {}
-    n_pos = n_pos_mask = n_neg = 0
-    sanity_x: list[torch.Tensor] = []
+    return param.device if param is not None else torch.device("cpu")
 
-    with CAM(network, layers, method, gate_layer=gate_layer) as cam:
-        for batch in tqdm(loader, desc=f"CAM localization ({method})", unit="batch", disable=not progress):
-            images, labels, masks, spacings, candidates = [], [], [], [], []
-            for k, item in enumerate(batch):
-                for key in (image_key, label_key):
-                    if key not in item:
-                        where = f"sample {item.get('scan_id', '?')}/{item.get('slice_index', k)}"
-                        raise InputError(where, f"missing {key!r}")
-                label = _label_of(item[label_key])
-                if label != POSITIVE_CLASS:
-                    if max_negative is not None and n_neg >= max_negative:
-                        continue
-                    n_neg += 1
-                else:
-                    n_pos += 1
-                img = torch.as_tensor(_to_numpy(item[image_key]), dtype=torch.float32)
-                if img.ndim != 3:
-                    raise InputError("image", f"expected (C,H,W), got shape {tuple(img.shape)}")
-                mask = candidate = None
-                if label == POSITIVE_CLASS and item.get(mask_key) is not None:
-                    m = _to_numpy(item[mask_key]).reshape(-1, *img.shape[1:])[0] > 0
-                    if m.any():
-                        mask = m
-                        if item.get(candidates_key) is not None:
-                            candidate = _to_numpy(item[candidates_key]).reshape(-1, *img.shape[1:])[0] > 0
-                        n_pos_mask += 1
-                        if spacing_key not in item:
-                            raise InputError(
-                                f"sample {item.get('scan_id', '?')}/{item.get('slice_index', k)}",
-                                f"missing {spacing_key!r} (row, column mm) needed for the mm tolerances",
-                            )
-                        size = item.get("field_size", item.get("original_size", original_size))
-                        spacings.append(resized_spacing(item[spacing_key], img.shape[1:], size))
-                        if sanity_check and len(sanity_x) < sanity_samples:
-                            sanity_x.append(img)
-                    else:
-                        spacings.append(None)
-                else:
-                    spacings.append(None)
-                images.append(img)
-                labels.append(label)
-                masks.append(mask)
-                candidates.append(candidate)
-            if not images:
-                continue
-            x = torch.stack(images).to(device)
-            with _autocast(precision, device):
-                results = cam(x, POSITIVE_CLASS)
-            for layer, res in results.items():
-                raw_sizes.setdefault(layer, list(res.raw.shape[2:]))
-                peaks = res.peak.cpu().numpy().astype(np.float64)
-                a = acc[layer]
-                up = None
-                for i, label in enumerate(labels):
-                    (a.pos_peaks if label == POSITIVE_CLASS else a.neg_peaks).append(float(peaks[i]))
-                    if masks[i] is not None:
-                        if up is None:
-                            up = res.upsampled[:, 0].cpu().numpy()
-                        a.add_positive(up[i], masks[i], spacings[i], candidates[i])
 
-    out_layers: dict[str, dict] = {}
-    for layer in keys:
-        metrics = acc[layer].summary()
-        metrics["raw_map_size"] = raw_sizes.get(layer)
-        metrics["sanity"] = None
-        out_layers[layer] = metrics
+@dataclass
+class _Slice:
+    """One slice to explain: image (C,H,W), label, and for a positive slice with a non-empty mask the mask, the
+    pixel spacing of the image grid and the candidate pixels (None otherwise)."""
 
-    if sanity_check and sanity_x:
-        xs = torch.stack(sanity_x).to(device)
-        rhos = randomisation_sanity(network, layers, xs, POSITIVE_CLASS, method=method, mode=sanity_mode, seed=seed)
-        for layer in layers:
-            steps = {name: _json_float(v) for name, v in rhos[layer].items()}
-            out_layers[layer]["sanity"] = {
-                "mode": sanity_mode,
-                "n_samples": int(xs.shape[0]),
-                "rho": steps,
-                # after the last step every parameter (cascade: every block) is randomised
-                "rho_final": next(reversed(steps.values())) if steps else None,
-            }
+    image: torch.Tensor
+    label: int
+    mask: np.ndarray | None
+    spacing: tuple[float, float] | None
+    candidates: np.ndarray | None
 
-    key = _tolerance_key(tolerances)
-    result = {
-        "method": method,
-        "gate_layer": gate_layer,
-        "gate_method": GATE_METHOD if gate_layer is not None else None,
-        "precision": precision,
-        "class_idx": POSITIVE_CLASS,
-        "tolerances_mm": tolerances,
-        "layers": out_layers,
-        "n_slices": n_pos + n_neg,
-        "n_positive": n_pos,
-        "n_positive_with_mask": n_pos_mask,
-        "n_negative": n_neg,
-        "best_layer": _best_layer(out_layers, key),
-        "best_layer_by": f"pointing_game/{key}/hit_rate",
-        "spacing": "pixel_spacing * original_size / image size"
-        if original_size is not None
-        else "pixel_spacing as given (image grid)",
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    log.info(
-        "CAM localization: %d positive (%d with mask), %d negative slices in %.1f s; best layer %s",
-        n_pos, n_pos_mask, n_neg, result["seconds"], result["best_layer"],
-    )
-    return result
+
+@dataclass
+class _SampleReader:
+    """Reads samples into `_Slice` objects, counting positive (with mask) and negative slices and keeping the first
+    ``sanity_samples`` positive images with a mask for the sanity check."""
+
+    image_key: str
+    label_key: str
+    mask_key: str
+    spacing_key: str
+    candidates_key: str
+    original_size: Sequence[int] | None
+    max_negative: int | None
+    sanity_samples: int
+    n_pos: int = 0
+    n_pos_mask: int = 0
+    n_neg: int = 0
+    sanity_x: list[torch.Tensor] = field(default_factory=list)
+
+    def read(self, item: Mapping[str, Any], k: int) -> _Slice | None:
+        """Sample ``item`` (``k``-th of its batch) as a `_Slice`; None for a negative beyond ``max_negative``."""
+        for key in (self.image_key, self.label_key):
+            if key not in item:
+                raise InputError(self._where(item, k), f"missing {key!r}")
+        label = _label_of(item[self.label_key])
+        if label != POSITIVE_CLASS:
+            if self.max_negative is not None and self.n_neg >= self.max_negative:
+                return None
+            self.n_neg += 1
+        else:
+            self.n_pos += 1
+        img = torch.as_tensor(_to_numpy(item[self.image_key]), dtype=torch.float32)
+        if img.ndim != 3:
+            raise InputError("image", f"expected (C,H,W), got shape {tuple(img.shape)}")
+        mask = candidate = spacing = None
+        if label == POSITIVE_CLASS and item.get(self.mask_key) is not None:
+            m = _to_numpy(item[self.mask_key]).reshape(-1, *img.shape[1:])[0] > 0
+            if m.any():
+                mask = m
+                if item.get(self.candidates_key) is not None:
+                    candidate = _to_numpy(item[self.candidates_key]).reshape(-1, *img.shape[1:])[0] > 0
+                self.n_pos_mask += 1
+                if self.spacing_key not in item:
+                    raise InputError(self._where(item, k),
+                                     f"missing {self.spacing_key!r} (row, column mm) needed for the mm tolerances")
+                size = item.get("field_size", item.get("original_size", self.original_size))
+                spacing = resized_spacing(item[self.spacing_key], img.shape[1:], size)
+                if len(self.sanity_x) < self.sanity_samples:
+                    self.sanity_x.append(img)
+        return _Slice(img, label, mask, spacing, candidate)
+
+    @staticmethod
+    def _where(item: Mapping[str, Any], k: int) -> str:
+        """How an error names the sample: scan id / slice index."""
+        return f"sample {item.get('scan_id', '?')}/{item.get('slice_index', k)}"
+
+
+def _accumulate(results: Mapping[str, Any], slices: list[_Slice], acc: dict[str, _LayerAccumulator],
+                raw_sizes: dict[str, list[int]]) -> None:
+    """Add one batch's CAM results: every slice's peak, and the localization metrics of slices with a mask."""
+    for layer, res in results.items():
+        raw_sizes.setdefault(layer, list(res.raw.shape[2:]))
+        peaks = res.peak.cpu().numpy().astype(np.float64)
+        a = acc[layer]
+        up = None
+        for i, s in enumerate(slices):
+            (a.pos_peaks if s.label == POSITIVE_CLASS else a.neg_peaks).append(float(peaks[i]))
+            if s.mask is not None:
+                if up is None:
+                    up = res.upsampled[:, 0].cpu().numpy()
+                a.add_positive(up[i], s.mask, s.spacing, s.candidates)
+
+
+def _add_sanity(out_layers: dict[str, dict], network: nn.Module, layers: list[str], xs: torch.Tensor, method: str,
+                sanity_mode: str, seed: int) -> None:
+    """Set each layer's "sanity" entry: rank correlations with the maps after weight randomisation."""
+    rhos = randomisation_sanity(network, layers, xs, POSITIVE_CLASS, method=method, mode=sanity_mode, seed=seed)
+    for layer in layers:
+        steps = {name: _json_float(v) for name, v in rhos[layer].items()}
+        out_layers[layer]["sanity"] = {
+            "mode": sanity_mode,
+            "n_samples": int(xs.shape[0]),
+            "rho": steps,
+            # after the last step every parameter (cascade: every block) is randomised
+            "rho_final": next(reversed(steps.values())) if steps else None,
+        }
 
 
 def _scalars(result: dict) -> dict[str, float]:

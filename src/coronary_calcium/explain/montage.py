@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,6 @@ def write_layer_montage(
     canvas (no pyplot state), written atomically; the figure is ``panel_inches`` per panel at ``dpi``.
     """
     from matplotlib import colormaps
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
     layers = [layers] if isinstance(layers, str) else list(layers)
@@ -89,6 +88,39 @@ def write_layer_montage(
         raise InputError("titles", f"expected {len(samples)} titles (one per sample), got {len(titles)}")
     if cmap not in colormaps:
         raise InputError(cmap, "unknown matplotlib colour map")
+    images, masks = _montage_inputs(samples, image_key, mask_key)
+
+    rows = _depth_order(network, layers)
+    param = next(unwrap_model(network).parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.stack(images)
+    with CAM(network, rows, method, gate_layer=gate_layer) as cam:
+        results = cam(x.to(device), class_idx)
+        if gate_layer is not None:
+            rows = rows + [gated_name(layer, gate_layer) for layer in rows]
+    gray = x[:, 0].numpy()
+    first = next(iter(results.values()))
+    probs = torch.softmax(first.logits, 1)[:, class_idx].cpu().numpy()
+    col_titles = list(titles) if titles is not None else [_default_title(s, c) for c, s in enumerate(samples)]
+
+    nrow, ncol = len(rows), len(samples)
+    cbar_w = 0.08
+    figsize = (panel_inches * (ncol + cbar_w) + 0.9, panel_inches * nrow + 0.6)
+    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    grid = fig.add_gridspec(nrow, ncol + 1, width_ratios=[1.0] * ncol + [cbar_w])
+    panel = _Panel(gray, masks, probs, window, alpha, cmap)
+    for r, layer in enumerate(rows):
+        _draw_row(fig, grid, r, layer, results[layer], panel, col_titles if r == 0 else None)
+    fig.suptitle(f"{method} of class {class_idx}; one colour scale per row", fontsize=9)
+    out_png = Path(out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return out_png
+
+
+def _montage_inputs(samples: list[Mapping[str, Any]], image_key: str,
+                    mask_key: str) -> tuple[list[torch.Tensor], list[np.ndarray | None]]:
+    """Each sample's image (C,H,W float) and mask (bool H,W or None); InputError for a missing key or bad shape."""
     images, masks = [], []
     for i, s in enumerate(samples):
         for key in (image_key, "label"):
@@ -103,52 +135,50 @@ def write_layer_montage(
     shapes = {tuple(t.shape) for t in images}
     if len(shapes) != 1:
         raise InputError("samples", f"images differ in shape: {sorted(shapes)}")
+    return images, masks
 
-    rows = _depth_order(network, layers)
-    param = next(unwrap_model(network).parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    x = torch.stack(images)
-    with CAM(network, rows, method, gate_layer=gate_layer) as cam:
-        results = cam(x.to(device), class_idx)
-        if gate_layer is not None:
-            rows = rows + [gated_name(layer, gate_layer) for layer in rows]
-    gray = x[:, 0].numpy()
-    first = next(iter(results.values()))
-    probs = torch.softmax(first.logits, 1)[:, class_idx].cpu().numpy()
 
-    nrow, ncol = len(rows), len(samples)
-    cbar_w = 0.08
-    figsize = (panel_inches * (ncol + cbar_w) + 0.9, panel_inches * nrow + 0.6)
-    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
-    grid = fig.add_gridspec(nrow, ncol + 1, width_ratios=[1.0] * ncol + [cbar_w])
-    for r, layer in enumerate(rows):
-        res = results[layer]
-        up = res.upsampled[:, 0].cpu().numpy()
-        peaks = res.peak.cpu().numpy()
-        top = float(up.max())
-        heat = up / top if top > 0 else np.zeros_like(up)
-        for c in range(ncol):
-            ax = fig.add_subplot(grid[r, c])
-            ax.imshow(overlay(gray[c], heat[c], masks[c], window, alpha, cmap), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.text(
-                0.02, 0.02, f"p={probs[c]:.2f} peak={peaks[c]:.3g}", transform=ax.transAxes, fontsize=7,
-                color="white", va="bottom", ha="left", bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "lw": 0},
-            )
-            if r == 0:
-                ax.set_title(titles[c] if titles is not None else _default_title(samples[c], c), fontsize=8)
-            if c == 0:
-                size = "x".join(str(v) for v in res.raw.shape[2:])
-                ax.set_ylabel(f"{layer}\n({size})", fontsize=9)
-        cax = fig.add_subplot(grid[r, ncol])
-        bar = fig.colorbar(ScalarMappable(Normalize(0.0, top if top > 0 else 1.0), cmap=cmap), cax=cax)
-        bar.ax.tick_params(labelsize=7)
-    fig.suptitle(f"{method} of class {class_idx}; one colour scale per row", fontsize=9)
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
-    return out_png
+@dataclass
+class _Panel:
+    """What every panel of the montage shows besides the map: gray slices, masks, probabilities, display settings."""
+
+    gray: np.ndarray
+    masks: list[np.ndarray | None]
+    probs: np.ndarray
+    window: tuple[float, float] | None
+    alpha: float
+    cmap: str
+
+
+def _draw_row(fig: Any, grid: Any, r: int, layer: str, res: Any, panel: _Panel, titles: list[str] | None) -> None:
+    """Row ``r``: the layer's maps over every sample on the row's own colour scale, with its colour bar; column
+    ``titles`` on the first row."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    up = res.upsampled[:, 0].cpu().numpy()
+    peaks = res.peak.cpu().numpy()
+    top = float(up.max())
+    heat = up / top if top > 0 else np.zeros_like(up)
+    ncol = len(panel.masks)
+    for c in range(ncol):
+        ax = fig.add_subplot(grid[r, c])
+        ax.imshow(overlay(panel.gray[c], heat[c], panel.masks[c], panel.window, panel.alpha, panel.cmap),
+                  interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.text(
+            0.02, 0.02, f"p={panel.probs[c]:.2f} peak={peaks[c]:.3g}", transform=ax.transAxes, fontsize=7,
+            color="white", va="bottom", ha="left", bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "lw": 0},
+        )
+        if titles is not None:
+            ax.set_title(titles[c], fontsize=8)
+        if c == 0:
+            size = "x".join(str(v) for v in res.raw.shape[2:])
+            ax.set_ylabel(f"{layer}\n({size})", fontsize=9)
+    cax = fig.add_subplot(grid[r, ncol])
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, top if top > 0 else 1.0), cmap=panel.cmap), cax=cax)
+    bar.ax.tick_params(labelsize=7)
 
 
 def _greedy_distinct_scans(candidates: list[tuple[int, Mapping[str, Any]]], n: int) -> list[Mapping[str, Any]]:

@@ -100,38 +100,20 @@ def lesion_features(
     out = np.zeros((n, len(LESION_FEATURES)), dtype=np.float64)
     if n == 0:
         return out
-    nz, ny, nx = hu.shape
-    plane = ny * nx
+    _, ny, nx = hu.shape
     sz, sy, sx = (float(s) for s in spacing)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     where = {int(k): i for i, k in enumerate(cam_slices)}
     missing = sorted({int(c.slices[0]) for c in candidates} - set(where))
     if missing:
         raise InputError("cam_slices", f"no CAM map for the candidates' slices {missing[:5]}")
-
-    # All candidate pixels at once: owner candidate, slice, row, column.
-    sizes = np.array([len(c.voxels) for c in candidates])
-    owner = np.repeat(np.arange(n), sizes)
-    flat = np.concatenate([np.asarray(c.voxels, dtype=np.int64) for c in candidates])
-    z, rest = np.divmod(flat, plane)
-    y, x = np.divmod(rest, nx)
-
-    def per_candidate_mean(values: np.ndarray) -> np.ndarray:
-        return np.bincount(owner, weights=values, minlength=n) / sizes
-
+    px = _Pixels.of(candidates, ny, nx)
     col = {name: i for i, name in enumerate(LESION_FEATURES)}
     k = np.array([int(c.slices[0]) for c in candidates])
     out[:, col["slice_probability"]] = probabilities[k]
     padded = np.concatenate(([0.0], probabilities, [0.0]))
     out[:, col["neighbour_probability"]] = np.maximum(padded[k], padded[k + 2])
-
-    maps = np.asarray(cam_maps, dtype=np.float32)
-    cam = maps[np.array([where[int(s)] for s in z]), y, x].astype(np.float64)
-    out[:, col["cam_mean"]] = per_candidate_mean(cam)
-    cam_max = np.full(n, -np.inf)
-    np.maximum.at(cam_max, owner, cam)
-    out[:, col["cam_max"]] = cam_max
-
+    _cam_features(out, col, px, cam_maps, where)
     out[:, col["log_area_mm2"]] = np.log([max(c.total_area_mm2, 1e-6) for c in candidates])
     out[:, col["log_peak_hu"]] = np.log([max(float(c.peak_hu), 1.0) for c in candidates])
     out[:, col["log_mean_hu"]] = np.log([max(float(c.mean_hu), 1.0) for c in candidates])
@@ -140,6 +122,61 @@ def lesion_features(
         components = dense_components(hu, config)
     elif np.shape(components) != hu.shape:
         raise InputError("components", f"shape {np.shape(components)} differs from the volume's {hu.shape}")
+    _component_features(out, col, components, candidates, (sz, sy, sx))
+    if anatomy is None:
+        anatomy = find_anatomy(hu, spacing)
+    first = col[ANATOMY_FEATURES[0]]
+    out[:, first : first + len(ANATOMY_FEATURES)] = anatomy_features(anatomy, candidates, spacing)
+
+    slices = np.unique(k)
+    stack = hu[slices].astype(np.float32, copy=False)
+    zi = np.searchsorted(slices, px.z)  # each candidate pixel's index in ``stack``
+    _lumen_features(out, col, px, stack, zi, (sy, sx), config)
+    _neighbourhood_features(out, col, px, stack, zi, (sy, sx))
+    return out
+
+
+class _Pixels:
+    """All candidate pixels at once: owner candidate, slice, row, column, and each candidate's pixel count."""
+
+    def __init__(self, owner: np.ndarray, sizes: np.ndarray, z: np.ndarray, y: np.ndarray, x: np.ndarray) -> None:
+        self.owner, self.sizes, self.z, self.y, self.x = owner, sizes, z, y, x
+        self.n = sizes.size
+
+    @classmethod
+    def of(cls, candidates: Sequence[Lesion], ny: int, nx: int) -> _Pixels:
+        """The pixels of ``candidates`` in a volume of ``ny`` rows and ``nx`` columns."""
+        sizes = np.array([len(c.voxels) for c in candidates])
+        owner = np.repeat(np.arange(len(candidates)), sizes)
+        flat = np.concatenate([np.asarray(c.voxels, dtype=np.int64) for c in candidates])
+        z, rest = np.divmod(flat, ny * nx)
+        y, x = np.divmod(rest, nx)
+        return cls(owner, sizes, z, y, x)
+
+    def mean(self, values: np.ndarray) -> np.ndarray:
+        """Per candidate, the mean of per-pixel ``values``."""
+        return np.bincount(self.owner, weights=values, minlength=self.n) / self.sizes
+
+    def max(self, values: np.ndarray, initial: float) -> np.ndarray:
+        """Per candidate, the maximum of per-pixel ``values`` and ``initial``."""
+        largest = np.full(self.n, initial)
+        np.maximum.at(largest, self.owner, values)
+        return largest
+
+
+def _cam_features(out: np.ndarray, col: dict[str, int], px: _Pixels, cam_maps: np.ndarray,
+                  where: dict[int, int]) -> None:
+    """Mean and maximum CAM over each candidate's pixels."""
+    maps = np.asarray(cam_maps, dtype=np.float32)
+    cam = maps[np.array([where[int(s)] for s in px.z]), px.y, px.x].astype(np.float64)
+    out[:, col["cam_mean"]] = px.mean(cam)
+    out[:, col["cam_max"]] = px.max(cam, -np.inf)
+
+
+def _component_features(out: np.ndarray, col: dict[str, int], components: np.ndarray,
+                        candidates: Sequence[Lesion], spacing: tuple[float, float, float]) -> None:
+    """Volume and z / y / x extent of the 3D component holding each candidate."""
+    sz, sy, sx = spacing
     comp = candidate_components(components, candidates)
     voxels = np.bincount(components.ravel())
     boxes = ndimage.find_objects(components)
@@ -147,21 +184,20 @@ def lesion_features(
     for name, axis, step in (("component_z_mm", 0, sz), ("component_y_mm", 1, sy), ("component_x_mm", 2, sx)):
         out[:, col[name]] = [(boxes[c - 1][axis].stop - boxes[c - 1][axis].start) * step for c in comp]
 
-    if anatomy is None:
-        anatomy = find_anatomy(hu, spacing)
-    first = col[ANATOMY_FEATURES[0]]
-    out[:, first : first + len(ANATOMY_FEATURES)] = anatomy_features(anatomy, candidates, spacing)
 
-    slices = np.unique(k)
+def _lumen_features(out: np.ndarray, col: dict[str, int], px: _Pixels, stack: np.ndarray, zi: np.ndarray,
+                    pixel: tuple[float, float], config: ScoringConfig) -> None:
+    """Largest radius and area among the soft-tissue regions each candidate borders on its slice.
 
-    # The soft-tissue regions each candidate borders, on its slice: coronary calcium sits beside a vessel of 1.5-2.5
-    # mm radius surrounded by epicardial fat (on a non-contrast scan, lumen and wall are one soft region); aortic
-    # wall and valve calcium border the aorta (10-17 mm radius) or a heart chamber. A region's radius is its deepest
-    # point's taxicab distance to its edge (exact at a disc's centre; 4x faster than the Euclidean transform), in
-    # whole pixels, and a region cut by the image edge is measured from its visible edges only. It is taken on a
-    # 3 x 3 mean so that noise does not break a lumen into pieces; the pixels next to calcium or bone are left out,
-    # since the mean turns fat beside them into "soft tissue".
-    stack = hu[slices].astype(np.float32, copy=False)
+    Coronary calcium sits beside a vessel of 1.5-2.5 mm radius surrounded by epicardial fat (on a non-contrast scan,
+    lumen and wall are one soft region); aortic wall and valve calcium border the aorta (10-17 mm radius) or a heart
+    chamber. A region's radius is its deepest point's taxicab distance to its edge (exact at a disc's centre; 4x
+    faster than the Euclidean transform), in whole pixels, and a region cut by the image edge is measured from its
+    visible edges only. It is taken on a 3 x 3 mean so that noise does not break a lumen into pieces; the pixels
+    next to calcium or bone are left out, since the mean turns fat beside them into "soft tissue".
+    """
+    sy, sx = pixel
+    ny, nx = stack.shape[1:]
     smooth = ndimage.uniform_filter(stack, size=(1, 3, 3))
     top = min(LUMEN_HU[1], config.threshold)
     soft = (smooth >= LUMEN_HU[0]) & (smooth < top)
@@ -170,12 +206,11 @@ def lesion_features(
     in_plane[1] = ndimage.generate_binary_structure(2, 1)
     regions, n_regions = ndimage.label(soft, structure=in_plane)
     depth = np.stack([ndimage.distance_transform_cdt(plane, metric="taxicab") for plane in soft])
-    zi = np.searchsorted(slices, z)
     offsets = [(dy, dx) for dy in range(-LUMEN_REACH_PX, LUMEN_REACH_PX + 1)
                for dx in range(-LUMEN_REACH_PX, LUMEN_REACH_PX + 1)]
 
     def regions_near(dy: int, dx: int) -> np.ndarray:  # per candidate pixel, the region at that offset (0: none)
-        return regions[zi, np.clip(y + dy, 0, ny - 1), np.clip(x + dx, 0, nx - 1)]
+        return regions[zi, np.clip(px.y + dy, 0, ny - 1), np.clip(px.x + dx, 0, nx - 1)]
 
     # Radius and area of the bordering regions only: a reduction over every label of the volume
     # (ndimage.maximum with an index, or np.maximum.at) takes seconds.
@@ -187,26 +222,28 @@ def lesion_features(
         inside = regions[region_boxes[label - 1]] == label
         radius[label] = depth[region_boxes[label - 1]][inside].max() * min(sy, sx)
         area[label] = inside.sum() * sy * sx
-    largest_radius, largest_area = np.zeros(y.size), np.zeros(y.size)  # per candidate pixel, over the offsets
+    largest_radius, largest_area = np.zeros(px.y.size), np.zeros(px.y.size)  # per candidate pixel, over the offsets
     for dy, dx in offsets:
         near = regions_near(dy, dx)
         np.maximum(largest_radius, radius[near], out=largest_radius)
         np.maximum(largest_area, area[near], out=largest_area)
-    for name, per_pixel in (("lumen_mm", largest_radius), ("log_lumen_mm2", largest_area)):
-        largest = np.zeros(n)
-        np.maximum.at(largest, owner, per_pixel)
-        out[:, col[name]] = np.log1p(largest) if name.startswith("log_") else largest
+    out[:, col["lumen_mm"]] = px.max(largest_radius, 0.0)
+    out[:, col["log_lumen_mm2"]] = np.log1p(px.max(largest_area, 0.0))
 
-    # Tissue shares in squares around every candidate pixel, averaged over the candidate's pixels.
+
+def _neighbourhood_features(out: np.ndarray, col: dict[str, int], px: _Pixels, stack: np.ndarray, zi: np.ndarray,
+                            pixel: tuple[float, float]) -> None:
+    """Tissue shares and mean HU in squares around every candidate pixel, averaged over the candidate's pixels."""
+    sy, sx = pixel
+    ny, nx = stack.shape[1:]
     images = {f"{tissue}_": (stack >= low) & (stack < high) for tissue, (low, high) in TISSUES.items()}
     images["mean_hu_"] = np.clip(stack, *HU_CLIP)
     for prefix, image in images.items():
         # counts in int32 (exact, and twice as fast to sum as float64), HU sums in float64
         dtype = np.int32 if image.dtype == bool else np.float64
-        integral = np.zeros((slices.size, ny + 1, nx + 1), dtype=dtype)
+        integral = np.zeros((stack.shape[0], ny + 1, nx + 1), dtype=dtype)
         np.cumsum(image, axis=1, dtype=dtype, out=integral[:, 1:, 1:])
         np.cumsum(integral[:, 1:, 1:], axis=2, out=integral[:, 1:, 1:])
         for r in NEIGHBOURHOOD_MM:
             half = max(1, int(round(r / min(sy, sx))))
-            out[:, col[f"{prefix}{int(r)}mm"]] = per_candidate_mean(_box_mean(integral, zi, y, x, half))
-    return out
+            out[:, col[f"{prefix}{int(r)}mm"]] = px.mean(_box_mean(integral, zi, px.y, px.x, half))

@@ -436,6 +436,37 @@ def write_dicom_series(
     hu = np.asarray(volume.hu)
     if hu.ndim != 3:
         raise InputError("volume", f"expected a (Z, Y, X) array, got shape {hu.shape}")
+    stored, representation = _stored_values(hu, rescale_intercept)
+    study_uid = study_uid or generate_uid(entropy_srcs=["study", patient_id])
+    if not series_uid:
+        digest = _content_digest(volume, stored, rescale_intercept)
+        series_uid = generate_uid(entropy_srcs=["series", patient_id, study_uid, series_description,
+                                                str(series_number), digest])
+    thickness = slice_thickness if slice_thickness is not None else (
+        volume.slice_thickness if volume.slice_thickness is not None else volume.spacing[0])
+    series = _series_tags(volume, stored.shape, patient_id=patient_id, study_uid=study_uid, series_uid=series_uid,
+                          series_description=series_description, kvp=kvp, thickness=thickness,
+                          series_number=series_number, representation=representation,
+                          rescale_intercept=rescale_intercept)
+    direction = np.asarray(volume.direction, dtype=float)
+    affine = volume.affine_lps()
+
+    folder.mkdir(parents=True, exist_ok=True)
+    n = hu.shape[0]
+    paths = []
+    for k in range(n):
+        instance = k + 1 if instance_order == "ascending" else n - k
+        position = affine[:3, :3] @ np.array([0.0, 0.0, k]) + affine[:3, 3]
+        ds = _slice_dataset(series, generate_uid(entropy_srcs=["instance", series_uid, str(k)]), instance, position,
+                            direction, stored[k])
+        path = folder / f"IM-{series_number:04d}-{instance:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _stored_values(hu: np.ndarray, rescale_intercept: float) -> tuple[np.ndarray, int]:
+    """HU as 16-bit stored values (unsigned when they fit) and their PixelRepresentation; InputError if they don't."""
     stored = np.rint(hu.astype(np.float64) - rescale_intercept)
     if not np.isfinite(stored).all():
         raise InputError("volume", "HU values are not all finite")
@@ -447,72 +478,74 @@ def write_dicom_series(
     else:
         raise InputError("volume", f"HU range {lo + rescale_intercept:.0f}..{hi + rescale_intercept:.0f} does not fit "
                          f"16-bit stored values with RescaleIntercept {rescale_intercept}")
-    stored = stored.astype(dtype)
+    return stored.astype(dtype), representation
 
+
+def _content_digest(volume: CTVolume, stored: np.ndarray, rescale_intercept: float) -> str:
+    """SHA-256 of the stored values and the geometry: a series UID that changes with the content."""
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(stored).tobytes())
-    digest.update(repr((hu.shape, tuple(map(float, volume.spacing)), tuple(map(float, volume.origin)),
+    digest.update(repr((stored.shape, tuple(map(float, volume.spacing)), tuple(map(float, volume.origin)),
                         np.asarray(volume.direction, float).round(12).tolist(), rescale_intercept)).encode())
-    study_uid = study_uid or generate_uid(entropy_srcs=["study", patient_id])
-    series_uid = series_uid or generate_uid(entropy_srcs=["series", patient_id, study_uid, series_description,
-                                                          str(series_number), digest.hexdigest()])
-    frame_uid = generate_uid(entropy_srcs=["frame", series_uid])
-    direction = np.asarray(volume.direction, dtype=float)
-    affine = volume.affine_lps()
-    thickness = slice_thickness if slice_thickness is not None else (
-        volume.slice_thickness if volume.slice_thickness is not None else volume.spacing[0])
+    return digest.hexdigest()
 
-    folder.mkdir(parents=True, exist_ok=True)
-    n = hu.shape[0]
-    paths = []
-    for k in range(n):
-        instance = k + 1 if instance_order == "ascending" else n - k
-        position = affine[:3, :3] @ np.array([0.0, 0.0, k]) + affine[:3, 3]
-        sop_uid = generate_uid(entropy_srcs=["instance", series_uid, str(k)])
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = "CORONARY_CALC"
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 192"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid
-        ds.Modality = "CT"
-        ds.Manufacturer = "coronary_calcium"
-        ds.SeriesDescription = series_description
-        ds.PatientName = patient_id
-        ds.PatientID = patient_id
-        ds.KVP = format_number_as_ds(float(kvp))
-        ds.SliceThickness = format_number_as_ds(float(thickness))
-        ds.SpacingBetweenSlices = format_number_as_ds(float(volume.spacing[0]))
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.FrameOfReferenceUID = frame_uid
-        ds.StudyID = "1"
-        ds.SeriesNumber = series_number
-        ds.InstanceNumber = instance
-        ds.ImagePositionPatient = _ds(position)
-        ds.ImageOrientationPatient = _ds(np.concatenate([direction[:, 0], direction[:, 1]]))
-        ds.SliceLocation = format_number_as_ds(float(position @ direction[:, 2]))
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = int(hu.shape[1]), int(hu.shape[2])
-        ds.PixelSpacing = _ds(volume.spacing[1:])
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = representation
-        ds.WindowCenter = "40"
-        ds.WindowWidth = "400"
-        ds.RescaleIntercept = format_number_as_ds(float(rescale_intercept))
-        ds.RescaleSlope = "1"
-        ds.RescaleType = "HU"
-        ds.PixelData = np.ascontiguousarray(stored[k]).astype(stored.dtype.newbyteorder("<")).tobytes()
-        path = folder / f"IM-{series_number:04d}-{instance:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+
+def _series_tags(volume: CTVolume, shape: tuple[int, ...], *, patient_id: str, study_uid: str, series_uid: str,
+                 series_description: str, kvp: float, thickness: float, series_number: int, representation: int,
+                 rescale_intercept: float) -> dict[str, Any]:
+    """The tags every file of the series shares, by keyword."""
+    direction = np.asarray(volume.direction, dtype=float)
+    return {
+        "SpecificCharacterSet": "ISO_IR 192",
+        "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"],
+        "SOPClassUID": CTImageStorage,
+        "Modality": "CT",
+        "Manufacturer": "coronary_calcium",
+        "SeriesDescription": series_description,
+        "PatientName": patient_id,
+        "PatientID": patient_id,
+        "KVP": format_number_as_ds(float(kvp)),
+        "SliceThickness": format_number_as_ds(float(thickness)),
+        "SpacingBetweenSlices": format_number_as_ds(float(volume.spacing[0])),
+        "StudyInstanceUID": study_uid,
+        "SeriesInstanceUID": series_uid,
+        "FrameOfReferenceUID": generate_uid(entropy_srcs=["frame", series_uid]),
+        "StudyID": "1",
+        "SeriesNumber": series_number,
+        "ImageOrientationPatient": _ds(np.concatenate([direction[:, 0], direction[:, 1]])),
+        "SamplesPerPixel": 1,
+        "PhotometricInterpretation": "MONOCHROME2",
+        "Rows": int(shape[1]),
+        "Columns": int(shape[2]),
+        "PixelSpacing": _ds(volume.spacing[1:]),
+        "BitsAllocated": 16,
+        "BitsStored": 16,
+        "HighBit": 15,
+        "PixelRepresentation": representation,
+        "WindowCenter": "40",
+        "WindowWidth": "400",
+        "RescaleIntercept": format_number_as_ds(float(rescale_intercept)),
+        "RescaleSlope": "1",
+        "RescaleType": "HU",
+    }
+
+
+def _slice_dataset(series: dict[str, Any], sop_uid: str, instance: int, position: np.ndarray,
+                   direction: np.ndarray, pixels: np.ndarray) -> Dataset:
+    """One slice's file: the series tags plus its own UID, instance number, position and pixels (little endian)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "CORONARY_CALC"
+    ds = Dataset()
+    ds.file_meta = meta
+    for keyword, value in series.items():
+        setattr(ds, keyword, value)
+    ds.SOPInstanceUID = sop_uid
+    ds.InstanceNumber = instance
+    ds.ImagePositionPatient = _ds(position)
+    ds.SliceLocation = format_number_as_ds(float(position @ direction[:, 2]))
+    ds.PixelData = np.ascontiguousarray(pixels).astype(pixels.dtype.newbyteorder("<")).tobytes()
+    return ds

@@ -149,10 +149,21 @@ def _rel(path: str | os.PathLike, root: Path) -> str:
 def report_blocks(summary: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Block]:
     """The report's content as blocks; image paths are relative to ``out_dir``."""
     root = Path(out_dir)
-    b: list[Block] = [("h", 1, summary.get("title", "Experiment report"))]
+    runs = summary.get("runs", [])
+    b: list[Block] = _heading_blocks(summary)
+    b += _results_blocks(summary)
+    for run in runs:
+        b += _run_blocks(run, root)
+    b += _machine_blocks(summary.get("machine", {}))
+    b += _reproduce_blocks(summary, runs)
+    return b
+
+
+def _heading_blocks(summary: Mapping[str, Any]) -> list[Block]:
+    """Title, dates, the paper, the profile and the data set."""
     prof = summary.get("profile", {})
     man = summary.get("manifest", {})
-    runs = summary.get("runs", [])
+    b: list[Block] = [("h", 1, summary.get("title", "Experiment report"))]
     done = "finished " + summary["finished"] if summary.get("finished") else "in progress (rewritten after each model)"
     secs = summary.get("seconds")
     b.append(
@@ -180,11 +191,15 @@ def report_blocks(summary: Mapping[str, Any], out_dir: str | os.PathLike) -> lis
             + (f". {man['description']}" if man.get("description") else ""),
         )
     )
+    return b
 
-    b.append(("h", 2, "Results on the test split"))
+
+def _results_blocks(summary: Mapping[str, Any]) -> list[Block]:
+    """The test-split results table with the note on the paper's rows."""
     headers, rows = _results_table(summary)
-    b.append(("table", headers, rows))
-    b.append(
+    return [
+        ("h", 2, "Results on the test split"),
+        ("table", headers, rows),
         (
             "p",
             "Slice-level metrics of the positive class (calcium) at probability 0.5, from each model's "
@@ -192,55 +207,63 @@ def report_blocks(summary: Mapping[str, Any], out_dir: str | os.PathLike) -> lis
             "configuration (Inception v3 trained from scratch: 97 % accuracy, 0.96 precision), measured on the "
             "paper's own CT data, not on this data set; every other paper cell is n/a. A fine-tuned model without "
             "a local ImageNet weights file is not run rather than trained from scratch under its name.",
-        )
-    )
+        ),
+    ]
 
-    for run in runs:
-        name = run["network"]
-        b.append(("h", 2, name))
-        b.append(("p", run.get("description", "")))
-        b.append(("p", "Status: " + _status_text(run)))
-        text = _settings_text(run)
-        if text:
-            b.append(("p", "Settings: " + text + "."))
-        if run.get("seconds"):
-            b.append(("p", _seconds_text(run["seconds"]).capitalize() + "."))
-        files = run.get("files") or {}
-        for key, title in (
-            ("training_curves", "Training curves"),
-            ("confusion_matrix", "Confusion matrix (test)"),
-            ("cam_montage", "Grad-CAM layer montage (rows: layers, shallow to deep)"),
-        ):
-            if key in files:
-                b.append(("h", 3, title))
-                b.append(("img", _rel(files[key], root), f"{name}: {title}"))
-        loc = run.get("localization")
-        if loc:
-            b.append(("h", 3, "CAM localization per layer (test split)"))
-            headers, rows = _localization_table(loc)
-            b.append(("table", headers, rows))
-            b.append(
-                (
-                    "p",
-                    f"{loc.get('method', 'CAM')} of the calcium class on {loc.get('n_positive', _NA)} positive "
-                    f"({loc.get('n_positive_with_mask', _NA)} with a mask) and {loc.get('n_negative', _NA)} negative "
-                    "slices. Pointing game: the map's peak within the calcium mask (dilated by 0 / 3 mm), with its "
-                    "chance rate; among calcium: the peak looked for among the pixels >= the calcium threshold only "
-                    "(bone, aortic and valve calcium included), with the share of those pixels near the mask as "
-                    "chance; EBPG: share of the map's energy inside the mask, with its lift over chance; Otsu "
-                    "IoU/Dice of the thresholded map; AUPRC of the map against the mask with the pixel baseline; "
-                    "peak AUC: the raw map peak separating positive from negative slices; sanity rho: rank "
-                    "correlation with the maps after randomising the weights (near 0 is good). Best layer by "
-                    f"{loc.get('best_layer_by', 'the 3 mm pointing game')}.",
-                )
-            )
-        elif run["status"] == "ok":
-            b.append(("p", "No eval/localization.json was written."))
 
-    m = summary.get("machine", {})
-    b.append(("h", 2, "Machine"))
+def _run_blocks(run: Mapping[str, Any], root: Path) -> list[Block]:
+    """One configuration's section: status, settings, time, figures and CAM localization."""
+    name = run["network"]
+    b: list[Block] = [("h", 2, name), ("p", run.get("description", "")), ("p", "Status: " + _status_text(run))]
+    text = _settings_text(run)
+    if text:
+        b.append(("p", "Settings: " + text + "."))
+    if run.get("seconds"):
+        b.append(("p", _seconds_text(run["seconds"]).capitalize() + "."))
+    files = run.get("files") or {}
+    for key, title in (
+        ("training_curves", "Training curves"),
+        ("confusion_matrix", "Confusion matrix (test)"),
+        ("cam_montage", "Grad-CAM layer montage (rows: layers, shallow to deep)"),
+    ):
+        if key in files:
+            b.append(("h", 3, title))
+            b.append(("img", _rel(files[key], root), f"{name}: {title}"))
+    loc = run.get("localization")
+    if loc:
+        b += _localization_blocks(loc)
+    elif run["status"] == "ok":
+        b.append(("p", "No eval/localization.json was written."))
+    return b
+
+
+def _localization_blocks(loc: Mapping[str, Any]) -> list[Block]:
+    """The CAM localization table of one configuration with what its columns mean."""
+    headers, rows = _localization_table(loc)
+    return [
+        ("h", 3, "CAM localization per layer (test split)"),
+        ("table", headers, rows),
+        (
+            "p",
+            f"{loc.get('method', 'CAM')} of the calcium class on {loc.get('n_positive', _NA)} positive "
+            f"({loc.get('n_positive_with_mask', _NA)} with a mask) and {loc.get('n_negative', _NA)} negative "
+            "slices. Pointing game: the map's peak within the calcium mask (dilated by 0 / 3 mm), with its "
+            "chance rate; among calcium: the peak looked for among the pixels >= the calcium threshold only "
+            "(bone, aortic and valve calcium included), with the share of those pixels near the mask as "
+            "chance; EBPG: share of the map's energy inside the mask, with its lift over chance; Otsu "
+            "IoU/Dice of the thresholded map; AUPRC of the map against the mask with the pixel baseline; "
+            "peak AUC: the raw map peak separating positive from negative slices; sanity rho: rank "
+            "correlation with the maps after randomising the weights (near 0 is good). Best layer by "
+            f"{loc.get('best_layer_by', 'the 3 mm pointing game')}.",
+        ),
+    ]
+
+
+def _machine_blocks(m: Mapping[str, Any]) -> list[Block]:
+    """The machine the experiment ran on, as a table."""
     versions = ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items())
-    b.append(
+    return [
+        ("h", 2, "Machine"),
         (
             "table",
             ["Item", "Value"],
@@ -256,19 +279,22 @@ def report_blocks(summary: Mapping[str, Any], out_dir: str | os.PathLike) -> lis
                 ["GPU", str(m.get("gpu"))],
                 ["Libraries", versions],
             ],
-        )
-    )
+        ),
+    ]
 
-    b.append(("h", 2, "Reproduce"))
-    b.append(("p", "The whole experiment (from the repository root; ImageNet weights only as local files):"))
-    b.append(("code", summary.get("command", "")))
-    b.append(
+
+def _reproduce_blocks(summary: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> list[Block]:
+    """The commands that rerun the whole experiment and each model by hand."""
+    b: list[Block] = [
+        ("h", 2, "Reproduce"),
+        ("p", "The whole experiment (from the repository root; ImageNet weights only as local files):"),
+        ("code", summary.get("command", "")),
         (
             "p",
             "One model by hand, with the package CLI or MONAI's bundle CLI (set --output_dir to choose where "
             "it writes):",
-        )
-    )
+        ),
+    ]
     lines = []
     for run in runs:
         c = run.get("commands") or {}

@@ -312,7 +312,6 @@ def find_lesions(
     row x col), mass = c x volume x mean HU. Lesions come in the C order of their components' first voxels.
     """
     hu, sp, mask, labels, thickness = _check_inputs(hu, spacing, mask, labels, slice_thickness, config)
-    nz, ny, nx = hu.shape
     cand = config.passes_threshold(hu)
     if mask is not None:
         cand &= mask
@@ -321,105 +320,155 @@ def find_lesions(
     lab, n = ndimage.label(cand, structure=_structure(config.connectivity))
     if n == 0:
         return []
+    voxels = _voxels_of_large_parts(lab, hu, sp[1] * sp[2], config)
+    if voxels is None:
+        return []
+    parts = _part_table(voxels, hu.shape[0], sp[1] * sp[2])
+    les = _lesion_table(voxels, parts, hu.shape, sp, labels, config)
+    _score_parts(parts, les, sp, thickness, config)
+    les_score = np.bincount(parts.lesion, weights=parts.score, minlength=les.count.size)
+    return [_make_lesion(i, parts, les, float(les_score[i]), config) for i in range(les.count.size) if les.keep[i]]
 
+
+@dataclass
+class _Voxels:
+    """Candidate voxels of the parts the area rule keeps, in C order: flat index, HU, slice and part index."""
+
+    flat: np.ndarray
+    vals: np.ndarray
+    z: np.ndarray
+    part: np.ndarray
+    part_key: np.ndarray  # per kept part: component * nz + slice, ascending
+
+
+@dataclass
+class _Parts:
+    """Per part (a lesion's voxels on one slice), lesion-major then by slice; weight and score set later."""
+
+    z: np.ndarray
+    lesion: np.ndarray
+    peak: np.ndarray
+    area: np.ndarray
+    weight: np.ndarray | None = None
+    score: np.ndarray | None = None
+
+
+@dataclass
+class _Lesions:
+    """Per lesion: voxel count, peak and mean HU, volume, centroid, artery label, whether it is kept, and the
+    bounds of its parts and (sorted) voxels."""
+
+    count: np.ndarray
+    peak: np.ndarray
+    mean: np.ndarray
+    volume: np.ndarray
+    centroid: np.ndarray
+    label: np.ndarray
+    keep: np.ndarray
+    part_bounds: np.ndarray
+    voxels: np.ndarray
+    voxel_bounds: np.ndarray
+
+
+def _voxels_of_large_parts(
+    lab: np.ndarray, hu: np.ndarray, pixel_area: float, config: ScoringConfig
+) -> _Voxels | None:
+    """The labelled voxels whose (component, slice) part passes ``min_area_mm2``, parts renumbered; None if none."""
+    nz, ny, nx = hu.shape
     flat = np.flatnonzero(lab)  # candidate voxels, C order
     comp = lab.ravel()[flat].astype(np.int64) - 1
     vals = hu.ravel()[flat].astype(np.float64)
     if not np.all(np.isfinite(vals)):
         raise InputError("hu", "infinite values above the threshold")
     z = flat // (ny * nx)
-    pixel_area = sp[1] * sp[2]
-    voxel_volume = sp[0] * pixel_area
-
     # Parts = (component, slice) pairs; for 2D components a part is the whole component.
     part_key, part_of_voxel = np.unique(comp * nz + z, return_inverse=True)
-    part_count = np.bincount(part_of_voxel)
-    part_area = part_count * pixel_area
+    part_area = np.bincount(part_of_voxel) * pixel_area
     keep_part = part_area >= config.min_area_mm2 - _AREA_TOLERANCE
     keep_vox = keep_part[part_of_voxel]
     if not keep_vox.any():
-        return []
-    flat, comp, vals, z, part_of_voxel = (a[keep_vox] for a in (flat, comp, vals, z, part_of_voxel))
-
-    # Renumber surviving parts and lesions contiguously (both stay sorted: lesion-major, then slice).
+        return None
+    # Renumber surviving parts contiguously (they stay sorted: lesion-major, then slice).
     kept_parts = np.flatnonzero(keep_part)
     part_remap = np.full(part_key.size, -1, dtype=np.int64)
     part_remap[kept_parts] = np.arange(kept_parts.size)
-    pidx = part_remap[part_of_voxel]
-    part_key = part_key[kept_parts]
-    part_comp = part_key // nz
-    part_z = part_key % nz
-    les_ids, part_les = np.unique(part_comp, return_inverse=True)
-    les_of_voxel = part_les[pidx]
-    n_les = les_ids.size
+    return _Voxels(flat[keep_vox], vals[keep_vox], z[keep_vox], part_remap[part_of_voxel[keep_vox]],
+                   part_key[kept_parts])
 
-    order = np.argsort(pidx, kind="stable")
-    part_count = np.bincount(pidx, minlength=part_key.size)
+
+def _part_table(v: _Voxels, nz: int, pixel_area: float) -> _Parts:
+    """Slice, lesion index (contiguous), peak HU and area of each part."""
+    _, part_les = np.unique(v.part_key // nz, return_inverse=True)
+    order = np.argsort(v.part, kind="stable")
+    part_count = np.bincount(v.part, minlength=v.part_key.size)
     starts = np.concatenate(([0], np.cumsum(part_count)[:-1]))
-    part_peak = np.maximum.reduceat(vals[order], starts)
-    part_area = part_count * pixel_area
+    return _Parts(z=v.part_key % nz, lesion=part_les, peak=np.maximum.reduceat(v.vals[order], starts),
+                  area=part_count * pixel_area)
 
-    les_count = np.bincount(les_of_voxel, minlength=n_les)
-    les_sum = np.bincount(les_of_voxel, weights=vals, minlength=n_les)
-    part_bounds = np.searchsorted(part_les, np.arange(n_les + 1))  # parts are grouped per lesion
-    les_peak = np.maximum.reduceat(part_peak, part_bounds[:-1])
-    les_mean = les_sum / les_count
-    les_volume = les_count * voxel_volume
 
-    peaks_for_weight = part_peak if config.weight_from == "slice_peak" else les_peak[part_les]
-    part_weight = _weights(peaks_for_weight, config)
-    factor = {"increment": sp[0] / 3.0, "thickness": (thickness or 0.0) / 3.0, "none": 1.0}[config.normalisation]
-    part_score = part_area * part_weight * factor
-    les_score = np.bincount(part_les, weights=part_score, minlength=n_les)
-
-    yx = flat % (ny * nx)
+def _lesion_table(v: _Voxels, parts: _Parts, shape: tuple[int, ...], sp: tuple[float, float, float],
+                  labels: np.ndarray | None, config: ScoringConfig) -> _Lesions:
+    """Per-lesion voxel statistics, centroid, artery label and the volume rule."""
+    ny, nx = shape[1], shape[2]
+    les_of_voxel = parts.lesion[v.part]
+    n_les = int(parts.lesion.max()) + 1
+    count = np.bincount(les_of_voxel, minlength=n_les)
+    total = np.bincount(les_of_voxel, weights=v.vals, minlength=n_les)
+    part_bounds = np.searchsorted(parts.lesion, np.arange(n_les + 1))  # parts are grouped per lesion
+    volume = count * (sp[0] * (sp[1] * sp[2]))
+    yx = v.flat % (ny * nx)
     centroid = np.stack(
         [
-            np.bincount(les_of_voxel, weights=c.astype(np.float64), minlength=n_les) / les_count
-            for c in (z, yx // nx, yx % nx)
+            np.bincount(les_of_voxel, weights=c.astype(np.float64), minlength=n_les) / count
+            for c in (v.z, yx // nx, yx % nx)
         ],
         axis=1,
     )
-
     if labels is not None:
-        vox_label = labels.ravel()[flat].astype(np.int64)
+        vox_label = labels.ravel()[v.flat].astype(np.int64)
         n_lab = int(max(CORONARY_LABELS)) + 1
         counts = np.bincount(les_of_voxel * n_lab + vox_label, minlength=n_les * n_lab).reshape(n_les, n_lab)
-        les_label = np.argmax(counts, axis=1)  # only coronary labels reach here; argmax breaks ties low
+        label = np.argmax(counts, axis=1)  # only coronary labels reach here; argmax breaks ties low
     else:
-        les_label = np.zeros(n_les, dtype=np.int64)
-
-    keep_les = les_volume >= config.min_volume_mm3 - _AREA_TOLERANCE
+        label = np.zeros(n_les, dtype=np.int64)
     vox_order = np.argsort(les_of_voxel, kind="stable")  # voxels grouped per lesion, ascending flat index
-    vox_bounds = np.concatenate(([0], np.cumsum(les_count)))
-    sorted_flat = flat[vox_order]
+    return _Lesions(
+        count=count, peak=np.maximum.reduceat(parts.peak, part_bounds[:-1]), mean=total / count, volume=volume,
+        centroid=centroid, label=label, keep=volume >= config.min_volume_mm3 - _AREA_TOLERANCE,
+        part_bounds=part_bounds, voxels=v.flat[vox_order], voxel_bounds=np.concatenate(([0], np.cumsum(count))),
+    )
 
-    lesions = []
-    for i in range(n_les):
-        if not keep_les[i]:
-            continue
-        p0, p1 = part_bounds[i], part_bounds[i + 1]
-        label = int(les_label[i])
-        lesions.append(
-            Lesion(
-                label=label,
-                artery=LABEL_NAMES[label] if label else UNKNOWN_ARTERY,
-                slices=part_z[p0:p1].tolist(),
-                area_mm2=part_area[p0:p1].astype(float).tolist(),
-                peak_hu=float(les_peak[i]),
-                mean_hu=float(les_mean[i]),
-                volume_mm3=float(les_volume[i]),
-                mass_mg=float(config.mass_calibration * les_volume[i] * les_mean[i]),
-                agatston=float(les_score[i]),
-                centroid_zyx=(float(centroid[i, 0]), float(centroid[i, 1]), float(centroid[i, 2])),
-                n_voxels=int(les_count[i]),
-                slice_peak_hu=part_peak[p0:p1].astype(float).tolist(),
-                slice_weight=part_weight[p0:p1].astype(int).tolist(),
-                slice_agatston=part_score[p0:p1].astype(float).tolist(),
-                voxels=sorted_flat[vox_bounds[i] : vox_bounds[i + 1]].copy(),
-            )
-        )
-    return lesions
+
+def _score_parts(parts: _Parts, les: _Lesions, sp: tuple[float, float, float], thickness: float | None,
+                 config: ScoringConfig) -> None:
+    """Set each part's density weight and score: area x weight x the normalisation factor."""
+    peaks_for_weight = parts.peak if config.weight_from == "slice_peak" else les.peak[parts.lesion]
+    parts.weight = _weights(peaks_for_weight, config)
+    factor = {"increment": sp[0] / 3.0, "thickness": (thickness or 0.0) / 3.0, "none": 1.0}[config.normalisation]
+    parts.score = parts.area * parts.weight * factor
+
+
+def _make_lesion(i: int, parts: _Parts, les: _Lesions, agatston: float, config: ScoringConfig) -> Lesion:
+    """Lesion ``i`` of the tables as a `Lesion`."""
+    p0, p1 = les.part_bounds[i], les.part_bounds[i + 1]
+    label = int(les.label[i])
+    return Lesion(
+        label=label,
+        artery=LABEL_NAMES[label] if label else UNKNOWN_ARTERY,
+        slices=parts.z[p0:p1].tolist(),
+        area_mm2=parts.area[p0:p1].astype(float).tolist(),
+        peak_hu=float(les.peak[i]),
+        mean_hu=float(les.mean[i]),
+        volume_mm3=float(les.volume[i]),
+        mass_mg=float(config.mass_calibration * les.volume[i] * les.mean[i]),
+        agatston=agatston,
+        centroid_zyx=(float(les.centroid[i, 0]), float(les.centroid[i, 1]), float(les.centroid[i, 2])),
+        n_voxels=int(les.count[i]),
+        slice_peak_hu=parts.peak[p0:p1].astype(float).tolist(),
+        slice_weight=parts.weight[p0:p1].astype(int).tolist(),
+        slice_agatston=parts.score[p0:p1].astype(float).tolist(),
+        voxels=les.voxels[les.voxel_bounds[i] : les.voxel_bounds[i + 1]].copy(),
+    )
 
 
 # Risk categories: (label, lower, upper). Scores are continuous, so each scheme's cut-points need a side:

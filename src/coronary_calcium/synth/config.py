@@ -82,7 +82,8 @@ class SynthConfig:
     artery_weights: tuple[float, float, float, float] = (0.08, 0.42, 0.2, 0.3)
     """Relative frequency of plaques in LM / LAD / LCX / RCA."""
     plaque_diameter_mm: tuple[float, float] = (1.0, 6.0)
-    """Plaque size across the vessel (FWHM of its density profile); length along the vessel is 1.2-3x this (at most 15 mm)."""
+    """Plaque size across the vessel (FWHM of its density profile); length along the vessel is 1.2-3x this (at most
+    15 mm)."""
     plaque_density_hu: tuple[float, float] = (250.0, 1400.0)
     """Plaque core HU above the vessel before partial volume; observed peaks span ~130 to >1000 HU."""
     large_plaque_prob: float = 0.5
@@ -107,7 +108,9 @@ class SynthConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field (tuples as lists)."""
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SynthConfig:
@@ -185,25 +188,38 @@ def max_plaque_agatston(config: SynthConfig) -> float:
 
 
 def _validate(c: SynthConfig) -> None:
+    """Raise InputError naming the first field of ``c`` that is invalid or that makes a wanted category unreachable."""
     _check_int("seed", c.seed, 0)
     _check_int("n_patients", c.n_patients, 1, 100_000)
     if not isinstance(c.name, str) or not c.name.strip():
         raise InputError("name", f"must be a non-empty string, got {c.name!r}")
+    _check_field_of_view(c)
+    _check_prob("large_plaque_prob", c.large_plaque_prob)
+    _check_prob("ostial_lm_prob", c.ostial_lm_prob)
+    _check_image(c)
+    _check_body(c)
+    _check_burden(c)
+    _check_burden_reachable(c)
+
+
+def _check_increments(name: str, v: Any) -> None:
+    """Slice increments: a non-empty tuple of positive numbers."""
+    if not isinstance(v, tuple) or not v or not all(_is_num(x) and x > 0 for x in v):
+        raise InputError(name, f"must be one or more positive numbers, got {v!r}")
+
+
+def _check_field_of_view(c: SynthConfig) -> None:
+    """Matrix, gated share, fields of view and slice increments."""
     _check_int("matrix", c.matrix, 32, 2048)
     _check_prob("gated_fraction", c.gated_fraction)
     _check_range("gated_fov_mm", c.gated_fov_mm, positive=True)
     _check_range("full_fov_mm", c.full_fov_mm, positive=True)
-    if (
-        not isinstance(c.slice_increments_mm, tuple)
-        or not c.slice_increments_mm
-        or not all(_is_num(x) and x > 0 for x in c.slice_increments_mm)
-    ):
-        raise InputError("slice_increments_mm", f"must be one or more positive numbers, got {c.slice_increments_mm!r}")
-    increments = c.full_slice_increments_mm
-    if not isinstance(increments, tuple) or not increments or not all(_is_num(x) and x > 0 for x in increments):
-        raise InputError("full_slice_increments_mm", f"must be one or more positive numbers, got {increments!r}")
-    _check_prob("large_plaque_prob", c.large_plaque_prob)
-    _check_prob("ostial_lm_prob", c.ostial_lm_prob)
+    _check_increments("slice_increments_mm", c.slice_increments_mm)
+    _check_increments("full_slice_increments_mm", c.full_slice_increments_mm)
+
+
+def _check_image(c: SynthConfig) -> None:
+    """Slice count, noise, blur, tube voltage and the table."""
     if not isinstance(c.n_slices, tuple) or len(c.n_slices) != 2 or not all(_is_int(x) for x in c.n_slices):
         raise InputError("n_slices", f"must be a (min, max) pair of integers, got {c.n_slices!r}")
     if not 1 <= c.n_slices[0] <= c.n_slices[1] <= 1000:
@@ -214,6 +230,10 @@ def _validate(c: SynthConfig) -> None:
         raise InputError("kvp", f"must be a positive number, got {c.kvp!r}")
     if not isinstance(c.table, bool):
         raise InputError("table", f"must be true or false, got {c.table!r}")
+
+
+def _check_body(c: SynthConfig) -> None:
+    """Body size and the subcutaneous and epicardial fat."""
     _check_range("body_scale", c.body_scale, positive=True)
     if not (0.6 <= c.body_scale[0] and c.body_scale[1] <= 1.5):
         raise InputError("body_scale", f"must lie within [0.6, 1.5], got {c.body_scale!r}")
@@ -223,6 +243,10 @@ def _validate(c: SynthConfig) -> None:
     _check_range("epicardial_fat_mm", c.epicardial_fat_mm, min_value=3.0)
     if c.epicardial_fat_mm[1] > 25:
         raise InputError("epicardial_fat_mm", f"must be <= 25 mm, got {c.epicardial_fat_mm!r}")
+
+
+def _check_burden(c: SynthConfig) -> None:
+    """Categories, plaques, non-coronary calcium and the split fractions, each on its own."""
     _check_weights("category_weights", c.category_weights, 5)
     _check_int("category_cycle", c.category_cycle, 1, 10_000)
     if not _is_num(c.category_margin) or not 1.0 <= c.category_margin <= 3.0:
@@ -239,30 +263,31 @@ def _validate(c: SynthConfig) -> None:
     if abs(sum(c.split_fractions) - 1.0) > 1e-6:
         raise InputError("split_fractions", f"must sum to 1, got {c.split_fractions!r} (sum {sum(c.split_fractions)})")
 
-    # Burden feasibility: every category with a non-zero weight must be reachable with these plaques.
+
+def _check_burden_reachable(c: SynthConfig) -> None:
+    """Every category with a non-zero weight must be reachable with these plaques."""
     wanted = [k for k in range(1, 5) if c.category_weights[k] > 0]
-    if wanted:
-        if c.max_plaques < 1:
-            raise InputError("max_plaques", "is 0 but category_weights ask for patients with coronary calcium")
-        if c.plaque_density_hu[1] < 200.0:
+    if not wanted:
+        return
+    if c.max_plaques < 1:
+        raise InputError("max_plaques", "is 0 but category_weights ask for patients with coronary calcium")
+    if c.plaque_density_hu[1] < 200.0:
+        raise InputError(
+            "plaque_density_hu", f"max {c.plaque_density_hu[1]} HU is too faint to reach 130 HU after partial volume"
+        )
+    if c.plaque_diameter_mm[1] < 1.2:
+        raise InputError("plaque_diameter_mm", f"max {c.plaque_diameter_mm[1]} mm cannot make a lesion of 1 mm^2")
+    if c.plaque_diameter_mm[0] > 4.0 and c.category_weights[1] > 0:
+        raise InputError("plaque_diameter_mm", f"min {c.plaque_diameter_mm[0]} mm is too large for the 1-10 category")
+    for k in wanted:
+        lo, hi = c.target_range(k)
+        if lo > hi:
+            item = "max_score" if k == 4 else "category_margin"
+            raise InputError(item, f"leaves no target score for category {CATEGORY_LABELS[k]} ({lo:g} > {hi:g})")
+        reachable = c.max_plaques * max_plaque_agatston(c)
+        if reachable < lo:
             raise InputError(
-                "plaque_density_hu", f"max {c.plaque_density_hu[1]} HU is too faint to reach 130 HU after partial volume"
+                "max_plaques",
+                f"{c.max_plaques} plaques of at most {c.plaque_diameter_mm[1]} mm reach about {reachable:.0f} "
+                f"Agatston, below category {CATEGORY_LABELS[k]}'s target {lo:g}",
             )
-        if c.plaque_diameter_mm[1] < 1.2:
-            raise InputError("plaque_diameter_mm", f"max {c.plaque_diameter_mm[1]} mm cannot make a lesion of 1 mm^2")
-        if c.plaque_diameter_mm[0] > 4.0 and c.category_weights[1] > 0:
-            raise InputError(
-                "plaque_diameter_mm", f"min {c.plaque_diameter_mm[0]} mm is too large for the 1-10 category"
-            )
-        for k in wanted:
-            lo, hi = c.target_range(k)
-            if lo > hi:
-                item = "max_score" if k == 4 else "category_margin"
-                raise InputError(item, f"leaves no target score for category {CATEGORY_LABELS[k]} ({lo:g} > {hi:g})")
-            reachable = c.max_plaques * max_plaque_agatston(c)
-            if reachable < lo:
-                raise InputError(
-                    "max_plaques",
-                    f"{c.max_plaques} plaques of at most {c.plaque_diameter_mm[1]} mm reach about {reachable:.0f} "
-                    f"Agatston, below category {CATEGORY_LABELS[k]}'s target {lo:g}",
-                )

@@ -25,6 +25,7 @@ from coronary_calcium.io.volume import CTVolume
 from coronary_calcium.labels import AORTIC, CORONARY_LABELS, LABEL_NAMES, LAD, LCX, LM, RCA, VALVE
 from coronary_calcium.scoring.agatston import ScoringConfig, find_lesions, score_scan
 from coronary_calcium.synth.config import CATEGORY_BOUNDS, CATEGORY_LABELS, SynthConfig
+from coronary_calcium.synth.grid import Grid
 
 # The truth follows the scoring module's default rules (120 kVp): one source of the Agatston rules.
 SCORING = ScoringConfig()
@@ -132,53 +133,7 @@ def patient_id(index: int) -> str:
     return f"SYN{index:04d}"
 
 
-# --- grid and geometric primitives ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Grid:
-    nz: int
-    ny: int
-    nx: int
-    dz: float
-    ps: float
-    x0: float
-    y0: float
-    z0: float
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.nz, self.ny, self.nx)
-
-    @property
-    def x(self) -> np.ndarray:
-        return self.x0 + self.ps * np.arange(self.nx)
-
-    @property
-    def y(self) -> np.ndarray:
-        return self.y0 + self.ps * np.arange(self.ny)
-
-    @property
-    def z(self) -> np.ndarray:
-        return self.z0 + self.dz * np.arange(self.nz)
-
-    def box(self, lo: np.ndarray, hi: np.ndarray, pad_px: int = 0) -> tuple[slice, slice, slice] | None:
-        """Index box (z, y, x slices) of voxel centres inside [lo, hi] mm, padded in-plane; None when empty."""
-        out = []
-        for lo_, hi_, o, s, n, pad in (
-            (lo[2], hi[2], self.z0, self.dz, self.nz, 0),
-            (lo[1], hi[1], self.y0, self.ps, self.ny, pad_px),
-            (lo[0], hi[0], self.x0, self.ps, self.nx, pad_px),
-        ):
-            i0 = max(int(math.ceil((lo_ - o) / s - 1e-9)) - pad, 0)
-            i1 = min(int(math.floor((hi_ - o) / s + 1e-9)) + 1 + pad, n)
-            if i1 <= i0:
-                return None
-            out.append(slice(i0, i1))
-        return tuple(out)  # type: ignore[return-value]
-
-    def coords(self, box: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.x[box[2]], self.y[box[1]], self.z[box[0]]
-
-
+# --- geometric primitives (on the shared voxel grid, synth/grid.py) ---------------------------------------------------
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
@@ -193,11 +148,11 @@ class _Ellipsoid:
         """Half extent along x, y, z of the ellipsoid scaled by ``scale``."""
         return scale * np.sqrt(((self.rot * self.semi[None, :]) ** 2).sum(axis=1))
 
-    def box(self, grid: _Grid, scale: float = 1.0) -> tuple[slice, slice, slice] | None:
+    def box(self, grid: Grid, scale: float = 1.0) -> tuple[slice, slice, slice] | None:
         e = self.extent(scale)
         return grid.box(self.centre - e, self.centre + e)
 
-    def q(self, grid: _Grid, box: tuple[slice, slice, slice]) -> np.ndarray:
+    def q(self, grid: Grid, box: tuple[slice, slice, slice]) -> np.ndarray:
         """Quadratic form (1 on the surface) on a box, float32 (Z, Y, X); built from 2D terms for speed."""
         m = self.rot @ np.diag(1.0 / self.semi**2) @ self.rot.T
         x, y, z = grid.coords(box)
@@ -211,7 +166,7 @@ class _Ellipsoid:
 
 
 def _capsule_dist2(
-    grid: _Grid, a: np.ndarray, b: np.ndarray, r: float
+    grid: Grid, a: np.ndarray, b: np.ndarray, r: float
 ) -> tuple[tuple[slice, slice, slice] | None, np.ndarray | None]:
     """Squared distance (mm^2, float32) from segment a-b on the segment's box widened by r."""
     box = grid.box(np.minimum(a, b) - r, np.maximum(a, b) + r)
@@ -230,7 +185,7 @@ def _capsule_dist2(
     return box, dist2
 
 
-def _sphere_voxels(grid: _Grid, pts: np.ndarray, radii: np.ndarray, chunk: int = 2_000_000) -> np.ndarray:
+def _sphere_voxels(grid: Grid, pts: np.ndarray, radii: np.ndarray, chunk: int = 2_000_000) -> np.ndarray:
     """Flat indices of voxel centres within radii[j] of pts[j] for some j (a swept tube), possibly repeated."""
     if len(pts) == 0:
         return np.zeros(0, dtype=np.int64)
@@ -375,7 +330,9 @@ def _surface_point(v: _Ellipsoid, s: np.ndarray, psi: np.ndarray, offset: float)
     )
 
 
-def _draw_arteries(rng: np.random.Generator, v: _Ellipsoid, root: np.ndarray, root_r: float, hs: float) -> list[_Artery]:
+def _draw_arteries(
+    rng: np.random.Generator, v: _Ellipsoid, root: np.ndarray, root_r: float, hs: float
+) -> list[_Artery]:
     """LM, LAD, LCX, RCA as 3D curves in the epicardial fat (grooves of the ventricles' surface)."""
     n = 200
     s_av = rng.uniform(-0.6, -0.45)  # atrioventricular groove: a ring near the base
@@ -420,11 +377,28 @@ def _draw_arteries(rng: np.random.Generator, v: _Ellipsoid, root: np.ndarray, ro
 
 
 def _draw_anatomy(rng: np.random.Generator, config: SynthConfig) -> _Anatomy:
+    """One patient's anatomy; the steps draw from ``rng`` in a fixed order, which fixes every patient's scan."""
     hu = _draw_hu(rng)
     bs = rng.uniform(*config.body_scale)
     hs = bs * rng.uniform(0.92, 1.08)
+    body = _draw_body(rng, config, bs)
+    heart = _draw_heart(rng, config, bs, hs, body)
+    vessels = _draw_great_vessels(rng, bs, hs, heart["ventricles"], body["spine"])
+    y_c = body["cavity"][2]
+    organs = _draw_diaphragm(rng, bs, y_c, heart["ventricles"], heart["s_peri_line"])
     u = rng.uniform
-    # Body wall: skin, subcutaneous fat, muscle, ribs; the thoracic cavity inside.
+    # Ribs: bands around the cavity, dropping towards the front.
+    ribs = dict(pitch=u(24.0, 28.0) * bs, drop=u(95.0, 130.0), half_h=u(4.5, 6.0), cortex=1.2,
+                phase_l=u(0.0, 1.0), phase_r=u(0.0, 1.0), cart=u(0.72, 0.8) * math.pi)
+    lung_vessels = _draw_lung_vessels(rng, bs, y_c, vessels["root"])
+    arteries = _draw_arteries(rng, heart["ventricles"], vessels["root"], vessels["root_r"], hs)
+    return _Anatomy(hu=hu, **body, **heart, **vessels, **organs, ribs=ribs, lung_vessels=lung_vessels,
+                    arteries=arteries, body_scale=bs, heart_scale=hs)
+
+
+def _draw_body(rng: np.random.Generator, config: SynthConfig, bs: float) -> dict[str, Any]:
+    """Body wall (skin, subcutaneous fat, muscle, ribs), the thoracic cavity inside, spine and sternum."""
+    u = rng.uniform
     a_c, b_c = 125.0 * bs * u(0.95, 1.05), 80.0 * bs * u(0.95, 1.05)
     skin, fat, rib = u(1.5, 2.5), u(*config.subcutaneous_fat_mm), u(6.0, 8.0)
     m_ant, m_lat, m_post = u(8.0, 16.0), u(10.0, 20.0), u(40.0, 55.0)
@@ -442,8 +416,16 @@ def _draw_anatomy(rng: np.random.Generator, config: SynthConfig) -> _Anatomy:
     )
     st_a, st_b = u(14.0, 20.0), u(5.0, 7.0)
     sternum = dict(x=u(-3.0, 3.0), y=y_c - b_c - st_b + 1.5, a=st_a, b=st_b)
+    return dict(body=(body_a, body_b), skin=skin, fat=fat, cavity=(a_c, b_c, y_c), rib_thickness=rib, spine=spine,
+                sternum=sternum)
 
-    # Heart: ventricles (tilted ellipsoid) + atria at its base, inside the pericardial sac.
+
+def _draw_heart(rng: np.random.Generator, config: SynthConfig, bs: float, hs: float,
+                body: dict[str, Any]) -> dict[str, Any]:
+    """Ventricles (a tilted ellipsoid) and atria at their base inside the pericardial sac, with the sac's scales."""
+    u = rng.uniform
+    _, b_c, y_c = body["cavity"]
+    y_sp, r_vb = body["spine"]["y"], body["spine"]["r"]
     rot, angles = _heart_frame(rng)
     semi = np.array([u(56.0, 64.0), u(40.0, 46.0), u(34.0, 40.0)]) * hs
     epi = u(*config.epicardial_fat_mm) * math.sqrt(hs)
@@ -467,9 +449,17 @@ def _draw_anatomy(rng: np.random.Generator, config: SynthConfig) -> _Anatomy:
                     semi * np.array([0.72, 0.5, 0.55]))
     rv = _Ellipsoid(centre - 0.05 * semi[0] * e1 + 0.5 * semi[1] * e2 + 0.1 * semi[2] * e3, rot,
                     semi * np.array([0.62, 0.35, 0.65]))
+    return dict(ventricles=ventricles, atria=atria, lv=lv, rv=rv, s_peri=s_peri, s_peri_line=s_line,
+                s_region=s_region, s_mediastinum=s_med, epicardial_fat=epi, angles_deg=angles)
 
-    # Great vessels and airways.
-    root = centre - 0.78 * semi[0] * e1 + 0.22 * semi[1] * e2 + np.array([0.0, 0.0, 8.0]) * hs
+
+def _draw_great_vessels(rng: np.random.Generator, bs: float, hs: float, ventricles: _Ellipsoid,
+                        spine: dict[str, float]) -> dict[str, Any]:
+    """Aortic root, ascending and descending aorta, esophagus, SVC, pulmonary arteries and airways."""
+    u = rng.uniform
+    centre, semi, rot = ventricles.centre, ventricles.semi, ventricles.rot
+    x_sp, y_sp, r_vb = spine["x"], spine["y"], spine["r"]
+    root = centre - 0.78 * semi[0] * rot[:, 0] + 0.22 * semi[1] * rot[:, 1] + np.array([0.0, 0.0, 8.0]) * hs
     root_r = u(12.0, 15.0) * hs
     asc_r = root_r * u(1.0, 1.15)
     asc_top = root + np.array([u(-25.0, -10.0), u(-15.0, -5.0), 200.0])
@@ -495,8 +485,14 @@ def _draw_anatomy(rng: np.random.Generator, config: SynthConfig) -> _Anatomy:
         (carina, carina + np.array([-45.0, 8.0, -22.0]) * bs, u(6.5, 8.0)),
         (carina, carina + np.array([50.0, 12.0, -40.0]) * bs, u(5.5, 7.0)),
     ]
+    return dict(root=root, root_r=root_r, asc_top=asc_top, asc_r=asc_r, desc=desc, esophagus=esophagus, svc=svc,
+                pa=pa, airways=airways)
 
-    # Diaphragm: liver dome on the right, stomach / spleen on the left, just below the heart.
+
+def _draw_diaphragm(rng: np.random.Generator, bs: float, y_c: float, ventricles: _Ellipsoid,
+                    s_line: float) -> dict[str, Any]:
+    """Liver dome on the right, stomach / spleen (with gas in some) on the left, just below the heart."""
+    u = rng.uniform
     z_low = ventricles.centre[2] - ventricles.extent(s_line)[2]
     liver_semi = np.array([100.0 * bs, 85.0 * bs, 90.0])
     liver = _Ellipsoid(np.array([-40.0 * bs, y_c + 10.0, z_low + u(-5.0, 25.0) - 90.0]), np.eye(3), liver_semi)
@@ -506,12 +502,13 @@ def _draw_anatomy(rng: np.random.Generator, config: SynthConfig) -> _Anatomy:
     if rng.random() < 0.6:
         gs = np.array([u(15.0, 30.0), u(10.0, 20.0), u(8.0, 15.0)])
         gas = _Ellipsoid(stomach.centre + np.array([10.0, -20.0, 70.0 - gs[2] - 3.0]), np.eye(3), gs)
+    return dict(liver=liver, stomach=stomach, gas=gas)
 
-    # Ribs: bands around the cavity, dropping towards the front.
-    ribs = dict(pitch=u(24.0, 28.0) * bs, drop=u(95.0, 130.0), half_h=u(4.5, 6.0), cortex=1.2,
-                phase_l=u(0.0, 1.0), phase_r=u(0.0, 1.0), cart=u(0.72, 0.8) * math.pi)
 
-    # Lung vessels: segments radiating from the hila.
+def _draw_lung_vessels(rng: np.random.Generator, bs: float, y_c: float,
+                       root: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lung vessels: segments radiating from the hila, as points every ~1 mm with their radii."""
+    u = rng.uniform
     hila = [np.array([-55.0 * bs, y_c + 5.0, root[2] - 15.0]), np.array([55.0 * bs, y_c + 5.0, root[2] - 20.0])]
     v_pts, v_rad = [], []
     for side, hilum in zip((-1.0, 1.0), hila):
@@ -525,20 +522,10 @@ def _draw_anatomy(rng: np.random.Generator, config: SynthConfig) -> _Anatomy:
             tt = np.linspace(0.0, 1.0, n)
             v_pts.append(start[None, :] + length * tt[:, None] * d[None, :])
             v_rad.append(np.maximum(r0 * (1.0 - 0.5 * tt), 0.6))
-    lung_vessels = (np.concatenate(v_pts), np.concatenate(v_rad))
-
-    arteries = _draw_arteries(rng, ventricles, root, root_r, hs)
-    return _Anatomy(
-        hu=hu, body=(body_a, body_b), skin=skin, fat=fat, cavity=(a_c, b_c, y_c), rib_thickness=rib,
-        spine=spine, sternum=sternum, ribs=ribs, ventricles=ventricles, atria=atria, lv=lv, rv=rv,
-        liver=liver, stomach=stomach, gas=gas, s_peri=s_peri, s_peri_line=s_line, s_region=s_region,
-        s_mediastinum=s_med, epicardial_fat=epi, root=root, root_r=root_r, asc_top=asc_top, asc_r=asc_r,
-        desc=desc, esophagus=esophagus, svc=svc, pa=pa, airways=airways, lung_vessels=lung_vessels,
-        arteries=arteries, angles_deg=angles, body_scale=bs, heart_scale=hs,
-    )
+    return np.concatenate(v_pts), np.concatenate(v_rad)
 
 
-def _draw_grid(rng: np.random.Generator, config: SynthConfig, an: _Anatomy) -> tuple[_Grid, bool, float]:
+def _draw_grid(rng: np.random.Generator, config: SynthConfig, an: _Anatomy) -> tuple[Grid, bool, float]:
     """Acquisition geometry: gated (FOV on the heart) or full chest; slices cover the heart plus margins."""
     gated = bool(rng.random() < config.gated_fraction)
     n = config.matrix
@@ -558,7 +545,7 @@ def _draw_grid(rng: np.random.Generator, config: SynthConfig, an: _Anatomy) -> t
     nz = int(np.clip(math.ceil((z_hi - z_lo) / dz), config.n_slices[0], config.n_slices[1]))
     zc = 0.5 * (z_lo + z_hi) + rng.uniform(-0.5, 0.5) * dz
     table_z = rng.uniform(-250.0, -100.0)  # scanner z of the heart centre: origins differ between patients
-    grid = _Grid(nz, n, n, dz, ps, cx - ps * (n - 1) / 2, cy - ps * (n - 1) / 2, zc - dz * (nz - 1) / 2)
+    grid = Grid(nz, n, n, dz, ps, cx - ps * (n - 1) / 2, cy - ps * (n - 1) / 2, zc - dz * (nz - 1) / 2)
     return grid, gated, table_z
 
 
@@ -571,7 +558,7 @@ def _is_lung(t: np.ndarray) -> np.ndarray:
     return (t == LUNG) | (t == LUNG_VESSEL)
 
 
-def _base_slice(grid: _Grid, an: _Anatomy, table: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _base_slice(grid: Grid, an: _Anatomy, table: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The axial cross-section shared by all slices (body wall, cavity as lung) and the rib ring's pixels."""
     x, y = grid.x, grid.y
     x2, y2 = (x**2)[None, :], (y**2)[:, None]
@@ -605,7 +592,7 @@ def _base_slice(grid: _Grid, an: _Anatomy, table: bool) -> tuple[np.ndarray, dic
     return sl, ring_info
 
 
-def _paint_ribs(tissue: np.ndarray, grid: _Grid, an: _Anatomy, ring: dict[str, np.ndarray]) -> None:
+def _paint_ribs(tissue: np.ndarray, grid: Grid, an: _Anatomy, ring: dict[str, np.ndarray]) -> None:
     rb = an.ribs
     # Height drop from the back (phi = 0) to the front (phi = pi); nearly linear so that each rib crosses a
     # slice as a short oblique segment, as on real axial images.
@@ -627,7 +614,7 @@ def _paint_ribs(tissue: np.ndarray, grid: _Grid, an: _Anatomy, ring: dict[str, n
         flat[ring["idx"][in_rib & cartilage]] = CARTILAGE
 
 
-def _paint_spine_sternum(tissue: np.ndarray, grid: _Grid, an: _Anatomy, z_xiphoid: float) -> None:
+def _paint_spine_sternum(tissue: np.ndarray, grid: Grid, an: _Anatomy, z_xiphoid: float) -> None:
     sp, st = an.spine, an.sternum
     lo = np.array([sp["x"] - 45.0, sp["y"] - sp["r"] - 2.0, 0.0])
     hi = np.array([sp["x"] + 45.0, sp["canal_y"] + sp["canal_r"] + sp["arch"] + 32.0, 0.0])
@@ -678,7 +665,7 @@ def _paint_spine_sternum(tissue: np.ndarray, grid: _Grid, an: _Anatomy, z_xiphoi
             t[i] = CANCELLOUS_BONE
 
 
-def _paint_capsule(tissue: np.ndarray, grid: _Grid, a: np.ndarray, b: np.ndarray, r: float, tis: int,
+def _paint_capsule(tissue: np.ndarray, grid: Grid, a: np.ndarray, b: np.ndarray, r: float, tis: int,
                    only: tuple[int, ...] | None = None) -> None:
     box, d2 = _capsule_dist2(grid, a, b, r)
     if box is None:
@@ -690,21 +677,36 @@ def _paint_capsule(tissue: np.ndarray, grid: _Grid, a: np.ndarray, b: np.ndarray
     _paint(t, tis, m)
 
 
-def _paint_anatomy(grid: _Grid, an: _Anatomy, table: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Tissue classes (Z, Y, X) and the heart region (bool)."""
+def _paint_anatomy(grid: Grid, an: _Anatomy, table: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue classes (Z, Y, X) and the heart region (bool); later steps paint over earlier ones."""
     base, ring = _base_slice(grid, an, table)
     tissue = np.empty(grid.shape, dtype=np.uint8)
     tissue[...] = base[None]
     heart_region = np.zeros(grid.shape, dtype=bool)
+    _paint_lung_vessels(tissue, grid, an)
+    _paint_diaphragm(tissue, grid, an)
+    _paint_mediastinal_fat(tissue, grid, an)
+    _paint_heart(tissue, heart_region, grid, an)
+    _paint_vessels_and_airways(tissue, grid, an)
+    _paint_coronaries(tissue, heart_region, grid, an)
+    v = an.ventricles
+    z_xiphoid = v.centre[2] - v.extent(an.s_peri_line)[2] + 15.0
+    _paint_spine_sternum(tissue, grid, an, z_xiphoid)
+    _paint_ribs(tissue, grid, an, ring)
+    return tissue, heart_region
 
-    # Lung vessels (only where lung).
+
+def _paint_lung_vessels(tissue: np.ndarray, grid: Grid, an: _Anatomy) -> None:
+    """Lung vessels, only where lung."""
     idx = _sphere_voxels(grid, *an.lung_vessels)
     if idx.size:
         flat = tissue.reshape(-1)
         idx = idx[flat[idx] == LUNG]
         flat[idx] = LUNG_VESSEL
 
-    # Diaphragm domes replace lung below the heart.
+
+def _paint_diaphragm(tissue: np.ndarray, grid: Grid, an: _Anatomy) -> None:
+    """Diaphragm domes (liver, stomach with its gas) replace lung below the heart."""
     for ell, tis in ((an.liver, LIVER), (an.stomach, STOMACH)):
         box = ell.box(grid)
         if box is not None:
@@ -716,7 +718,9 @@ def _paint_anatomy(grid: _Grid, an: _Anatomy, table: bool) -> tuple[np.ndarray, 
             t = tissue[box]
             _paint(t, AIRWAY, (an.gas.q(grid, box) < 1.0) & (t == STOMACH))
 
-    # Central mediastinum: fat from sternum to spine between the lungs.
+
+def _paint_mediastinal_fat(tissue: np.ndarray, grid: Grid, an: _Anatomy) -> None:
+    """Central mediastinum (fat from sternum to spine between the lungs) and fat around great vessels and airways."""
     a_c, b_c, y_c = an.cavity
     sp = an.spine
     front, back = y_c - b_c, sp["y"]
@@ -727,41 +731,45 @@ def _paint_anatomy(grid: _Grid, an: _Anatomy, table: bool) -> tuple[np.ndarray, 
         col = ((x - sp["x"]) / w)[None, :] ** 2 + ((y - (front + back) / 2) / ((back - front) / 2))[:, None] ** 2 < 1
         t = tissue[box]
         _paint(t, MEDIASTINAL_FAT, col[None] & _is_lung(t))
-    # Fat around the great vessels, then the vessels (blood) and the airways.
     vessels = [(an.root, an.asc_top, an.asc_r), an.desc, an.esophagus[:3], an.svc] + an.pa
     for a, b, r in vessels:
         _paint_capsule(tissue, grid, a, b, r + 5.0, MEDIASTINAL_FAT, only=_LUNGLIKE)
     for a, b, r in an.airways:
         _paint_capsule(tissue, grid, a, b, r + 4.0, MEDIASTINAL_FAT, only=_LUNGLIKE)
 
-    # Heart: mediastinal fat around the sac, pericardium, epicardial fat, myocardium, blood pools.
+
+def _paint_heart(tissue: np.ndarray, heart_region: np.ndarray, grid: Grid, an: _Anatomy) -> None:
+    """Mediastinal fat around the sac, pericardium, epicardial fat, myocardium, blood pools; the heart region."""
     v, at = an.ventricles, an.atria
     boxes = [e.box(grid, an.s_mediastinum) for e in (v, at)]
     boxes = [b for b in boxes if b is not None]
-    if boxes:
-        hbox = tuple(slice(min(b[i].start for b in boxes), max(b[i].stop for b in boxes)) for i in range(3))
-        dq = v.q(grid, hbox)
-        abox = at.box(grid, an.s_mediastinum)
-        if abox is not None:
-            sub = tuple(slice(abox[i].start - hbox[i].start, abox[i].stop - hbox[i].start) for i in range(3))
-            np.minimum(dq[sub], at.q(grid, abox), out=dq[sub])
-        t = tissue[hbox]
-        _paint(t, MEDIASTINAL_FAT, (dq < an.s_mediastinum**2) & _is_lung(t))
-        _paint(t, PERICARDIUM, dq < an.s_peri_line**2)
-        _paint(t, EPICARDIAL_FAT, dq < an.s_peri**2)
-        _paint(t, MYOCARDIUM, dq < 1.0)
-        heart_region[hbox] = dq < an.s_region**2
-        for cav in (an.lv, an.rv):
-            cbox = cav.box(grid)
-            if cbox is not None:
-                tc = tissue[cbox]
-                sub = tuple(slice(cbox[i].start - hbox[i].start, cbox[i].stop - hbox[i].start) for i in range(3))
-                _paint(tc, BLOOD, (cav.q(grid, cbox) < 1.0) & (dq[sub] < 0.85))
-        abox = at.box(grid, 0.8)
-        if abox is not None:
-            _paint(tissue[abox], BLOOD, at.q(grid, abox) < 0.64)
+    if not boxes:
+        return
+    hbox = tuple(slice(min(b[i].start for b in boxes), max(b[i].stop for b in boxes)) for i in range(3))
+    dq = v.q(grid, hbox)
+    abox = at.box(grid, an.s_mediastinum)
+    if abox is not None:
+        sub = tuple(slice(abox[i].start - hbox[i].start, abox[i].stop - hbox[i].start) for i in range(3))
+        np.minimum(dq[sub], at.q(grid, abox), out=dq[sub])
+    t = tissue[hbox]
+    _paint(t, MEDIASTINAL_FAT, (dq < an.s_mediastinum**2) & _is_lung(t))
+    _paint(t, PERICARDIUM, dq < an.s_peri_line**2)
+    _paint(t, EPICARDIAL_FAT, dq < an.s_peri**2)
+    _paint(t, MYOCARDIUM, dq < 1.0)
+    heart_region[hbox] = dq < an.s_region**2
+    for cav in (an.lv, an.rv):
+        cbox = cav.box(grid)
+        if cbox is not None:
+            tc = tissue[cbox]
+            sub = tuple(slice(cbox[i].start - hbox[i].start, cbox[i].stop - hbox[i].start) for i in range(3))
+            _paint(tc, BLOOD, (cav.q(grid, cbox) < 1.0) & (dq[sub] < 0.85))
+    abox = at.box(grid, 0.8)
+    if abox is not None:
+        _paint(tissue[abox], BLOOD, at.q(grid, abox) < 0.64)
 
-    # Great vessels (blood), esophagus, airways.
+
+def _paint_vessels_and_airways(tissue: np.ndarray, grid: Grid, an: _Anatomy) -> None:
+    """Great vessels (blood), esophagus (with air in some), airways with their walls."""
     _paint_capsule(tissue, grid, *an.desc, BLOOD)
     ea, eb, er, air = an.esophagus
     _paint_capsule(tissue, grid, ea, eb, er, ESOPHAGUS)
@@ -776,7 +784,10 @@ def _paint_anatomy(grid: _Grid, an: _Anatomy, table: bool) -> tuple[np.ndarray, 
     for a, b, r in an.airways:
         _paint_capsule(tissue, grid, a, b, r, AIRWAY)
 
-    # Coronary arteries: a fat halo (they run in the grooves' fat), then the vessel.
+
+def _paint_coronaries(tissue: np.ndarray, heart_region: np.ndarray, grid: Grid, an: _Anatomy) -> None:
+    """Coronary arteries: a fat halo (they run in the grooves' fat), then the vessel; they and the aortic root (where
+    LM and RCA leave the aorta) join the heart region."""
     flat = tissue.reshape(-1)
     pts = np.concatenate([art.pts for art in an.arteries])
     rad = np.concatenate([art.radius for art in an.arteries])
@@ -784,21 +795,15 @@ def _paint_anatomy(grid: _Grid, an: _Anatomy, table: bool) -> tuple[np.ndarray, 
     halo = halo[np.isin(flat[halo], (MYOCARDIUM, PERICARDIUM, EPICARDIAL_FAT, MEDIASTINAL_FAT, LUNG, LUNG_VESSEL))]
     flat[halo] = EPICARDIAL_FAT
     flat[_sphere_voxels(grid, pts, rad)] = CORONARY_WALL
-    # Heart region also covers the arteries and the aortic root (where LM and RCA leave the aorta).
     hr = heart_region.reshape(-1)
     hr[_sphere_voxels(grid, pts[::4], rad[::4] + 5.0)] = True
     box, d2 = _capsule_dist2(grid, an.root, an.root + np.array([0.0, 0.0, 15.0]), an.root_r + 5.0)
     if box is not None:
         heart_region[box] |= d2 < (an.root_r + 5.0) ** 2
 
-    z_xiphoid = v.centre[2] - v.extent(an.s_peri_line)[2] + 15.0
-    _paint_spine_sternum(tissue, grid, an, z_xiphoid)
-    _paint_ribs(tissue, grid, an, ring)
-    return tissue, heart_region
-
 
 # --- calcium --------------------------------------------------------------------------------------------------
-def _render_plaque(pl: Plaque, grid: _Grid, kernel: np.ndarray, thickness: float) -> bool:
+def _render_plaque(pl: Plaque, grid: Grid, kernel: np.ndarray, thickness: float) -> bool:
     """Sample the plaque's density on its box (averaged over the slice thickness, blurred in-plane)."""
     h = pl.fwhm_mm / 2.0
     reach = 1.9 * np.sqrt(((pl.axes.T * h[None, :]) ** 2).sum(axis=1))
@@ -829,7 +834,7 @@ _S2D = np.zeros((3, 3, 3), dtype=bool)
 _S2D[1] = True  # 8-connected components within each slice, none across slices
 
 
-def _box_agatston(val: np.ndarray, region: np.ndarray, grid: _Grid) -> float:
+def _box_agatston(val: np.ndarray, region: np.ndarray, grid: Grid) -> float:
     """Agatston score of the calcium inside ``region`` on a box of rounded HU (the scoring module's rules)."""
     lesions = find_lesions(val, (grid.dz, grid.ps, grid.ps), mask=region, config=SCORING)
     return float(sum(les.agatston for les in lesions))
@@ -840,7 +845,7 @@ def _perp_frame(rng: np.random.Generator, t: np.ndarray) -> tuple[np.ndarray, np
     return n, np.cross(t, n)
 
 
-def _usable(pts: np.ndarray, grid: _Grid, margin: float = 4.0) -> np.ndarray:
+def _usable(pts: np.ndarray, grid: Grid, margin: float = 4.0) -> np.ndarray:
     x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]
     return (
         (z >= grid.z0 + margin) & (z <= grid.z[-1] - margin)
@@ -850,7 +855,7 @@ def _usable(pts: np.ndarray, grid: _Grid, margin: float = 4.0) -> np.ndarray:
 
 
 def _draw_coronary(
-    rng: np.random.Generator, config: SynthConfig, an: _Anatomy, grid: _Grid, category: int,
+    rng: np.random.Generator, config: SynthConfig, an: _Anatomy, grid: Grid, category: int,
     hu: np.ndarray, kernel: np.ndarray, first: list[Plaque] = (),
 ) -> tuple[list[Plaque], float, float]:
     """Add coronary plaques to ``hu`` (blurred anatomy + noise) until the score reaches a target in the category.
@@ -962,7 +967,7 @@ def _ostial_aortic(rng: np.random.Generator, an: _Anatomy, lm_plaque: Plaque) ->
 
 
 def _draw_noncoronary(
-    rng: np.random.Generator, config: SynthConfig, an: _Anatomy, grid: _Grid, category: int, kernel: np.ndarray,
+    rng: np.random.Generator, config: SynthConfig, an: _Anatomy, grid: Grid, category: int, kernel: np.ndarray,
     special: list[Plaque] = (),
 ) -> list[Plaque]:
     """Hard negatives: aortic wall calcification (label 5), aortic valve / mitral annulus calcification (6); with an
@@ -1009,7 +1014,8 @@ def _draw_noncoronary(
                 radial = math.cos(ang) * ref + math.sin(ang) * ref2
                 tang = np.cross(axis, radial)
                 fw = np.array([u(*sizes), u(2.0, 4.0), u(2.0, 4.0)])
-                out.append(Plaque(VALVE, centre + radial * radius, np.stack([tang, radial, axis]), fw, u(300.0, 1800.0)))
+                density = u(300.0, 1800.0)
+                out.append(Plaque(VALVE, centre + radial * radius, np.stack([tang, radial, axis]), fw, density))
     return [p for p in out if _render_plaque(p, grid, kernel, grid.dz)]
 
 
@@ -1030,7 +1036,7 @@ def _target_category(config: SynthConfig, index: int) -> int:
 
 
 # --- image formation and ground truth --------------------------------------------------------------------------
-def _despeckle(hu: np.ndarray, labels: np.ndarray, heart_region: np.ndarray, tissue: np.ndarray, grid: _Grid) -> int:
+def _despeckle(hu: np.ndarray, labels: np.ndarray, heart_region: np.ndarray, tissue: np.ndarray, grid: Grid) -> int:
     """Flatten noise components >= 130 HU of >= ~1 mm^2 touching the heart region to 129 HU; return voxels changed.
 
     With noise SDs up to 30 HU on ~40 HU blood, such specks are unavoidable in a fraction of scans; real
@@ -1107,18 +1113,7 @@ def generate_patient(config: SynthConfig, index: int) -> SyntheticPatient:
 
     tissue, heart_region = _paint_anatomy(grid, an, config.table)
     category = _target_category(config, index)
-
-    # Noise is white noise filtered by the same kernel that blurs the anatomy (one pass for both).
-    hu = np.empty(grid.shape, dtype=np.float32)
-    for k in range(grid.nz):  # per slice: a whole-volume take is several times slower
-        np.take(an.hu, tissue[k], out=hu[k])
-    buf = np.empty_like(hu)
-    rng.standard_normal(out=buf, dtype=np.float32)
-    buf *= np.float32(noise_sd / float((kernel.astype(np.float64) ** 2).sum()))
-    hu += buf
-    ndi.correlate1d(hu, kernel, axis=2, output=buf, mode="nearest")
-    ndi.correlate1d(buf, kernel, axis=1, output=hu, mode="nearest")
-    del buf
+    hu = _blurred_noisy_anatomy(rng, grid, an, tissue, kernel, noise_sd)
     # Calcium arrives blurred by the same kernel (rendered on small boxes): distractors first, then the
     # coronary plaques, drawn on the final image until the burden reaches its target.
     special = _special_plaques(rng, config, an, category)
@@ -1129,19 +1124,7 @@ def generate_patient(config: SynthConfig, index: int) -> SyntheticPatient:
     plaques += coronary
     np.clip(hu, HU_MIN, HU_MAX, out=hu)
     np.rint(hu, out=hu)
-
-    # Labels: each plaque's region (where it adds >= 10 HU and dominates) at >= 130 HU in the final image.
-    labels = np.zeros(grid.shape, dtype=np.uint8)
-    best = np.zeros(grid.shape, dtype=np.float32)
-    for pl in plaques:
-        b, lb = best[pl.box], labels[pl.box]
-        win = (pl.patch >= PLAQUE_REGION_HU) & (pl.patch > b)
-        b[win] = pl.patch[win]
-        lb[win] = pl.label
-    for pl in plaques:
-        lb = labels[pl.box]
-        lb[hu[pl.box] < CALCIUM_THRESHOLD_HU] = 0
-    del best
+    labels = _plaque_labels(hu, plaques)
     flattened = _despeckle(hu, labels, heart_region, tissue, grid)
 
     spacing = (float(grid.dz), float(grid.ps), float(grid.ps))
@@ -1158,6 +1141,47 @@ def generate_patient(config: SynthConfig, index: int) -> SyntheticPatient:
         "shape": list(grid.shape), "spacing_mm": list(spacing), "origin_mm": list(origin),
         "slice_thickness_mm": float(grid.dz), "fov_mm": float(grid.ps * grid.nx),
         "noise_sd_hu": round(noise_sd, 3), "psf_fwhm_mm": round(fwhm, 4),
+        **_anatomy_record(an, table_z),
+        "target_category": CATEGORY_LABELS[category], "target_agatston": round(target, 3),
+        "estimated_agatston": round(estimate, 3), "despeckled_voxels": flattened,
+    }
+    truth = _truth(pid, volume, labels, plaques, generation, table_z)
+    return SyntheticPatient(pid, volume, labels, heart_region, truth, tissue, plaques)
+
+
+def _blurred_noisy_anatomy(rng: np.random.Generator, grid: Grid, an: _Anatomy, tissue: np.ndarray,
+                           kernel: np.ndarray, noise_sd: float) -> np.ndarray:
+    """Tissue HU plus white noise, both blurred in-plane by ``kernel`` in one pass (which colours the noise)."""
+    hu = np.empty(grid.shape, dtype=np.float32)
+    for k in range(grid.nz):  # per slice: a whole-volume take is several times slower
+        np.take(an.hu, tissue[k], out=hu[k])
+    buf = np.empty_like(hu)
+    rng.standard_normal(out=buf, dtype=np.float32)
+    buf *= np.float32(noise_sd / float((kernel.astype(np.float64) ** 2).sum()))
+    hu += buf
+    ndi.correlate1d(hu, kernel, axis=2, output=buf, mode="nearest")
+    ndi.correlate1d(buf, kernel, axis=1, output=hu, mode="nearest")
+    return hu
+
+
+def _plaque_labels(hu: np.ndarray, plaques: list[Plaque]) -> np.ndarray:
+    """Labels: each plaque's region (where it adds >= 10 HU and dominates) at >= 130 HU in the final image."""
+    labels = np.zeros(hu.shape, dtype=np.uint8)
+    best = np.zeros(hu.shape, dtype=np.float32)
+    for pl in plaques:
+        b, lb = best[pl.box], labels[pl.box]
+        win = (pl.patch >= PLAQUE_REGION_HU) & (pl.patch > b)
+        b[win] = pl.patch[win]
+        lb[win] = pl.label
+    for pl in plaques:
+        lb = labels[pl.box]
+        lb[hu[pl.box] < CALCIUM_THRESHOLD_HU] = 0
+    return labels
+
+
+def _anatomy_record(an: _Anatomy, table_z: float) -> dict[str, Any]:
+    """The truth's record of the drawn body, heart and tissue HU (rounded; scanner z)."""
+    return {
         "body_semi_axes_mm": [round(an.body[0], 2), round(an.body[1], 2)], "body_scale": round(an.body_scale, 4),
         "subcutaneous_fat_mm": round(an.fat, 2), "epicardial_fat_mm": round(an.epicardial_fat, 2),
         "heart_centre_mm": [round(float(c), 2) for c in an.ventricles.centre + np.array([0.0, 0.0, table_z])],
@@ -1166,11 +1190,7 @@ def generate_patient(config: SynthConfig, index: int) -> SyntheticPatient:
         "heart_angles_deg": {"azimuth": round(an.angles_deg[0], 2), "elevation": round(an.angles_deg[1], 2),
                              "roll": round(an.angles_deg[2], 2)},
         "tissue_hu": {TISSUE_NAMES[t]: round(float(an.hu[t]), 1) for t in range(len(TISSUE_NAMES))},
-        "target_category": CATEGORY_LABELS[category], "target_agatston": round(target, 3),
-        "estimated_agatston": round(estimate, 3), "despeckled_voxels": flattened,
     }
-    truth = _truth(pid, volume, labels, plaques, generation, table_z)
-    return SyntheticPatient(pid, volume, labels, heart_region, truth, tissue, plaques)
 
 
 def _truth(pid: str, volume: CTVolume, labels: np.ndarray, plaques: list[Plaque], generation: dict[str, Any],

@@ -282,7 +282,7 @@ def render(les: Lesion, g: sa.Grid, k: dict[str, Any], motion_mm: float = 0.0) -
     band = np.concatenate([band, p])
     half = np.array([0.0, 0.0, g.dz / 2]) + 1.0
     pad = int(math.ceil((k["fwhm_mm"] + motion_mm * 2 + 1.5) / g.ps)) + 1
-    box = g.box(band.min(axis=0) - half, band.max(axis=0) + half, pad=pad)
+    box = g.box(band.min(axis=0) - half, band.max(axis=0) + half, pad_px=pad)
     if box is None:
         return False
     x, y, z = g.x[box[2]], g.y[box[1]], g.z[box[0]]

@@ -1,13 +1,13 @@
 """Anatomy of the "shifted" synthetic family: an independently written chest model (see `synth/shifted.py`).
 
-Nothing here is shared with `synth/phantom.py`: the body is a lobulated, z-varying outline with angle-dependent
-fat and muscle, the heart a metaball field of four chambers (lobulated, with an epicardial fat layer whose
-thickness follows the field and a smooth random modulation, and a pericardium line), the coronary arteries are
-tapering, tortuous curves cast onto the mid-fat level of that field (LM from the aortic root, LAD down the
-anterior interventricular groove, LCX in the left AV groove, RCA in the right AV groove to the crux), the aorta
-a root / ascending / arch / descending tube, plus pulmonary trunk, SVC, trachea, oesophagus, spine with pedicles,
-laminae, spinous and transverse processes, ribs as 3D curves, sternum, costal cartilage with calcification,
-diaphragm domes with liver, stomach and gas, breasts in some patients, branching lung vessels.
+Nothing here but the voxel grid (`synth/grid.py`) is shared with `synth/phantom.py`: the body is a lobulated,
+z-varying outline with angle-dependent fat and muscle, the heart a metaball field of four chambers (lobulated, with
+an epicardial fat layer whose thickness follows the field and a smooth random modulation, and a pericardium line),
+the coronary arteries are tapering, tortuous curves cast onto the mid-fat level of that field (LM from the aortic
+root, LAD down the anterior interventricular groove, LCX in the left AV groove, RCA in the right AV groove to the
+crux), the aorta a root / ascending / arch / descending tube, plus pulmonary trunk, SVC, trachea, oesophagus, spine
+with pedicles, laminae, spinous and transverse processes, ribs as 3D curves, sternum, costal cartilage with
+calcification, diaphragm domes with liver, stomach and gas, breasts in some patients, branching lung vessels.
 
 Coordinates are LPS millimetres (x to the patient's left, y posterior, z superior), arrays [z, y, x].
 """
@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
+
+from coronary_calcium.synth.grid import Grid
 
 # --- tissue classes ---------------------------------------------------------------------------------------
 (
@@ -44,49 +46,6 @@ TISSUE_HU = {
     DISC: ((60, 100), 6), CANAL: ((5, 25), 4), CARTILAGE: ((60, 130), 10), CARTILAGE_CALC: ((300, 900), 60),
 }
 BONE_TISSUES = (CORTICAL, CANCELLOUS, CARTILAGE_CALC)
-
-
-@dataclass(frozen=True)
-class Grid:
-    """Voxel centres: x = x0 + ps * i, y = y0 + ps * j, z = z0 + dz * k (mm)."""
-
-    nz: int
-    ny: int
-    nx: int
-    dz: float
-    ps: float
-    x0: float
-    y0: float
-    z0: float
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.nz, self.ny, self.nx)
-
-    @property
-    def x(self) -> np.ndarray:
-        return self.x0 + self.ps * np.arange(self.nx)
-
-    @property
-    def y(self) -> np.ndarray:
-        return self.y0 + self.ps * np.arange(self.ny)
-
-    @property
-    def z(self) -> np.ndarray:
-        return self.z0 + self.dz * np.arange(self.nz)
-
-    def box(self, lo: np.ndarray, hi: np.ndarray, pad: int = 0) -> tuple[slice, slice, slice] | None:
-        """Index box of voxel centres inside [lo, hi] (x, y, z mm), padded in-plane by ``pad`` pixels."""
-        out = []
-        for l_, h_, o, s, n, p in ((lo[2], hi[2], self.z0, self.dz, self.nz, 0),
-                                   (lo[1], hi[1], self.y0, self.ps, self.ny, pad),
-                                   (lo[0], hi[0], self.x0, self.ps, self.nx, pad)):
-            i0 = max(int(math.ceil((l_ - o) / s - 1e-9)) - p, 0)
-            i1 = min(int(math.floor((h_ - o) / s + 1e-9)) + 1 + p, n)
-            if i1 <= i0:
-                return None
-            out.append(slice(i0, i1))
-        return tuple(out)  # type: ignore[return-value]
 
 
 def unit(v: np.ndarray) -> np.ndarray:
