@@ -17,7 +17,12 @@ from coronary_calcium.inference.lesion_classifier import (
     fit_lesion_classifier,
     pool_probabilities,
 )
-from coronary_calcium.inference.lesion_features import LESION_FEATURES, dense_components, lesion_features
+from coronary_calcium.inference.lesion_features import (
+    LESION_FEATURES,
+    dense_components,
+    lesion_features,
+    pixel_noise_hu,
+)
 from coronary_calcium.inference.thresholds import Thresholds, file_sha256, load_thresholds, save_thresholds
 from coronary_calcium.scoring.agatston import ScoringConfig, find_lesions
 
@@ -155,6 +160,29 @@ def test_lesion_features_of_a_calcium_speck_and_a_bone():
     assert s[col["fat_3mm"]] > 0.7 and s[col["lung_3mm"]] == 0.0 and s[col["soft_3mm"]] == 0.0
     assert b[col["dense_3mm"]] > s[col["dense_3mm"]]
     assert b[col["lung_8mm"]] > 0.0  # the bone lies near the body's edge
+    # the toy chest is noiseless: no pixel noise, so every peak is far above it (capped)
+    assert s[col["noise_hu"]] == 0.0 and s[col["peak_over_noise"]] == 50.0
+
+
+@pytest.mark.parametrize("sd", [8.0, 20.0, 32.0])
+def test_pixel_noise_is_the_sd_of_soft_tissue_and_scales_how_far_a_peak_stands_above_the_threshold(sd):
+    """White noise of a known SD on soft tissue, fat and air: the estimate comes from the soft tissue alone (within
+    7 %), and a speck of 190 HU stands (190 - 130) / SD above it."""
+    rng = np.random.default_rng(int(sd))
+    hu = np.full((6, 96, 96), -1000.0, np.float32)
+    hu[:, 10:86, 10:86] = -90.0  # fat
+    hu[:, 30:66, 30:66] = 40.0  # soft tissue
+    hu += rng.normal(0.0, sd, size=hu.shape).astype(np.float32)
+    hu[2, 40:44, 40:44] = 190.0
+    noise = pixel_noise_hu(hu)
+    assert noise == pytest.approx(sd, rel=0.07)
+    config = ScoringConfig()
+    candidates = [c for c in find_lesions(hu, (2.5, 0.5, 0.5), config=config) if c.peak_hu == 190.0]
+    f = lesion_features(hu, (2.5, 0.5, 0.5), candidates, np.zeros(6), np.zeros((1, 96, 96), np.float32), [2], config)
+    col = {name: i for i, name in enumerate(LESION_FEATURES)}
+    assert f[0, col["noise_hu"]] == pytest.approx(noise)
+    assert f[0, col["peak_over_noise"]] == pytest.approx(60.0 / noise)
+    assert pixel_noise_hu(np.full((2, 8, 8), -1000.0)) == 0.0  # no soft tissue: no estimate
 
 
 @pytest.mark.parametrize("pixel_mm", [0.5, 0.8])
