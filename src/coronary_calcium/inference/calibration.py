@@ -23,11 +23,13 @@ it shares a voxel with one (`match_lesions`).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import numbers
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +68,8 @@ from coronary_calcium.scoring.agatston import ScoringConfig, find_lesions
 from coronary_calcium.scoring.agreement import match_lesions
 from coronary_calcium.train.precision import default_precision
 
-__all__ = ["calibrate", "choose_thresholds", "cross_fit_lesion_classifier", "training_defaults", "DEFAULT_SLICE_GRID",
-           "DEFAULT_CAM_GRID"]
+__all__ = ["CalibrationConfig", "calibrate", "choose_thresholds", "cross_fit_lesion_classifier", "training_defaults",
+           "DEFAULT_SLICE_GRID", "DEFAULT_CAM_GRID"]
 
 DEFAULT_SLICE_GRID = tuple(round(v, 4) for v in np.linspace(0.0, 1.0, 21))
 DEFAULT_CAM_GRID = tuple(round(v, 4) for v in np.linspace(0.0, 1.0, 21))
@@ -369,212 +371,240 @@ def cross_fit_lesion_classifier(
     return classifier, out_of_fold, folds
 
 
+@dataclass
+class CalibrationConfig:
+    """The options of `choose_thresholds`, grouped (each keyword of `choose_thresholds` / `calibrate` sets one).
+
+    Data: ``split`` (the validation split), ``fit_data`` / ``fit_split`` (the lesion classifier's other patients;
+    default: the manifest's training split), ``checkpoint`` (recorded with its sha256).
+    Preprocessing (defaults: train.json's): ``hu_windows``, ``image_size``, ``in_channels``, ``field_of_view_mm``
+    and ``field_of_view_centre`` (the slices' crop / pad in mm before resizing, and where it is centred: "image" or
+    "heart"; None for no crop).
+    CAM: ``cam_layer`` (default: the network spec's intermediate layer, stride <= 16), ``cam_method``,
+    ``cam_gate_layer`` (gate by this shallow layer's LayerCAM; None: not), ``cam_score``, ``cam_pooling`` (a
+    candidate's CAM score: the "max" or "mean" of the map over its pixels).
+    Lesion classifier: ``lesion_classifier`` (fit one; False: the slice-and-CAM rule decides), ``tree_params``,
+    ``hard_negative_weight`` (weight of aortic / valve candidates, see HARD_NEGATIVE_WEIGHT), ``validation_folds``
+    (cross-fitting folds of the validation patients; 0 fits on ``fit_data`` only), ``lesion_pooling``
+    ("component": a candidate is judged by its 3D component's area-weighted mean probability; "candidate": alone).
+    Rule choice: ``f1_slack_lesions`` (rules within this many reference lesions' worth of the best F1 count as
+    equal, and the one keeping the fewest aortic / valve candidates wins; None: F1 alone), ``slice_grid``,
+    ``cam_grid``, ``lesion_grid``, ``scoring`` (candidate / scoring rules; default: train.json's HU threshold and
+    minimum area).
+    Running: ``device``, ``precision``, ``channels_last``, ``batch_size``, ``progress``.
+    """
+
+    split: str = "validation"
+    checkpoint: str | Path | None = None
+    hu_windows: Sequence[Sequence[float]] | None = None
+    image_size: Sequence[int] | None = None
+    in_channels: int | None = None
+    field_of_view_mm: float | str | None = FROM_TRAINING
+    field_of_view_centre: str = FROM_TRAINING
+    cam_layer: str | None = None
+    cam_method: str = "gradcam"
+    cam_gate_layer: str | None = None
+    cam_score: str = "normalised"
+    cam_pooling: str = "max"
+    lesion_classifier: bool = True
+    fit_data: Manifest | str | Path | Sequence[Any] | None = None
+    fit_split: str = "train"
+    tree_params: Mapping[str, Any] | None = None
+    hard_negative_weight: float = HARD_NEGATIVE_WEIGHT
+    validation_folds: int = VALIDATION_FOLDS
+    f1_slack_lesions: float | None = 1.0
+    lesion_pooling: str = LESION_POOLING
+    scoring: ScoringConfig | None = None
+    slice_grid: Sequence[float] | None = None
+    cam_grid: Sequence[float] | None = None
+    lesion_grid: Sequence[float] | None = None
+    device: str | torch.device | None = None
+    precision: str | None = None
+    channels_last: bool | None = None
+    batch_size: int = 16
+    progress: bool = True
+
+
+def _calibration_config(config: CalibrationConfig | None, options: Mapping[str, Any]) -> CalibrationConfig:
+    names = {f.name for f in dataclasses.fields(CalibrationConfig)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise InputError("calibrate", f"unknown options {unknown}; known: {sorted(names)}")
+    return dataclasses.replace(config or CalibrationConfig(), **options)
+
+
+def _with_training_defaults(c: CalibrationConfig, network_name: str) -> CalibrationConfig:
+    """``c`` with train.json's preprocessing, the spec's CAM layer and the training's scoring rules filled in."""
+    spec = network_spec(network_name)
+    defaults = training_defaults()
+    hu_windows = check_hu_windows(c.hu_windows if c.hu_windows is not None else defaults["hu_windows"])
+    scoring = c.scoring or ScoringConfig(threshold_hu=float(defaults["calcium_threshold_hu"]),
+                                         min_area_mm2=float(defaults["min_lesion_area_mm2"]))
+    return dataclasses.replace(
+        c, hu_windows=hu_windows,
+        image_size=tuple(int(v) for v in (c.image_size if c.image_size is not None else defaults["image_size"])),
+        in_channels=int(c.in_channels if c.in_channels is not None else len(hu_windows)),
+        field_of_view_mm=defaults["field_of_view_mm"] if c.field_of_view_mm == FROM_TRAINING else c.field_of_view_mm,
+        field_of_view_centre=(defaults["field_of_view_centre"] if c.field_of_view_centre == FROM_TRAINING
+                              else c.field_of_view_centre),
+        cam_layer=c.cam_layer or spec.cam_layers[0], scoring=scoring,
+        precision=c.precision or default_precision(_device(c.device)))
+
+
+def _probe(network: nn.Module, network_name: str, c: CalibrationConfig) -> Thresholds:
+    """Thresholds holding the choices, which checks them (layer names, methods, windows, field of view, pooling,
+    folds, slack) before any image is read."""
+    if c.cam_score not in CAM_SCORES:
+        raise InputError("cam_score", f"must be one of {list(CAM_SCORES)}, got {c.cam_score!r}")
+    if c.scoring.is_3d:
+        raise InputError("scoring", "candidate lesions are 2D components per axial slice: use a '2d-*' connectivity")
+    probe = Thresholds(network_name=network_name, checkpoint="", checkpoint_sha256="", t_slice=0.5, t_cam=0.5,
+                       cam_layer=c.cam_layer, cam_method=c.cam_method, cam_gate_layer=c.cam_gate_layer,
+                       cam_score=c.cam_score, cam_pooling=c.cam_pooling, hu_windows=c.hu_windows,
+                       image_size=c.image_size, in_channels=c.in_channels, field_of_view_mm=c.field_of_view_mm,
+                       field_of_view_centre=c.field_of_view_centre, scoring=c.scoring.to_dict())
+    validate_cam_layers(network, [c.cam_layer] + ([c.cam_gate_layer] if c.cam_gate_layer else []))
+    check_lesion_pooling(c.lesion_pooling)
+    if c.lesion_classifier:
+        _check_folds(c.validation_folds)
+    slack = c.f1_slack_lesions
+    if slack is not None and (isinstance(slack, bool) or not isinstance(slack, numbers.Real)
+                              or not 0 <= slack < float("inf")):
+        raise InputError("f1_slack_lesions", f"must be a number of lesions >= 0 or None, got {slack!r}")
+    return probe
+
+
+def _data_sets(data: Manifest | str | Path | Sequence[Any], c: CalibrationConfig) -> tuple[Any, Any]:
+    """The validation data and the lesion classifier's fit data, checked for what the classifier needs."""
+    if isinstance(data, (str, Path)):
+        data = load_manifest(data)
+    fit_data = c.fit_data
+    if c.lesion_classifier and fit_data is None:
+        if not isinstance(data, Manifest):
+            raise InputError("fit_data", "the lesion classifier is fitted on training patients besides the validation "
+                             "data: give fit_data (or a manifest), or lesion_classifier=False")
+        fit_data = data
+    if c.lesion_classifier and any(_are_records(d) for d in (data, fit_data)):
+        raise InputError("data", "slice records carry neither the slice increment nor aortic / valve labels, which "
+                         "the lesion classifier's features and fit need: give a manifest or (CTVolume, labels) "
+                         "pairs, or lesion_classifier=False")
+    return data, fit_data
+
+
+def _collect_sets(network: nn.Module, probe: Thresholds, c: CalibrationConfig, data: Any, fit_data: Any
+                  ) -> tuple[dict[str, Any] | None, dict[str, Any], str, str | None]:
+    """The candidates of the fit data (with a lesion classifier) and of the validation data, each scan through the
+    network once; returns (fit, validation, their descriptions)."""
+    analyzer = SliceAnalyzer(network=network, hu_windows=probe.hu_windows, image_size=probe.image_size,
+                             field_of_view_mm=probe.field_of_view_mm, field_of_view_centre=probe.field_of_view_centre,
+                             cam_layer=c.cam_layer, cam_method=c.cam_method, cam_gate_layer=c.cam_gate_layer,
+                             cam_score=c.cam_score, cam_pooling=c.cam_pooling, device=_device(c.device),
+                             precision=c.precision, channels_last=True if c.channels_last is None
+                             else bool(c.channels_last), batch_size=c.batch_size)
+    config = c.scoring
+    try:
+        cases, patients, described = _cases(data, c.split)
+        fit = fit_described = None
+        if c.lesion_classifier:
+            _check_patients(patients, c.validation_folds, described)  # before reading any image
+            fit_cases, fit_patients, fit_described = _cases(fit_data, c.fit_split)
+            fit = _collect(fit_cases, len(fit_patients), analyzer, config, "fitting the lesion classifier", c.progress)
+        val = _collect(cases, len(patients), analyzer, config, "choosing thresholds", c.progress)
+    finally:
+        analyzer.close()
+    if val["n_ref"] == 0:
+        raise InputError(described, "no reference coronary lesions: thresholds cannot be chosen on this data")
+    return fit, val, described, fit_described
+
+
+def _cam_grid(c: CalibrationConfig, cams: np.ndarray) -> Sequence[float]:
+    if c.cam_grid is not None:
+        return c.cam_grid
+    if c.cam_score == "normalised":
+        return DEFAULT_CAM_GRID
+    finite = cams[np.isfinite(cams)]
+    qs = np.quantile(finite, np.linspace(0, 1, 21)) if finite.size else np.zeros(1)
+    return sorted({0.0, *(float(f"{q:.6g}") for q in qs)})
+
+
+def _lesion_rule(val: dict[str, Any], p_lesion: np.ndarray, used_folds: int, c: CalibrationConfig,
+                 slice_grid: Sequence[float], slack: float | None) -> dict[str, Any]:
+    """(t_slice, t_lesion) chosen jointly on the pooled out-of-fold lesion probabilities, by the same grid search."""
+    p_lesion = pool_probabilities(p_lesion, val["component"], val["area"], c.lesion_pooling)
+    # the anatomy rule of `decide` holds here too: what it rejects is never kept, whatever its probability
+    columns = [LESION_FEATURES.index(name) for name in ("body_depth_mm", "in_bone")]
+    p_lesion = np.where(anatomy_allows(val["features"][:, columns]), p_lesion, -np.inf)
+    found = grid_search(val["probability"], p_lesion, val["pairs"], val["n_ref"], slice_grid,
+                        c.lesion_grid if c.lesion_grid is not None else DEFAULT_LESION_GRID, val["non_coronary"],
+                        slack)
+    t_lesion = found.pop("t_cam")
+    grid = found["grid"]
+    found["grid"] = {"t_slice": grid.pop("t_slice"), "t_lesion": grid.pop("t_cam"), **grid}
+    return {"t_slice": found.pop("t_slice"), "t_lesion": t_lesion, "lesion_pooling": c.lesion_pooling,
+            "lesion_probabilities": f"out of fold, {used_folds} folds by patient" if used_folds
+            else "classifier fitted without the validation data", **found}
+
+
+def _validation_record(val: dict[str, Any], c: CalibrationConfig, described: str, decision: str,
+                       slack: float | None, chosen: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "data": described, "split": c.split, "n_scans": val["n_scans"], "n_slices": val["n_slices"],
+        "n_reference_lesions": val["n_ref"], "n_reference_positive_slices": val["n_positive_slices"],
+        "n_candidates": int(val["probability"].size), "precision": c.precision, "decision": decision,
+        "tie_rule": ("highest F1; ties -> higher thresholds" if slack is None else
+                     f"among F1 within {c.f1_slack_lesions:g} reference lesion(s) of the best ({slack:.4f}), the "
+                     "fewest aortic / valve candidates kept, then the highest F1; ties -> higher thresholds"),
+        **chosen, **extra,
+    }
+
+
 def choose_thresholds(
     network: nn.Module,
     network_name: str,
     data: Manifest | str | Path | Sequence[Any],
-    *,
-    split: str = "validation",
-    checkpoint: str | Path | None = None,
-    hu_windows: Sequence[Sequence[float]] | None = None,
-    image_size: Sequence[int] | None = None,
-    in_channels: int | None = None,
-    field_of_view_mm: float | str | None = FROM_TRAINING,
-    field_of_view_centre: str = FROM_TRAINING,
-    cam_layer: str | None = None,
-    cam_method: str = "gradcam",
-    cam_gate_layer: str | None = None,
-    cam_score: str = "normalised",
-    cam_pooling: str = "max",
-    lesion_classifier: bool = True,
-    fit_data: Manifest | str | Path | Sequence[Any] | None = None,
-    fit_split: str = "train",
-    tree_params: Mapping[str, Any] | None = None,
-    hard_negative_weight: float = HARD_NEGATIVE_WEIGHT,
-    validation_folds: int = VALIDATION_FOLDS,
-    f1_slack_lesions: float | None = 1.0,
-    lesion_pooling: str = LESION_POOLING,
-    scoring: ScoringConfig | None = None,
-    slice_grid: Sequence[float] | None = None,
-    cam_grid: Sequence[float] | None = None,
-    lesion_grid: Sequence[float] | None = None,
-    device: str | torch.device | None = None,
-    precision: str | None = None,
-    channels_last: bool | None = None,
-    batch_size: int = 16,
-    progress: bool = True,
+    config: CalibrationConfig | None = None,
+    **options: Any,
 ) -> Thresholds:
     """Choose the decision rule on the validation data by lesion-level F1 (see `grid_search`); return the
     `Thresholds`.
 
     Always: (t_slice, t_cam) by grid search. With ``lesion_classifier`` (the default): boosted trees fitted on the
-    candidates of ``fit_data`` (default: the manifest's ``fit_split``, the training patients) and of the validation
-    data, their threshold ``t_lesion`` chosen on out-of-fold probabilities of the validation candidates
-    (``validation_folds`` folds by patient; 0: fitted on ``fit_data`` alone, see `cross_fit_lesion_classifier`);
-    that classifier then decides, t_slice only marks positive slices.
+    candidates of the fit data (default: the manifest's training patients) and of the validation data, their
+    threshold ``t_lesion`` chosen on out-of-fold probabilities of the validation candidates
+    (`cross_fit_lesion_classifier`), and the artery model fitted on the same coronary candidates; that classifier
+    then decides, t_slice only marks positive slices.
 
-    data / fit_data: a manifest (its ``split`` / ``fit_split`` scans, which need reference labels or COCA XML),
-    slice records as made by `slice_records` (their masks are the reference), or (CTVolume, labels) pairs.
-    cam_layer: defaults to the network spec's intermediate CAM layer (stride <= 16), ``cam_layers[0]``.
-    field_of_view_mm / field_of_view_centre: the slices' crop / pad in mm before resizing and where it is centred
-    ("image" or "heart"); default train.json's, None for no crop.
-    cam_pooling: a candidate's CAM score is the "max" or the "mean" of the map over its pixels.
-    hard_negative_weight: the weight of aortic and valve calcium candidates in the classifier's fit (the others
-    weigh 1); default 1 (see HARD_NEGATIVE_WEIGHT).
-    validation_folds: cross-fitting folds of the validation patients (default 3); 0 fits on ``fit_data`` only.
-    f1_slack_lesions: rules whose validation F1 is within this many reference lesions' worth (``/ n_ref``) of the
-    best count as equal, and the one keeping the fewest aortic / valve calcium candidates wins (`grid_search`);
-    None: F1 alone decides.
-    lesion_pooling: "component" (default): a candidate is judged by the area-weighted mean probability of its 3D
-    component's candidates, "candidate": by its own (`pool_probabilities`); t_lesion is chosen for that rule.
-    cam_gate_layer: gate the CAM by this shallow layer's LayerCAM (the network spec's ``gate_layer``); None: not.
-    scoring: candidate / scoring rules; defaults to ScoringConfig with the training's HU threshold and minimum area.
-    The ``checkpoint`` (a file) is recorded with its sha256 when given.
+    data: a manifest (its split's scans, which need reference labels or COCA XML), slice records as made by
+    `slice_records` (their masks are the reference), or (CTVolume, labels) pairs. ``config`` / ``options``: a
+    `CalibrationConfig`, and keyword overrides of its fields.
     """
+    c = _with_training_defaults(_calibration_config(config, options), network_name)
     spec = network_spec(network_name)
-    defaults = training_defaults()
-    hu_windows = check_hu_windows(hu_windows if hu_windows is not None else defaults["hu_windows"])
-    image_size = tuple(int(v) for v in (image_size if image_size is not None else defaults["image_size"]))
-    in_channels = int(in_channels if in_channels is not None else len(hu_windows))
-    if field_of_view_mm == FROM_TRAINING:
-        field_of_view_mm = defaults["field_of_view_mm"]
-    if field_of_view_centre == FROM_TRAINING:
-        field_of_view_centre = defaults["field_of_view_centre"]
-    cam_layer = cam_layer or spec.cam_layers[0]
-    if cam_score not in CAM_SCORES:
-        raise InputError("cam_score", f"must be one of {list(CAM_SCORES)}, got {cam_score!r}")
-    config = scoring or ScoringConfig(threshold_hu=float(defaults["calcium_threshold_hu"]),
-                                      min_area_mm2=float(defaults["min_lesion_area_mm2"]))
-    if config.is_3d:
-        raise InputError("scoring", "candidate lesions are 2D components per axial slice: use a '2d-*' connectivity")
-    dev = _device(device)
-    precision = precision or default_precision(dev)
-    # Validate the choices (layer names, methods, data) before reading any image.
-    probe = Thresholds(network_name=spec.name, checkpoint="", checkpoint_sha256="", t_slice=0.5, t_cam=0.5,
-                       cam_layer=cam_layer, cam_method=cam_method, cam_gate_layer=cam_gate_layer,
-                       cam_score=cam_score, cam_pooling=cam_pooling, hu_windows=hu_windows,
-                       image_size=image_size, in_channels=in_channels, field_of_view_mm=field_of_view_mm,
-                       field_of_view_centre=field_of_view_centre,
-                       scoring=config.to_dict())
-    validate_cam_layers(network, [cam_layer] + ([cam_gate_layer] if cam_gate_layer else []))
-    check_lesion_pooling(lesion_pooling)
-    if lesion_classifier:
-        validation_folds = _check_folds(validation_folds)
-    if f1_slack_lesions is not None and (isinstance(f1_slack_lesions, bool)
-                                         or not isinstance(f1_slack_lesions, numbers.Real)
-                                         or not 0 <= f1_slack_lesions < float("inf")):
-        raise InputError("f1_slack_lesions", f"must be a number of lesions >= 0 or None, got {f1_slack_lesions!r}")
-    if isinstance(data, (str, Path)):
-        data = load_manifest(data)
-    if lesion_classifier and fit_data is None:
-        if not isinstance(data, Manifest):
-            raise InputError("fit_data", "the lesion classifier is fitted on training patients besides the validation "
-                             "data: give fit_data (or a manifest), or lesion_classifier=False")
-        fit_data = data
-    if lesion_classifier and any(_are_records(d) for d in (data, fit_data)):
-        raise InputError("data", "slice records carry neither the slice increment nor aortic / valve labels, which "
-                         "the lesion classifier's features and fit need: give a manifest or (CTVolume, labels) "
-                         "pairs, or lesion_classifier=False")
-    analyzer = SliceAnalyzer(network=network, hu_windows=hu_windows, image_size=image_size,
-                             field_of_view_mm=probe.field_of_view_mm,
-                             field_of_view_centre=probe.field_of_view_centre, cam_layer=cam_layer,
-                             cam_method=cam_method, cam_gate_layer=cam_gate_layer, cam_score=cam_score,
-                             cam_pooling=cam_pooling, device=dev, precision=precision,
-                             channels_last=True if channels_last is None else bool(channels_last),
-                             batch_size=batch_size)
-    try:
-        cases, patients, described = _cases(data, split)
-        fit = None
-        if lesion_classifier:
-            _check_patients(patients, validation_folds, described)  # before reading any image
-            fit_cases, fit_patients, fit_described = _cases(fit_data, fit_split)
-            fit = _collect(fit_cases, len(fit_patients), analyzer, config, "fitting the lesion classifier", progress)
-        val = _collect(cases, len(patients), analyzer, config, "choosing thresholds", progress)
-    finally:
-        analyzer.close()
-    n_ref = val["n_ref"]
-    if n_ref == 0:
-        raise InputError(described, "no reference coronary lesions: thresholds cannot be chosen on this data")
-    slack = None if f1_slack_lesions is None else float(f1_slack_lesions) / n_ref
-    classifier = artery_model = None
+    probe = _probe(network, spec.name, c)
+    data, fit_data = _data_sets(data, c)
+    fit, val, described, fit_described = _collect_sets(network, probe, c, data, fit_data)
+    slack = None if c.f1_slack_lesions is None else float(c.f1_slack_lesions) / val["n_ref"]
+    slice_grid = c.slice_grid if c.slice_grid is not None else DEFAULT_SLICE_GRID
+    rule = grid_search(val["probability"], val["cam"], val["pairs"], val["n_ref"], slice_grid,
+                       _cam_grid(c, val["cam"]), val["non_coronary"], slack)
+    chosen, extra, classifier, artery_model = rule, {}, None, None
     if fit is not None:
         classifier, p_lesion, used_folds = cross_fit_lesion_classifier(
-            fit, val, validation_folds, tree_params, hard_negative_weight, data=(fit_described, described))
+            fit, val, c.validation_folds, c.tree_params, c.hard_negative_weight, data=(fit_described, described))
         artery_model = _fit_arteries((fit, val), (fit_described, described))
-    cams = val["cam"]
-    if cam_grid is None:
-        if cam_score == "normalised":
-            cam_grid = DEFAULT_CAM_GRID
-        else:
-            finite = cams[np.isfinite(cams)]
-            qs = np.quantile(finite, np.linspace(0, 1, 21)) if finite.size else np.zeros(1)
-            cam_grid = sorted({0.0, *(float(f"{q:.6g}") for q in qs)})
-    slice_grid = slice_grid if slice_grid is not None else DEFAULT_SLICE_GRID
-    rule = grid_search(val["probability"], cams, val["pairs"], n_ref, slice_grid, cam_grid, val["non_coronary"], slack)
-    chosen = rule
-    t_lesion = None
-    validation_extra: dict[str, Any] = {}
-    if classifier is not None:
-        # (t_slice, t_lesion) jointly: the same grid search over (slice probability, lesion probability)
-        p_lesion = pool_probabilities(p_lesion, val["component"], val["area"], lesion_pooling)
-        # the anatomy rule of `decide` holds here too: what it rejects is never kept, whatever its probability
-        columns = [LESION_FEATURES.index(name) for name in ("body_depth_mm", "in_bone")]
-        p_lesion = np.where(anatomy_allows(val["features"][:, columns]), p_lesion, -np.inf)
-        found = grid_search(val["probability"], p_lesion, val["pairs"], n_ref, slice_grid,
-                            lesion_grid if lesion_grid is not None else DEFAULT_LESION_GRID, val["non_coronary"], slack)
-        t_lesion = found.pop("t_cam")
-        grid = found["grid"]
-        found["grid"] = {"t_slice": grid.pop("t_slice"), "t_lesion": grid.pop("t_cam"), **grid}
-        chosen = {"t_slice": found.pop("t_slice"), "t_lesion": t_lesion, "lesion_pooling": lesion_pooling,
-                  "lesion_probabilities": f"out of fold, {used_folds} folds by patient" if used_folds
-                  else "classifier fitted without the validation data", **found}
+        chosen = _lesion_rule(val, p_lesion, used_folds, c, slice_grid, slack)
         # the slice-and-CAM rule, for comparison and for `Thresholds.with_rule("slice-cam")`
-        validation_extra = {"slice_and_cam": {k: v for k, v in rule.items() if k != "grid"},
-                            "slice_and_cam_grid": rule["grid"]}
-    sha = name = ""
-    if checkpoint is not None:
-        checkpoint = Path(checkpoint)
-        name, sha = checkpoint.name, file_sha256(checkpoint)
-    validation = {
-        "data": described,
-        "split": split,
-        "n_scans": val["n_scans"],
-        "n_slices": val["n_slices"],
-        "n_reference_lesions": n_ref,
-        "n_reference_positive_slices": val["n_positive_slices"],
-        "n_candidates": int(val["probability"].size),
-        "precision": precision,
-        "decision": "lesion classifier" if classifier is not None else "slice and CAM thresholds",
-        "tie_rule": ("highest F1; ties -> higher thresholds" if slack is None else
-                     f"among F1 within {f1_slack_lesions:g} reference lesion(s) of the best ({slack:.4f}), the "
-                     "fewest aortic / valve candidates kept, then the highest F1; ties -> higher thresholds"),
-        **chosen,
-        **validation_extra,
-    }
-    return Thresholds(
-        network_name=spec.name,
-        checkpoint=name,
-        checkpoint_sha256=sha,
-        t_slice=chosen["t_slice"],
-        t_cam=rule["t_cam"],
-        cam_layer=probe.cam_layer,
-        cam_method=cam_method,
-        cam_gate_layer=cam_gate_layer,
-        cam_score=cam_score,
-        cam_pooling=cam_pooling,
-        hu_windows=hu_windows,
-        image_size=image_size,
-        in_channels=in_channels,
-        field_of_view_mm=probe.field_of_view_mm,
-        field_of_view_centre=probe.field_of_view_centre,
-        scoring=config.to_dict(),
-        lesion_classifier=classifier,
-        artery_model=artery_model,
-        t_lesion=t_lesion,
-        lesion_pooling=lesion_pooling if classifier is not None else "candidate",
-        validation=validation,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    )
+        extra = {"slice_and_cam": {k: v for k, v in rule.items() if k != "grid"}, "slice_and_cam_grid": rule["grid"]}
+    name = sha = ""
+    if c.checkpoint is not None:
+        name, sha = Path(c.checkpoint).name, file_sha256(c.checkpoint)
+    decision = "lesion classifier" if classifier is not None else "slice and CAM thresholds"
+    return dataclasses.replace(
+        probe, checkpoint=name, checkpoint_sha256=sha, t_slice=chosen["t_slice"], t_cam=rule["t_cam"],
+        lesion_classifier=classifier, artery_model=artery_model, t_lesion=chosen.get("t_lesion"),
+        lesion_pooling=c.lesion_pooling if classifier is not None else "candidate",
+        validation=_validation_record(val, c, described, decision, slack, chosen, extra),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
 
 def calibrate(
