@@ -20,6 +20,7 @@ from coronary_calcium.errors import InputError
 SPLITS = ("train", "validation", "test")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 METAIMAGE_SUFFIXES = (".mhd", ".mha")
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def manifest_schema() -> dict[str, Any]:
 
 
 def image_format(path: Path) -> str:
-    """'dicom' (a folder), 'nifti' or 'metaimage', from the path; 'unknown' otherwise."""
+    """'dicom' (a folder), 'nifti', 'metaimage' or 'nrrd', from the path; 'unknown' otherwise."""
     name = path.name.lower()
     if path.is_dir():
         return "dicom"
@@ -81,6 +82,8 @@ def image_format(path: Path) -> str:
         return "nifti"
     if name.endswith(METAIMAGE_SUFFIXES):
         return "metaimage"
+    if name.endswith(NRRD_SUFFIXES):
+        return "nrrd"
     return "unknown"
 
 
@@ -184,8 +187,8 @@ def _file_problems(path: Path, entries: list[ScanEntry]) -> list[str]:
             problems.append(f"{item}: image {s.image} does not exist")
         elif s.image_format == "unknown":
             problems.append(
-                f"{item}: image {s.image} is neither a DICOM folder nor a NIfTI (.nii, .nii.gz) or MetaImage "
-                "(.mhd, .mha) file"
+                f"{item}: image {s.image} is neither a DICOM folder nor a NIfTI (.nii, .nii.gz), MetaImage "
+                "(.mhd, .mha) or NRRD (.nrrd, .nhdr) file"
             )
         for what, p in (("labels", s.labels), ("coca_xml", s.coca_xml), ("truth", s.truth)):
             if p is not None and not p.is_file():
