@@ -42,6 +42,9 @@ def test_perfect_prediction_agrees_perfectly(references):
     lesions = a["lesions"]
     assert lesions["f1"] == 1.0 and lesions["sensitivity"] == 1.0 and lesions["ppv"] == 1.0
     assert lesions["f1_volume"] == 1.0 and lesions["false_positives_per_scan"] == 0.0
+    assert lesions["f1_ci"] == {"lower": 1.0, "upper": 1.0} and a["lesions_available"]["n_scans_score_only"] == 0
+    # Label references know each lesion's artery: CAC-DRS vessel counts agree where the prediction's arteries do.
+    assert a["scores"]["cac_drs"]["vessels"]["n"] == len(refs) and a["scores"]["cac_drs"]["vessels"]["accuracy"] == 1.0
     assert a["non_coronary_counted_as_coronary"]["lesions"] == 0
     assert a["non_coronary_counted_as_coronary"]["n_scans_with_aortic_valve_labels"] == len(refs)
 
@@ -67,6 +70,8 @@ def test_missed_and_non_coronary_lesions_are_counted(references):
     assert pooled["sensitivity"] == pytest.approx(1 - n_missed / pooled["n_ref"])
     assert pooled["ppv"] == pytest.approx(1 - n_aortic / pooled["n_pred"])
     assert pooled["false_positives_per_scan"] == pytest.approx(n_aortic / len(refs))
+    assert pooled["f1_ci"]["lower"] <= pooled["f1"] <= pooled["f1_ci"]["upper"] <= 1.0
+    assert pooled["f1_ci"]["lower"] < pooled["f1_ci"]["upper"]
     nc = a["non_coronary_counted_as_coronary"]
     assert nc["lesions"] == n_aortic and nc["scans_with_any"] == 1 and nc["agatston"] > 0
     assert a["scores"]["icc_2_1"] < 1.0

@@ -7,10 +7,10 @@ import dataclasses
 import gzip
 import math
 
-import itk
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from coronary_calcium.errors import InputError
 from coronary_calcium.io.dicom import read_dicom_series, write_dicom_series
@@ -221,9 +221,9 @@ def test_good_nifti_still_reads(tmp_path):
 
 
 def _mhd(path, shape_zyx=(4, 8, 8)):
-    image = itk.image_from_array(np.full(shape_zyx, -1000, np.int16))
+    image = sitk.GetImageFromArray(np.full(shape_zyx, -1000, np.int16))
     image.SetSpacing([0.7, 0.7, 5.0])
-    itk.imwrite(image, str(path))
+    sitk.WriteImage(image, str(path))
     return path
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import itk
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from coronary_calcium.errors import InputError
 from coronary_calcium.io.dicom import read_dicom_series
@@ -21,11 +21,11 @@ def _rotation(z_deg: float, x_deg: float) -> np.ndarray:
 
 
 def _write_itk(array_zyx: np.ndarray, path, spacing_xyz, origin, direction=np.eye(3)):
-    image = itk.image_from_array(np.ascontiguousarray(array_zyx))
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array_zyx))
     image.SetSpacing([float(s) for s in spacing_xyz])
     image.SetOrigin([float(o) for o in origin])
-    image.SetDirection(itk.matrix_from_array(np.asarray(direction, dtype=float)))
-    itk.imwrite(image, str(path))
+    image.SetDirection(np.asarray(direction, dtype=float).ravel().tolist())
+    sitk.WriteImage(image, str(path))
     return path
 
 
@@ -103,7 +103,7 @@ def test_nifti_of_a_prone_volume_is_reoriented(make_volume, tmp_path):
     np.testing.assert_allclose(back.affine_lps() @ [0, 0, 0, 1], vol.affine_lps() @ [nx - 1, ny - 1, 0, 1], atol=1e-4)
 
 
-@pytest.mark.parametrize("suffix", [".mha", ".mhd"])
+@pytest.mark.parametrize("suffix", [".mha", ".mhd", ".nrrd", ".nhdr"])
 def test_metaimage(make_volume, tmp_path, suffix):
     vol = make_volume(spacing=(2.5, 0.7, 0.6), origin=(-50.0, -30.5, 100.25))
     path = _write_itk(vol.hu.astype(np.int16), tmp_path / f"ct{suffix}", (0.6, 0.7, 2.5), vol.origin)
@@ -112,7 +112,7 @@ def test_metaimage(make_volume, tmp_path, suffix):
     assert back.spacing == pytest.approx((2.5, 0.7, 0.6), abs=1e-12)
     assert back.origin == pytest.approx(vol.origin, abs=1e-12)
     np.testing.assert_allclose(back.direction, np.eye(3), atol=1e-12)
-    assert back.meta["format"] == "metaimage"
+    assert back.meta["format"] == ("nrrd" if "n" in suffix else "metaimage")
     if suffix == ".mhd":
         (tmp_path / "ct.raw").unlink()
         with pytest.raises(InputError, match="data file ct.raw .* not found beside the header") as err:
@@ -120,13 +120,61 @@ def test_metaimage(make_volume, tmp_path, suffix):
         assert str(path) in str(err.value)
 
 
-def test_metaimage_rotated_matches_nifti(make_volume, tmp_path):
+@pytest.mark.parametrize("name", ["rot.mha", "img.nrrd"])
+def test_metaimage_rotated_matches_nifti(make_volume, tmp_path, name):
     vol = make_volume(direction=_rotation(15, 0))
-    path = _write_itk(vol.hu.astype(np.int16), tmp_path / "rot.mha", vol.spacing[::-1], vol.origin, vol.direction)
+    path = _write_itk(vol.hu.astype(np.int16), tmp_path / name, vol.spacing[::-1], vol.origin, vol.direction)
     back = read_image(path)
     np.testing.assert_array_equal(back.hu, vol.hu)
     np.testing.assert_allclose(back.direction, vol.direction, atol=1e-9)
     np.testing.assert_allclose(back.origin, vol.origin, atol=1e-9)
+
+
+def _nrrd_header(space: str, extra: str = "") -> bytes:
+    return (f"NRRD0004\ntype: short\ndimension: 3\nspace: {space}\nsizes: 8 8 4\n"
+            "space directions: (0.7,0,0) (0,0.7,0) (0,0,5)\nkinds: domain domain domain\nendian: little\n"
+            f"space origin: (10,20,30)\n{extra}").encode()
+
+
+def test_deepcac_nrrd_in_ras_space_comes_out_lps(tmp_path):
+    """DeepCAC's data/raw/<id>/img.nrrd, written by hand in RAS space, gzip-encoded as Slicer writes it."""
+    import gzip
+
+    raw = np.arange(4 * 8 * 8, dtype=np.int16).reshape(4, 8, 8)  # (z, y, x)
+    path = tmp_path / "raw" / "P001" / "img.nrrd"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(_nrrd_header("right-anterior-superior", "encoding: gzip\n\n") + gzip.compress(raw.tobytes()))
+    vol = read_image(path)
+    assert vol.meta["format"] == "nrrd" and vol.meta["original_axcodes"] == "RAS"
+    np.testing.assert_array_equal(vol.hu, raw[:, ::-1, ::-1])  # columns now run right -> left, rows front -> back
+    assert vol.spacing == pytest.approx((5.0, 0.7, 0.7))
+    # LPS voxel (0, 0, 0) is RAS voxel (x 7, y 7, z 0): RAS (14.9, 24.9, 30) mm, LPS (-14.9, -24.9, 30) mm.
+    assert vol.origin == pytest.approx((-14.9, -24.9, 30.0))
+    np.testing.assert_allclose(vol.direction, np.eye(3), atol=1e-12)
+
+
+def test_nrrd_refusals(tmp_path):
+    folder = tmp_path / "a" / "b"
+    folder.mkdir(parents=True)
+    path = folder / "img.nhdr"
+    path.write_bytes(_nrrd_header("left-posterior-superior", "encoding: raw\ndata file: ../../../etc/passwd\n\n"))
+    with pytest.raises(InputError, match="data file '../../../etc/passwd' points outside the header's folder"):
+        read_image(path)
+    path.write_bytes(_nrrd_header("left-posterior-superior", "encoding: raw\ndata file: img.raw\n\n"))
+    with pytest.raises(InputError, match=r"data file img.raw \(data file\) not found beside the header"):
+        read_image(path)
+    path = folder / "notes.nrrd"
+    path.write_text("just some notes\n")
+    with pytest.raises(InputError, match="not a NRRD file"):
+        read_image(path)
+    path.write_bytes(_nrrd_header("left-posterior-superior", "encoding: raw\n\n") + b"\0" * 10)
+    with pytest.raises(InputError, match="cannot read nrrd image: RuntimeError") as err:
+        read_image(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    huge = _nrrd_header("left-posterior-superior", "encoding: raw\n\n").replace(b"sizes: 8 8 4", b"sizes: 9000 9000 90")
+    path.write_bytes(huge)
+    with pytest.raises(InputError, match="size too large"):
+        read_image(path)
 
 
 # --- labels -----------------------------------------------------------------------------------------------------

@@ -303,3 +303,114 @@ def coca_xml_agatston(path: str | Path, slice_increment_mm: float = 3.0) -> dict
         scores[artery] += area_cm2 * 100.0 * density_weight(peak) * slice_increment_mm / 3.0
     scores["total"] = float(sum(scores.values()))
     return scores
+
+
+# --- non-gated scores.xlsx -------------------------------------------------------------------------------------------
+
+# deidentified_nongated/scores.xlsx: one row per patient, "filename" holds "<id>A"; LCA is the left main.
+COCA_SCORE_COLUMNS = {"LCA": "LM", "LAD": "LAD", "LCX": "LCX", "RCA": "RCA", "total": "total"}
+COCA_ROW_SUFFIX = "A"
+# The header row is looked for among the first rows of each sheet (a title row above it is tolerated).
+_HEADER_SEARCH_ROWS = 10
+# The sheet's total may differ from the sum of its four arteries by rounding: at most this much (or 1 %).
+SCORE_SUM_TOL = 1.0
+
+
+def _score_value(value: Any, path: Path, where: str) -> float:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise InputError(path, f"{where}: empty score cell (a score of 0 must be written as 0; a formula without a "
+                         "saved value also reads empty: save the sheet in Excel or LibreOffice)")
+    if isinstance(value, bool):
+        raise InputError(path, f"{where}: {value!r} is not a number")
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)  # numbers stored as text are common
+    except (TypeError, ValueError):
+        raise InputError(path, f"{where}: {value!r} is not a number") from None
+    if not np.isfinite(number) or number < 0:
+        raise InputError(path, f"{where}: score {value!r} must be a finite number >= 0")
+    return number
+
+
+def _scores_header(rows: list[tuple[Any, ...]]) -> tuple[int, dict[str, int]] | None:
+    """(row index, column of each COCA header) of the first row holding "filename" (case-insensitive), or None."""
+    for i, row in enumerate(rows[:_HEADER_SEARCH_ROWS]):
+        names = [str(c).strip().lower() if c is not None else "" for c in row]
+        if "filename" in names:
+            return i, {n: j for j, n in enumerate(names) if n}
+    return None
+
+
+def read_coca_scores(path: str | Path) -> dict[str, dict[str, float]]:
+    """COCA's non-gated ``scores.xlsx`` (openpyxl) as {filename cell: {"LM", "LAD", "LCX", "RCA", "total"}}.
+
+    The header row (within the first rows of the first sheet that has one) must name filename, LCA, LAD, LCX, RCA
+    and total (case-insensitive); LCA is the left main, reported as LM. Every score must be a number >= 0 (numbers
+    stored as text are read); an empty cell, a repeated filename, or a total that differs from the sum of its
+    arteries by more than rounding is an `InputError` naming the row. Rows without a filename are skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "COCA scores file not found")
+    import zipfile
+
+    from openpyxl import load_workbook
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        book = load_workbook(path, read_only=True, data_only=True)
+    except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
+        raise InputError(path, f"not a readable .xlsx workbook ({type(exc).__name__}: {exc})") from None
+    try:
+        for sheet in book.worksheets:
+            rows = [tuple(r) for r in sheet.iter_rows(values_only=True)]
+            header = _scores_header(rows)
+            if header is not None:
+                return _scores_rows(path, sheet.title, rows, *header)
+    finally:
+        book.close()
+    raise InputError(path, f"no sheet has a header row with 'filename' (expected columns: filename, "
+                     f"{', '.join(COCA_SCORE_COLUMNS)})")
+
+
+def _scores_rows(path: Path, title: str, rows: list[tuple[Any, ...]], start: int,
+                 columns: dict[str, int]) -> dict[str, dict[str, float]]:
+    missing = [c for c in COCA_SCORE_COLUMNS if c.lower() not in columns]
+    if missing:
+        raise InputError(path, f"sheet {title!r}: missing column(s) {', '.join(missing)} (header row {start + 1} "
+                         f"has: {', '.join(columns)})")
+    out: dict[str, dict[str, float]] = {}
+    first_row: dict[str, int] = {}
+    for i, row in enumerate(rows[start + 1:], start=start + 2):
+        cell = row[columns["filename"]] if columns["filename"] < len(row) else None
+        key = str(cell).strip() if cell is not None else ""
+        if not key:
+            continue
+        if key in out:
+            raise InputError(path, f"sheet {title!r} row {i}: filename {key!r} repeats row {first_row[key]}")
+        scores = {}
+        for column, name in COCA_SCORE_COLUMNS.items():
+            j = columns[column.lower()]
+            scores[name] = _score_value(row[j] if j < len(row) else None, path,
+                                        f"sheet {title!r} row {i} ({key}), column {column}")
+        arteries = sum(scores[a] for a in ("LM", "LAD", "LCX", "RCA"))
+        if abs(arteries - scores["total"]) > max(SCORE_SUM_TOL, 0.01 * scores["total"]):
+            raise InputError(path, f"sheet {title!r} row {i} ({key}): total {scores['total']:g} differs from the sum "
+                             f"of LCA, LAD, LCX and RCA ({arteries:g})")
+        out[key] = scores
+        first_row[key] = i
+    if not out:
+        raise InputError(path, f"sheet {title!r}: no rows with a filename below the header")
+    return out
+
+
+def coca_score_row(
+    scores: dict[str, dict[str, float]], patient_id: str, row: str | None, path: Path
+) -> tuple[str, dict[str, float]]:
+    """The row of a patient: ``row`` when given, else "<patient_id>A" (COCA's filename column), else the id itself."""
+    candidates = [row] if row is not None else [f"{patient_id}{COCA_ROW_SUFFIX}", patient_id]
+    for key in candidates:
+        if key in scores:
+            return key, scores[key]
+    looked = " or ".join(map(repr, candidates))
+    raise InputError(path, f"no row for patient {patient_id!r} (looked for filename {looked}; the sheet has "
+                     f"{len(scores)} rows, e.g. {', '.join(map(repr, list(scores)[:3]))})")

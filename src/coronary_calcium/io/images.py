@@ -1,8 +1,9 @@
-"""NIfTI / MetaImage volumes (and DICOM folders) to `CTVolume`, label volumes, and NIfTI output.
+"""NIfTI / MetaImage / NRRD volumes (and DICOM folders) to `CTVolume`, label volumes, and NIfTI output.
 
-Files are loaded with MONAI (NibabelReader / ITKReader, affine in RAS) and reoriented with MONAI's
-``Orientation`` to LPS axis codes, so that the (x, y, z) array transposed to (z, y, x) follows the `CTVolume`
-convention: columns run patient right -> left, rows anterior -> posterior, slices feet -> head.
+NIfTI files are loaded with MONAI's NibabelReader, MetaImage (.mha, .mhd) and NRRD (.nrrd, .nhdr; DeepCAC's
+``img.nrrd``) with SimpleITK (no ITK Python wheels needed); both give an affine in RAS, and the array is
+reoriented with MONAI's ``Orientation`` to LPS axis codes, so that the (x, y, z) array transposed to (z, y, x)
+follows the `CTVolume` convention: columns run patient right -> left, rows anterior -> posterior, slices feet -> head.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from coronary_calcium.labels import LABEL_SCHEMES
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 METAIMAGE_SUFFIXES = (".mhd", ".mha")
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
 # Geometry a label volume may differ from its image by (NIfTI stores the affine as float32).
 SPACING_REL_TOL = 1e-3
 ORIGIN_TOL_MM = 0.01
@@ -48,8 +50,10 @@ def _image_format(path: Path) -> str:
         return "nifti"
     if name.endswith(METAIMAGE_SUFFIXES):
         return "metaimage"
-    raise InputError(path, f"unknown image type; expected {', '.join(NIFTI_SUFFIXES + METAIMAGE_SUFFIXES)} "
-                     "or a DICOM folder")
+    if name.endswith(NRRD_SUFFIXES):
+        return "nrrd"
+    known = ", ".join(NIFTI_SUFFIXES + METAIMAGE_SUFFIXES + NRRD_SUFFIXES)
+    raise InputError(path, f"unknown image type; expected {known} or a DICOM folder")
 
 
 def _decimal_from_float32(values: np.ndarray) -> np.ndarray:
@@ -188,22 +192,117 @@ def _check_metaimage(path: Path) -> None:
                          f"{' x '.join(map(str, shape))} {fields['ElementType']} voxels need {needed}")
 
 
+def _nrrd_fields(path: Path) -> dict[str, str]:
+    """The NRRD header's ``field: value`` lines (up to the blank line that ends it), keys lower-case."""
+    with open(path, "rb") as f:
+        head = f.read(_METAIMAGE_HEADER_BYTES)
+    if not head.startswith(b"NRRD"):
+        raise InputError(path, "not a NRRD file: it does not start with the NRRD magic"
+                         + (" (the file is empty)" if not head else ""))
+    fields: dict[str, str] = {}
+    for raw in head.split(b"\n")[1:]:
+        line = raw.decode("latin-1").rstrip("\r")
+        if not line.strip():
+            break
+        key, sep, value = line.partition(":")
+        if sep and not line.startswith("#"):
+            fields[key.strip().lower()] = value.lstrip("=").strip()
+    return fields
+
+
+def _check_nrrd(path: Path) -> None:
+    """Refuse, before SimpleITK reads it, a NRRD whose detached data file lies outside its folder or is missing."""
+    fields = _nrrd_fields(path)
+    name = fields.get("data file") or fields.get("datafile")
+    if not name:
+        return
+    names = [name] if " " not in name and name.upper() != "LIST" else []  # a list or pattern: SimpleITK checks
+    for one in names:
+        if os.path.isabs(one) or os.path.normpath(one).split(os.sep)[0] == os.pardir:
+            raise InputError(path, f"data file {one!r} points outside the header's folder; it must name a file beside "
+                             "the header")
+        if not (path.parent / one).is_file():
+            raise InputError(path, f"data file {one} (data file) not found beside the header")
+
+
+def _check_sitk_header(path: Path, fmt: str) -> None:
+    """Refuse, from the header SimpleITK reads (no voxels), a huge, multi-channel, complex or unspaced image."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(path, f"cannot read {fmt} image: {_reason(exc)}") from None
+    problem = _size_problem(tuple(reader.GetSize()))
+    if problem:
+        raise InputError(path, problem)
+    pixel = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    if "complex" in pixel:
+        raise InputError(path, f"complex-valued voxels ({pixel}): a CT image holds real HU values")
+    if reader.GetNumberOfComponents() != 1:
+        raise InputError(path, f"{reader.GetNumberOfComponents()} channels per voxel: not a scalar CT image")
+    spacing = [float(v) for v in reader.GetSpacing()]
+    if not all(math.isfinite(v) and v > 0 for v in spacing):
+        raise InputError(path, f"element spacing {spacing} mm in the header: must be finite and positive")
+
+
+def _read_sitk(path: Path, fmt: str, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A MetaImage / NRRD file with SimpleITK: its (x, y, z) array (trailing singleton axes dropped) and its RAS
+    affine in (x, y, z) order, as MONAI's ITKReader gave them."""
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:  # corrupt or truncated data, an unreadable pattern of files, ...
+        raise InputError(path, f"cannot read {fmt} image: {_reason(exc)}") from None
+    size = list(image.GetSize())
+    while len(size) > 3 and size[-1] == 1:
+        image = image[(slice(None),) * (len(size) - 1) + (0,)]
+        size = size[:-1]
+    if len(size) != 3:
+        raise InputError(path, f"expected a 3D image, got shape {tuple(size)}")
+    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)  # (z, y, x) -> (x, y, z)
+    if dtype is not None:
+        array = array.astype(dtype, copy=False)
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3) @ np.diag(image.GetSpacing())
+    affine[:3, 3] = image.GetOrigin()
+    return array, _RAS_TO_LPS @ affine  # the same flip takes LPS to RAS
+
+
 @functools.lru_cache(maxsize=None)
-def _loader(fmt: str, dtype: Any) -> tuple[Any, Any]:
-    """A MONAI LoadImage and its reader for one format, built once: its constructor builds every default reader."""
+def _loader(dtype: Any) -> tuple[Any, Any]:
+    """MONAI's LoadImage with a NibabelReader, built once: its constructor builds every default reader."""
     # MONAI pulls in torch (seconds to import): only pay for it when a file is read.
-    from monai.data import ITKReader, NibabelReader
+    from monai.data import NibabelReader
     from monai.transforms import LoadImage
 
     with warnings.catch_warnings():
         # MONAI 1.6 warns on every LoadImage() that the GPU DICOM decoder plugin is unavailable; irrelevant here.
         warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
-        reader = NibabelReader() if fmt == "nifti" else ITKReader()
+        reader = NibabelReader()
         return LoadImage(reader=reader, image_only=True, dtype=dtype), reader
 
 
+def _read_nifti(path: Path, dtype: Any) -> Any:
+    load, reader = _loader(dtype)
+    try:
+        # Handing the reader over at call time makes LoadImage let the reader's own exception through; with only
+        # the constructor's, it would catch it and raise one whose message is the whole formatted traceback.
+        img = load(str(path), reader=reader)
+    except Exception as exc:  # corrupt data, a truncated .nii.gz, ...
+        raise InputError(path, f"cannot read nifti image: {_reason(exc)}") from None
+    space = str(img.meta.get("space", "RAS"))
+    if space != "RAS":
+        raise InputError(path, f"unexpected coordinate space {space} from the nifti reader")
+    img.affine = _decimal_from_float32(np.asarray(img.affine, dtype=float))
+    return img
+
+
 def _load_lps(path: Path, dtype: Any) -> tuple[np.ndarray, np.ndarray, str]:
-    """Load a 3D NIfTI / MetaImage file; return its (Z, Y, X) array, its LPS affine (x, y, z order) and axcodes."""
+    """Load a 3D NIfTI / MetaImage / NRRD file; return its (Z, Y, X) array, LPS affine (x, y, z order) and axcodes."""
     from monai.transforms import EnsureChannelFirst, Orientation
 
     if not path.is_file():
@@ -213,15 +312,17 @@ def _load_lps(path: Path, dtype: Any) -> tuple[np.ndarray, np.ndarray, str]:
         raise InputError(path, f"cannot read {fmt} image: the file is empty")
     if fmt == "nifti":
         _check_nifti(path)
+        img = _read_nifti(path, dtype)
     else:
-        _check_metaimage(path)
-    load, reader = _loader(fmt, dtype)
-    try:
-        # Handing the reader over at call time makes LoadImage let the reader's own exception through; with only
-        # the constructor's, it would catch it and raise one whose message is the whole formatted traceback.
-        img = load(str(path), reader=reader)
-    except Exception as exc:  # corrupt data, a truncated .nii.gz, ...
-        raise InputError(path, f"cannot read {fmt} image: {_reason(exc)}") from None
+        from monai.data import MetaTensor
+
+        if fmt == "metaimage":
+            _check_metaimage(path)
+        else:
+            _check_nrrd(path)
+        _check_sitk_header(path, fmt)
+        array, affine = _read_sitk(path, fmt, dtype)
+        img = MetaTensor(array, affine=affine, meta={"space": "RAS"})
     shape = tuple(img.shape)
     # A trailing singleton (x, y, z, 1) is still a 3D volume.
     while len(shape) > 3 and shape[-1] == 1:
@@ -229,11 +330,6 @@ def _load_lps(path: Path, dtype: Any) -> tuple[np.ndarray, np.ndarray, str]:
         shape = shape[:-1]
     if len(shape) != 3:
         raise InputError(path, f"expected a 3D image, got shape {shape}")
-    space = str(img.meta.get("space", "RAS"))
-    if space != "RAS":
-        raise InputError(path, f"unexpected coordinate space {space} from the {fmt} reader")
-    if fmt == "nifti":
-        img.affine = _decimal_from_float32(np.asarray(img.affine, dtype=float))
     axcodes = "".join(nib.aff2axcodes(np.asarray(img.affine, dtype=float), labels=_RAS_LABELS))
     img = EnsureChannelFirst(channel_dim="no_channel")(img)
     img = Orientation(axcodes="LPS", labels=_RAS_LABELS)(img)
@@ -254,7 +350,8 @@ def _geometry(affine_lps: np.ndarray) -> tuple[tuple[float, float, float], tuple
 
 
 def read_image(path: str | Path) -> CTVolume:
-    """Read a CT volume in HU from a NIfTI (.nii, .nii.gz) or MetaImage (.mhd, .mha) file or a DICOM folder.
+    """Read a CT volume in HU from a NIfTI (.nii, .nii.gz), MetaImage (.mhd, .mha) or NRRD (.nrrd, .nhdr) file or a
+    DICOM folder.
 
     The array is reoriented to the `CTVolume` convention (LPS axis codes, indexed z, y, x).
     """
@@ -283,7 +380,7 @@ def _geometry_mismatch(array_shape, spacing, origin, direction, like: CTVolume) 
 
 
 def read_labels(path: str | Path, like: CTVolume, scheme: str = "project") -> np.ndarray:
-    """Read a label volume (NIfTI / MetaImage) on ``like``'s grid as uint8 (Z, Y, X) project labels.
+    """Read a label volume (NIfTI / MetaImage / NRRD) on ``like``'s grid as uint8 (Z, Y, X) project labels.
 
     Values are mapped from ``scheme`` (a key of `labels.LABEL_SCHEMES`); a value outside the scheme or a
     geometry (shape, spacing, origin, direction) differing from ``like`` is an `InputError`.

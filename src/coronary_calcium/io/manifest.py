@@ -6,6 +6,7 @@ Validation collects every problem it finds (so a user fixes them in one go); `lo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from coronary_calcium.errors import InputError
 SPLITS = ("train", "validation", "test")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 METAIMAGE_SUFFIXES = (".mhd", ".mha")
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,22 @@ class ScanEntry:
     label_scheme: str = "project"
     coca_xml: Path | None = None
     truth: Path | None = None
+    # A score-only reference: {"total", and "LM", "LAD", "LCX", "RCA" where known}, from the manifest's "scores" or
+    # read from a COCA scores.xlsx ("coca_scores", row "coca_row") when the manifest is validated.
+    reference_scores: dict[str, float] | None = None
+    coca_scores: Path | None = None
+    coca_row: str | None = None
 
     @property
     def image_format(self) -> str:
         return image_format(self.image)
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether the scan has any reference: labels, COCA XML, reference scores (inline or a COCA scores.xlsx) or
+        a truth JSON."""
+        return any(p is not None for p in (self.labels, self.coca_xml, self.reference_scores, self.coca_scores,
+                                           self.truth))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -73,7 +87,7 @@ def manifest_schema() -> dict[str, Any]:
 
 
 def image_format(path: Path) -> str:
-    """'dicom' (a folder), 'nifti' or 'metaimage', from the path; 'unknown' otherwise."""
+    """'dicom' (a folder), 'nifti', 'metaimage' or 'nrrd', from the path; 'unknown' otherwise."""
     name = path.name.lower()
     if path.is_dir():
         return "dicom"
@@ -81,12 +95,14 @@ def image_format(path: Path) -> str:
         return "nifti"
     if name.endswith(METAIMAGE_SUFFIXES):
         return "metaimage"
+    if name.endswith(NRRD_SUFFIXES):
+        return "nrrd"
     return "unknown"
 
 
 def _entry_paths(scan: ScanEntry) -> Iterable[Path]:
     yield scan.image
-    for p in (scan.labels, scan.coca_xml, scan.truth):
+    for p in (scan.labels, scan.coca_xml, scan.coca_scores, scan.truth):
         if p is not None:
             yield p
 
@@ -128,6 +144,9 @@ def _entries(path: Path, raw: dict[str, Any]) -> tuple[Path, list[ScanEntry]]:
                 label_scheme=ref.get("scheme", "project"),
                 coca_xml=data_root / ref["coca_xml"] if "coca_xml" in ref else None,
                 truth=data_root / s["truth"] if "truth" in s else None,
+                reference_scores={k: float(v) for k, v in ref["scores"].items()} if "scores" in ref else None,
+                coca_scores=data_root / ref["coca_scores"] if "coca_scores" in ref else None,
+                coca_row=ref.get("coca_row"),
             )
         )
     return data_root, entries
@@ -142,7 +161,7 @@ def _outside_problems(path: Path, raw: dict[str, Any], data_root: Path) -> list[
     for i, s in enumerate(raw["scans"]):
         ref = s.get("reference", {})
         named = [("image", s["image"]), ("truth", s.get("truth")), ("labels", ref.get("labels")),
-                 ("coca_xml", ref.get("coca_xml"))]
+                 ("coca_xml", ref.get("coca_xml")), ("coca_scores", ref.get("coca_scores"))]
         for what, rel in named:
             if rel is None:
                 continue
@@ -184,13 +203,43 @@ def _file_problems(path: Path, entries: list[ScanEntry]) -> list[str]:
             problems.append(f"{item}: image {s.image} does not exist")
         elif s.image_format == "unknown":
             problems.append(
-                f"{item}: image {s.image} is neither a DICOM folder nor a NIfTI (.nii, .nii.gz) or MetaImage "
-                "(.mhd, .mha) file"
+                f"{item}: image {s.image} is neither a DICOM folder nor a NIfTI (.nii, .nii.gz), MetaImage "
+                "(.mhd, .mha) or NRRD (.nrrd, .nhdr) file"
             )
-        for what, p in (("labels", s.labels), ("coca_xml", s.coca_xml), ("truth", s.truth)):
+        for what, p in (("labels", s.labels), ("coca_xml", s.coca_xml), ("coca_scores", s.coca_scores),
+                        ("truth", s.truth)):
             if p is not None and not p.is_file():
                 problems.append(f"{item}: {what} file {p} does not exist")
     return problems
+
+
+def _resolve_scores(path: Path, entries: list[ScanEntry]) -> tuple[list[ScanEntry], list[str]]:
+    """Each scan's reference scores read from its COCA scores.xlsx (each workbook read once); a missing workbook is
+    left to `_file_problems`, an unreadable one or a patient without a row is a problem naming the scan."""
+    from coronary_calcium.io.coca import coca_score_row, read_coca_scores
+
+    sheets: dict[Path, Any] = {}
+    out, problems = [], []
+    for i, s in enumerate(entries):
+        if s.coca_scores is None or not s.coca_scores.is_file():
+            out.append(s)
+            continue
+        if s.coca_scores not in sheets:
+            try:
+                sheets[s.coca_scores] = read_coca_scores(s.coca_scores)
+            except InputError as e:
+                sheets[s.coca_scores] = e
+        sheet = sheets[s.coca_scores]
+        try:
+            if isinstance(sheet, InputError):
+                raise sheet
+            _, scores = coca_score_row(sheet, s.patient_id, s.coca_row, s.coca_scores)
+        except InputError as e:
+            problems.append(f"{path}: scans/{i} ({s.scan_id}): {e}")
+            out.append(s)
+            continue
+        out.append(dataclasses.replace(s, reference_scores=dict(scores)))
+    return out, problems
 
 
 def validate_manifest(
@@ -221,6 +270,8 @@ def validate_manifest(
     if problems:
         return None, problems
     problems = _consistency_problems(path, entries)
+    entries, score_problems = _resolve_scores(path, entries)
+    problems += score_problems
     manifest = Manifest(
         path=path,
         data_root=data_root,

@@ -1,11 +1,11 @@
-"""Slice-classification metrics from labels and positive-class probabilities (numpy; no scikit-learn needed)."""
+"""Slice-classification metrics from labels and positive-class probabilities (scikit-learn's metrics, JSON-ready)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
+from sklearn import metrics
 
 from coronary_calcium.errors import InputError
 
@@ -13,29 +13,22 @@ CLASS_NAMES = ("negative", "positive")
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); None when one class is absent."""
+    """Area under the ROC curve (scikit-learn's roc_auc_score; ties count 1/2); None when one class is absent."""
     labels = np.asarray(labels).astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
+    if labels.all() or not labels.any():
         return None
-    ranks = rankdata(np.asarray(scores, dtype=np.float64))
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(metrics.roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
     """2x2 counts, rows = truth (negative, positive), columns = prediction."""
-    cm = np.zeros((2, 2), dtype=np.int64)
-    np.add.at(cm, (np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1)
-    return cm
-
-
-def _safe_div(a: float, b: float) -> float:
-    return float(a / b) if b else 0.0
+    return metrics.confusion_matrix(np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64),
+                                    labels=[0, 1]).astype(np.int64)
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
     """Accuracy, precision, recall, F1 and specificity of the positive class, ROC AUC, the confusion matrix and a
-    per-class report (as scikit-learn's classification_report, in JSON form)."""
+    per-class report (scikit-learn's classification_report, with "f1" for its "f1-score"; 0 where undefined)."""
     labels = np.asarray(labels, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if labels.shape != probabilities.shape or labels.ndim != 1:
@@ -44,27 +37,21 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, thresh
         raise InputError("metrics", "no slices to evaluate")
     predictions = (probabilities >= threshold).astype(np.int64)
     cm = confusion_matrix(labels, predictions)
-    (tn, fp), (fn, tp) = cm
-    report = {}
-    for c, name in enumerate(CLASS_NAMES):
-        tp_c = cm[c, c]
-        prec = _safe_div(tp_c, cm[:, c].sum())
-        rec = _safe_div(tp_c, cm[c, :].sum())
-        report[name] = {
-            "precision": prec,
-            "recall": rec,
-            "f1": _safe_div(2 * prec * rec, prec + rec),
-            "support": int(cm[c, :].sum()),
-        }
-    precision, recall = report["positive"]["precision"], report["positive"]["recall"]
+    sk = metrics.classification_report(labels, predictions, labels=[0, 1], target_names=list(CLASS_NAMES),
+                                       output_dict=True, zero_division=0)
+    report = {
+        name: {"precision": float(sk[name]["precision"]), "recall": float(sk[name]["recall"]),
+               "f1": float(sk[name]["f1-score"]), "support": int(sk[name]["support"])}
+        for name in CLASS_NAMES
+    }
     return {
         "n": int(len(labels)),
         "threshold": float(threshold),
-        "accuracy": _safe_div(tp + tn, len(labels)),
-        "precision": precision,
-        "recall": recall,
+        "accuracy": float(metrics.accuracy_score(labels, predictions)),
+        "precision": report["positive"]["precision"],
+        "recall": report["positive"]["recall"],
         "f1": report["positive"]["f1"],
-        "specificity": _safe_div(tn, tn + fp),
+        "specificity": report["negative"]["recall"],  # the negative class's recall
         "roc_auc": roc_auc(labels, probabilities),
         "confusion_matrix": {"labels": list(CLASS_NAMES), "rows_truth_cols_prediction": cm.tolist()},
         "classification_report": report,

@@ -1,5 +1,8 @@
 """Agreement between reference and predicted calcium scores: ICC, correlation, Bland-Altman, kappa, lesions.
 
+Kappa and the confusion matrices are scikit-learn's; ICC(2,1) has its F-based 95 % interval (McGraw & Wong 1996,
+scipy's F distribution); kappa, accuracies and lesion F1 get percentile intervals from a seeded bootstrap over
+patients (:func:`bootstrap_weights`). CAC-DRS (Hecht et al. 2018) is reported beside the 5-class scheme.
 All results are JSON-ready (plain floats; undefined statistics are None in :func:`score_agreement`).
 """
 
@@ -7,10 +10,11 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
+from sklearn import metrics
 
 from coronary_calcium.errors import InputError
 from coronary_calcium.scoring.agatston import RISK_SCHEMES, Lesion, category_index
@@ -36,14 +40,8 @@ def _pair(a: Any, b: Any, min_n: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-def icc_table(ratings: Any) -> float:
-    """ICC(2,1) of an (n subjects, k raters) table (Shrout & Fleiss 1979; McGraw & Wong ICC(A,1)).
-
-    Two-way random effects, absolute agreement, single rater:
-    (MSR - MSE) / (MSR + (k-1) MSE + k (MSC - MSE) / n).
-    A table whose values are all identical is perfect agreement: 1.0. If the denominator is otherwise
-    zero (possible only for 2 x 2 tables such as [[0, 1], [1, 0]]) the ICC is undefined: NaN.
-    """
+def _mean_squares(ratings: Any) -> tuple[np.ndarray, float, float, float]:
+    """The checked (n, k) table and its two-way ANOVA mean squares: rows (subjects), columns (raters), error."""
     x = np.asarray(ratings, dtype=np.float64)
     if x.ndim != 2:
         raise InputError("ratings", f"must be an (n subjects, k raters) table, got shape {x.shape}")
@@ -56,15 +54,64 @@ def icc_table(ratings: Any) -> float:
     ss_rows = k * np.sum((x.mean(axis=1) - grand) ** 2)
     ss_cols = n * np.sum((x.mean(axis=0) - grand) ** 2)
     ss_err = np.sum((x - grand) ** 2) - ss_rows - ss_cols
-    msr = ss_rows / (n - 1)
-    msc = ss_cols / (k - 1)
     mse = max(ss_err, 0.0) / ((n - 1) * (k - 1))  # clip tiny negative round-off
+    return x, float(ss_rows / (n - 1)), float(ss_cols / (k - 1)), float(mse)
+
+
+def icc_table(ratings: Any) -> float:
+    """ICC(2,1) of an (n subjects, k raters) table (Shrout & Fleiss 1979; McGraw & Wong ICC(A,1)).
+
+    Two-way random effects, absolute agreement, single rater:
+    (MSR - MSE) / (MSR + (k-1) MSE + k (MSC - MSE) / n).
+    A table whose values are all identical is perfect agreement: 1.0. If the denominator is otherwise
+    zero (possible only for 2 x 2 tables such as [[0, 1], [1, 0]]) the ICC is undefined: NaN.
+    """
+    x, msr, msc, mse = _mean_squares(ratings)
+    n, k = x.shape
     denom = msr + (k - 1) * mse + k * (msc - mse) / n
     if np.ptp(x) == 0:
         return 1.0
     if denom == 0:
         return math.nan
     return float((msr - mse) / denom)
+
+
+def icc_table_ci(ratings: Any, level: float = 0.95) -> dict[str, Any]:
+    """ICC(2,1) with its F-based confidence interval (McGraw & Wong 1996, case 2A; Shrout & Fleiss 1979).
+
+    With a = k p / (n (1 - p)), b = 1 + k p (n - 1) / (n (1 - p)) (p the ICC), Satterthwaite's degrees of freedom
+    v = (a MSC + b MSE)^2 / ((a MSC)^2 / (k - 1) + (b MSE)^2 / ((n - 1)(k - 1))) and the upper F quantiles
+    F_L = F(1 - alpha/2; n - 1, v), F_U = F(1 - alpha/2; v, n - 1):
+    lower = n (MSR - F_L MSE) / (F_L (k MSC + (k n - k - n) MSE) + n MSR),
+    upper = n (F_U MSR - MSE) / (k MSC + (k n - k - n) MSE + n F_U MSR).
+    Perfect agreement (p = 1) gives [1, 1]; an undefined ICC gives None bounds. Returns value, lower, upper,
+    level and method.
+    """
+    if not 0 < level < 1:
+        raise InputError("level", f"must lie strictly between 0 and 1, got {level!r}")
+    x, msr, msc, mse = _mean_squares(ratings)
+    n, k = x.shape
+    p = icc_table(x)
+    out: dict[str, Any] = {"value": _json_float(p), "lower": None, "upper": None, "level": level,
+                           "method": "F-based (McGraw & Wong 1996, ICC(A,1))"}
+    if not math.isfinite(p):
+        return out
+    if p >= 1.0:
+        out.update(lower=1.0, upper=1.0)
+        return out
+    a = k * p / (n * (1 - p))
+    b = 1 + k * p * (n - 1) / (n * (1 - p))
+    num = (a * msc + b * mse) ** 2
+    den = (a * msc) ** 2 / (k - 1) + (b * mse) ** 2 / ((n - 1) * (k - 1))
+    if den <= 0 or num <= 0:
+        return out
+    v = num / den
+    q = 1 - (1 - level) / 2
+    f_l, f_u = stats.f.ppf(q, n - 1, v), stats.f.ppf(q, v, n - 1)
+    mid = k * msc + (k * n - k - n) * mse
+    out["lower"] = _json_float(n * (msr - f_l * mse) / (f_l * mid + n * msr))
+    out["upper"] = _json_float(n * (f_u * msr - mse) / (mid + n * f_u * msr))
+    return out
 
 
 def icc_2_1(a: Sequence[float], b: Sequence[float]) -> float:
@@ -74,6 +121,12 @@ def icc_2_1(a: Sequence[float], b: Sequence[float]) -> float:
     """
     a, b = _pair(a, b, min_n=2)
     return icc_table(np.stack([a, b], axis=1))
+
+
+def icc_2_1_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict[str, Any]:
+    """ICC(2,1) of two raters' paired scores with its F-based interval (see :func:`icc_table_ci`)."""
+    a, b = _pair(a, b, min_n=2)
+    return icc_table_ci(np.stack([a, b], axis=1), level)
 
 
 def _correlation(fn: Any, a: Any, b: Any) -> float:
@@ -129,39 +182,133 @@ def confusion_matrix(a_cats: Sequence[int], b_cats: Sequence[int], n_classes: in
     b = _categories(b_cats, n_classes, "b_cats")
     if a.size != b.size:
         raise InputError("a_cats, b_cats", f"lengths differ ({a.size} vs {b.size})")
-    return np.bincount(a * n_classes + b, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    if a.size == 0:  # scikit-learn refuses empty input
+        return np.zeros((n_classes, n_classes), dtype=np.int64)
+    with warnings.catch_warnings():  # it warns about a single label even when labels=[0] is that one class
+        warnings.filterwarnings("ignore", message="A single label was found")
+        return metrics.confusion_matrix(a, b, labels=np.arange(n_classes)).astype(np.int64)
 
 
 def weighted_kappa(
     a_cats: Sequence[int], b_cats: Sequence[int], n_classes: int, weights: str | None = "linear"
 ) -> float:
-    """Cohen's kappa with "linear" (|i-j|/(n-1)), "quadratic" or None (unweighted) disagreement weights.
+    """Cohen's kappa (scikit-learn's cohen_kappa_score) with "linear", "quadratic" or None (unweighted) weights.
 
     kappa = 1 - sum(w * observed) / sum(w * expected), expected from the product of the marginals.
     Degenerate case: when the expected disagreement is 0 (both raters put every item in one and the
     same class) the observed disagreement is 0 too and kappa is defined as 1.0 (perfect agreement),
-    never NaN. Needs at least one pair.
+    never NaN (scikit-learn returns NaN there). Needs at least one pair.
     """
     if weights not in ("linear", "quadratic", None, "none"):
         raise InputError("weights", f'must be "linear", "quadratic" or None, got {weights!r}')
-    cm = confusion_matrix(a_cats, b_cats, n_classes).astype(np.float64)
-    total = cm.sum()
-    if total == 0:
+    cm = confusion_matrix(a_cats, b_cats, n_classes)
+    if cm.sum() == 0:
         raise InputError("a_cats, b_cats", "need at least one pair")
-    i, j = np.indices(cm.shape)
-    if weights in (None, "none") or n_classes == 1:
-        w = (i != j).astype(np.float64)
-    elif weights == "linear":
-        w = np.abs(i - j) / (n_classes - 1)
-    else:
-        w = ((i - j) / (n_classes - 1)) ** 2
-    observed = cm / total
-    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0))
-    d_obs = float(np.sum(w * observed))
-    d_exp = float(np.sum(w * expected))
-    if d_exp == 0:
+    a, b = _categories(a_cats, n_classes, "a_cats"), _categories(b_cats, n_classes, "b_cats")
+    if np.unique(np.concatenate([a, b])).size == 1:
         return 1.0
-    return 1.0 - d_obs / d_exp
+    return float(metrics.cohen_kappa_score(a, b, labels=np.arange(n_classes),
+                                           weights=None if weights == "none" else weights))
+
+
+def _kappa_linear_batch(cms: np.ndarray) -> np.ndarray:
+    """Linearly weighted kappa of a batch of (B, C, C) confusion matrices (1.0 where the expected disagreement is 0).
+
+    The same formula as :func:`weighted_kappa` (tests check them equal); scikit-learn takes one table per call,
+    and 2,000 calls (a milliseconds each) per statistic made a bootstrap take seconds.
+    """
+    c = cms.shape[-1]
+    i, j = np.indices((c, c))
+    w = np.abs(i - j) / max(c - 1, 1)
+    total = cms.sum(axis=(1, 2), keepdims=True).astype(np.float64)
+    obs = cms / total
+    exp = obs.sum(axis=2)[:, :, None] * obs.sum(axis=1)[:, None, :]
+    d_obs, d_exp = (w * obs).sum(axis=(1, 2)), (w * exp).sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(d_exp > 0, 1.0 - d_obs / np.where(d_exp > 0, d_exp, 1.0), 1.0)
+
+
+# CAC-DRS (Hecht et al., J Cardiovasc Comput Tomogr 2018): Agatston 0 / 1-99 / 100-299 / >= 300, and the number of
+# vessels (LM, LAD, LCX, RCA) with calcium.
+CAC_DRS_CLASSES = (("A0", "0"), ("A1", "1-99"), ("A2", "100-299"), ("A3", ">=300"))
+CAC_DRS_CUTS = (100.0, 300.0)
+CAC_DRS_VESSELS = ("LM", "LAD", "LCX", "RCA")
+
+
+def cac_drs_index(score: float) -> int:
+    """CAC-DRS Agatston class index: 0 for exactly 0, 1 below 100, 2 below 300, 3 from 300 on ([lower, upper))."""
+    s = float(score)
+    if not math.isfinite(s) or s < 0:
+        raise InputError("score", f"must be a finite number >= 0, got {score!r}")
+    if s == 0:
+        return 0
+    return 1 + int(np.searchsorted(CAC_DRS_CUTS, s, side="right"))
+
+
+def cac_drs(score: float, arteries: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """CAC-DRS of one scan: its A class, and with per-artery scores the vessel count (arteries with a score > 0
+    among LM, LAD, LCX, RCA), written "A2/N3" (none for A0); ``vessels`` is None where arteries are unknown."""
+    index = cac_drs_index(score)
+    code, label = CAC_DRS_CLASSES[index]
+    vessels = None
+    if arteries is not None:
+        missing = [a for a in CAC_DRS_VESSELS if a not in arteries]
+        if missing:
+            raise InputError("arteries", f"CAC-DRS vessel count needs scores of {', '.join(missing)}")
+        vessels = sum(float(arteries[a]) > 0 for a in CAC_DRS_VESSELS)
+    text = code if vessels is None or index == 0 else f"{code}/N{vessels}"
+    return {"category": code, "agatston_range": label, "vessels": vessels, "cac_drs": text}
+
+
+def bootstrap_weights(groups: Sequence[Any] | int, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """(n_resamples, n items) multiplicities of a bootstrap over the groups (patients): each resample draws as many
+    groups as there are, with replacement, and an item counts as often as its group was drawn.
+
+    ``groups`` is one label per item (the patient of each scan) or a number of items (each its own group). Weights
+    rather than index lists keep resamples of patients with several scans rectangular (scipy's bootstrap resamples
+    items, not clusters of them).
+    """
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
+        raise InputError("n_resamples", f"must be a positive integer, got {n_resamples!r}")
+    labels = list(range(groups)) if isinstance(groups, (int, np.integer)) else list(groups)
+    if not labels:
+        raise InputError("groups", "need at least one item to resample")
+    _, unit = np.unique(np.asarray([str(g) for g in labels]), return_inverse=True)
+    n_units = int(unit.max()) + 1
+    counts = np.random.default_rng(seed).multinomial(n_units, np.full(n_units, 1.0 / n_units), size=n_resamples)
+    return counts[:, unit]
+
+
+def percentile_ci(samples: Any, level: float = 0.95) -> dict[str, float | None]:
+    """Percentile interval of bootstrap replicates (NaN replicates, where a statistic is undefined, left out)."""
+    x = np.asarray(samples, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if not x.size:
+        return {"lower": None, "upper": None}
+    lo, hi = np.quantile(x, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"lower": float(lo), "upper": float(hi)}
+
+
+def _weighted_confusion(weights: np.ndarray, a: np.ndarray, b: np.ndarray, n_classes: int) -> np.ndarray:
+    """(B, C, C) confusion matrices of each bootstrap resample, from its multiplicities."""
+    onehot = np.zeros((a.size, n_classes * n_classes))
+    onehot[np.arange(a.size), a * n_classes + b] = 1.0
+    return (weights @ onehot).reshape(-1, n_classes, n_classes)
+
+
+def _categorical_figures(rc: Any, pc: Any, n_classes: int, weights: np.ndarray | None, level: float) -> dict:
+    """Linear kappa, accuracy and confusion matrix of paired classes, with bootstrap intervals when ``weights``."""
+    rc, pc = np.asarray(rc, dtype=np.int64), np.asarray(pc, dtype=np.int64)
+    out: dict[str, Any] = {
+        "kappa_linear": weighted_kappa(rc, pc, n_classes, "linear"),
+        "confusion_matrix": confusion_matrix(rc, pc, n_classes).tolist(),
+        "accuracy": float(metrics.accuracy_score(rc, pc)),
+    }
+    if weights is not None:
+        cms = _weighted_confusion(weights, rc, pc, n_classes)
+        out["kappa_linear_ci"] = percentile_ci(_kappa_linear_batch(cms), level)
+        out["accuracy_ci"] = percentile_ci(np.trace(cms, axis1=1, axis2=2) / cms.sum(axis=(1, 2)), level)
+    return out
 
 
 def threshold_accuracy(
@@ -319,8 +466,66 @@ def pool_lesion_matches(per_scan: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return tot
 
 
+def lesion_f1_ci(per_scan: Sequence[dict[str, Any]], weights: np.ndarray, level: float = 0.95) -> dict[str, Any]:
+    """Bootstrap intervals of the pooled lesion F1 by count and by volume (see :func:`pool_lesion_matches`), the
+    scans weighted by ``weights`` (from :func:`bootstrap_weights`, one column per scan)."""
+    keys = ("n_ref", "n_pred", "tp_ref", "tp_pred", "ref_volume_mm3", "pred_volume_mm3", "tp_ref_volume_mm3",
+            "tp_pred_volume_mm3")
+    try:
+        cols = {k: np.array([float(m[k]) for m in per_scan]) for k in keys}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError("per_scan", f"each entry must be a match_lesions result ({exc})") from exc
+    if weights.ndim != 2 or weights.shape[1] != len(per_scan):
+        raise InputError("weights", f"need one column per scan ({len(per_scan)}), got shape {weights.shape}")
+    tot = {k: weights @ v for k, v in cols.items()}
+
+    def f1(tp_r: str, n_r: str, tp_p: str, n_p: str) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sens, ppv = tot[tp_r] / tot[n_r], tot[tp_p] / tot[n_p]  # NaN where undefined: left out of the interval
+            return np.where(sens + ppv > 0, 2 * sens * ppv / (sens + ppv), 0.0)
+
+    return {"f1_ci": percentile_ci(f1("tp_ref", "n_ref", "tp_pred", "n_pred"), level),
+            "f1_volume_ci": percentile_ci(f1("tp_ref_volume_mm3", "ref_volume_mm3", "tp_pred_volume_mm3",
+                                             "pred_volume_mm3"), level)}
+
+
 def _json_float(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
+
+
+def _vessel_counts(arteries: Sequence[Mapping[str, float] | None] | None, n: int, name: str) -> list[int | None]:
+    if arteries is None:
+        return [None] * n
+    if len(arteries) != n:
+        raise InputError(name, f"need one entry per scan ({n}), got {len(arteries)}")
+    return [None if a is None else cac_drs(1.0, a)["vessels"] for a in arteries]
+
+
+def cac_drs_agreement(
+    ref: np.ndarray,
+    pred: np.ndarray,
+    weights: np.ndarray | None,
+    level: float = 0.95,
+    ref_arteries: Sequence[Mapping[str, float] | None] | None = None,
+    pred_arteries: Sequence[Mapping[str, float] | None] | None = None,
+) -> dict[str, Any]:
+    """CAC-DRS agreement: linear kappa, accuracy and confusion matrix of the A classes (with bootstrap intervals
+    when ``weights``), and, over the scans whose reference and prediction both have per-artery scores, how often
+    the vessel count (N) agrees (None when no scan has both)."""
+    rc = [cac_drs_index(x) for x in ref]
+    pc = [cac_drs_index(x) for x in pred]
+    out = {"classes": [c[0] for c in CAC_DRS_CLASSES], "agatston_ranges": [c[1] for c in CAC_DRS_CLASSES],
+           **_categorical_figures(rc, pc, len(CAC_DRS_CLASSES), weights, level)}
+    rv = _vessel_counts(ref_arteries, len(rc), "ref_arteries")
+    pv = _vessel_counts(pred_arteries, len(pc), "pred_arteries")
+    both = [(r, p) for r, p in zip(rv, pv) if r is not None and p is not None]
+    out["vessels"] = {
+        "n": len(both),
+        "accuracy": float(np.mean([r == p for r, p in both])) if both else None,
+        "confusion_matrix": confusion_matrix([r for r, _ in both], [p for _, p in both], 5).tolist() if both else None,
+        "rule": "number of vessels (LM, LAD, LCX, RCA) with an Agatston score > 0; rows reference, columns prediction",
+    }
+    return out
 
 
 def score_agreement(
@@ -328,16 +533,30 @@ def score_agreement(
     pred_scores: Sequence[float],
     schemes: Iterable[str] = tuple(RISK_SCHEMES),
     thresholds: Iterable[float] = (0, 100, 400),
+    *,
+    groups: Sequence[Any] | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    ref_arteries: Sequence[Mapping[str, float] | None] | None = None,
+    pred_arteries: Sequence[Mapping[str, float] | None] | None = None,
 ) -> dict[str, Any]:
     """All score-level agreement figures of paired per-scan scores, JSON-ready.
 
-    Keys: n, icc_2_1, pearson, spearman (None where undefined, e.g. constant scores), bland_altman of
-    pred - ref (positive bias = overestimation), per-scheme linearly weighted kappa with its class labels
-    and confusion matrix (rows reference, columns prediction), and threshold accuracies. Needs >= 2 pairs.
+    Keys: n, icc_2_1 with icc_2_1_ci (F-based), pearson, spearman (None where undefined, e.g. constant scores),
+    bland_altman of pred - ref (positive bias = overestimation), per-scheme linearly weighted kappa with its class
+    labels, confusion matrix (rows reference, columns prediction) and accuracy, threshold accuracies, cac_drs
+    (see :func:`cac_drs_agreement`; vessel counts from ``ref_arteries`` / ``pred_arteries``, one mapping or None
+    per scan), and the bootstrap's settings. Kappas and accuracies have ``*_ci`` percentile intervals from
+    ``n_resamples`` (0: none) resamples of ``groups`` (the patient of each scan; default: each scan its own
+    patient), seeded by ``seed``. Needs >= 2 pairs.
     """
     ref, pred = _pair(ref_scores, pred_scores, min_n=2)
     if np.any(ref < 0) or np.any(pred < 0):
         raise InputError("scores", "calcium scores must be >= 0")
+    if groups is not None and len(groups) != ref.size:
+        raise InputError("groups", f"need one patient per scan ({ref.size}), got {len(groups)}")
+    weights = bootstrap_weights(ref.size if groups is None else groups, n_resamples, seed) if n_resamples else None
     kappas: dict[str, Any] = {}
     for scheme in schemes:
         if scheme not in RISK_SCHEMES:
@@ -345,18 +564,25 @@ def score_agreement(
         n_classes = len(RISK_SCHEMES[scheme])
         rc = [category_index(s, scheme) for s in ref]
         pc = [category_index(s, scheme) for s in pred]
-        kappas[scheme] = {
-            "kappa_linear": weighted_kappa(rc, pc, n_classes, "linear"),
-            "classes": [c[0] for c in RISK_SCHEMES[scheme]],
-            "confusion_matrix": confusion_matrix(rc, pc, n_classes).tolist(),
-            "accuracy": float(np.mean(np.asarray(rc) == np.asarray(pc))),
-        }
+        kappas[scheme] = {"classes": [c[0] for c in RISK_SCHEMES[scheme]],
+                          **_categorical_figures(rc, pc, n_classes, weights, level)}
+    thresholds_out = threshold_accuracy(ref, pred, thresholds)
+    if weights is not None:
+        for key, entry in thresholds_out.items():
+            t = float(key)
+            r, p = (ref > 0, pred > 0) if t == 0 else (ref >= t, pred >= t)
+            entry["accuracy_ci"] = percentile_ci(weights @ (r == p) / weights.sum(axis=1), level)
+    units = ref.size if groups is None else len({str(g) for g in groups})
     return {
         "n": int(ref.size),
         "icc_2_1": _json_float(icc_2_1(ref, pred)),
+        "icc_2_1_ci": {k: v for k, v in icc_2_1_ci(ref, pred, level).items() if k != "value"},
         "pearson": _json_float(pearson(ref, pred)),
         "spearman": _json_float(spearman(ref, pred)),
         "bland_altman": bland_altman(pred, ref),
         "kappa": kappas,
-        "threshold_accuracy": threshold_accuracy(ref, pred, thresholds),
+        "threshold_accuracy": thresholds_out,
+        "cac_drs": cac_drs_agreement(ref, pred, weights, level, ref_arteries, pred_arteries),
+        "bootstrap": {"n_resamples": int(n_resamples or 0), "seed": seed, "level": level, "method": "percentile",
+                      "unit": "patient" if groups is not None else "scan", "n_units": units},
     }
