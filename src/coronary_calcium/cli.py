@@ -172,7 +172,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
     ckpt_dir = args.ckpt_dir or BUNDLE_ROOT / "runs" / args.network / "models"
     result = run_inference(args.input, _out_path(args.out), ckpt_dir=ckpt_dir, overwrite=args.overwrite,
-                           split=args.split, rule=args.rule)
+                           split=args.split, rule=args.rule, dicom_out=args.dicom_out)
     print(f"{result.n_ok} scan(s) scored, {result.n_error} failed; summary: {result.summary_csv}")
     if result.report_html is not None:
         print(f"report: {result.report_html}")
@@ -288,6 +288,10 @@ def _add_infer_command(sub: Any) -> None:
     p.add_argument("--rule", help="decision rule: 'classifier' (the lesion classifier) or 'slice-cam' (slice "
                    "probability and CAM score, e.g. for phantoms, unlike the training anatomy); default: the "
                    "thresholds file's")
+    p.add_argument("--dicom-out", action="store_true",
+                   help="per scored DICOM series also write calcium_seg.dcm (DICOM SEG of the kept lesions, one "
+                   "segment per artery) and calcium_sr.dcm (Comprehensive 3D SR: Agatston per artery and total, "
+                   "volume, mass, risk category), both referencing the source series")
     p.set_defaults(func=_cmd_infer)
 
 

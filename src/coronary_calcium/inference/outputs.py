@@ -5,7 +5,9 @@ Per scan folder ``<output_dir>/<scan_id>/``:
 - ``result.json``: the `ScanResult` (written last: its presence means the scan's outputs are complete);
 - ``lesions.nii.gz``: uint16 lesion ids (1..n, the ``lesions`` of result.json) on the input's grid, 0 elsewhere;
 - ``slices/slice_NNN.png``: each positive slice (probability >= t_slice) or slice with a kept lesion: left the CT
-  with kept lesions outlined in green and rejected candidates in orange, right the same with the CAM heat map.
+  with kept lesions outlined in green and rejected candidates in orange, right the same with the CAM heat map;
+- with ``dicom_out`` and a DICOM series input: ``calcium_seg.dcm`` (DICOM SEG of the kept lesions) and
+  ``calcium_sr.dcm`` (Comprehensive 3D SR of the scores), see `coronary_calcium.inference.dicom_outputs`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from coronary_calcium import __version__
+from coronary_calcium.errors import InputError
 from coronary_calcium.inference.scan import ScanResult
 from coronary_calcium.io.images import write_nifti
 from coronary_calcium.io.volume import CTVolume
@@ -118,14 +121,19 @@ def write_scan_outputs(
     *,
     overlays: bool = True,
     started: float | None = None,
+    dicom_out: bool = False,
 ) -> dict[str, Any]:
-    """Write the scan's lesion mask, overlays and (last) result.json; return the result.json content.
+    """Write the scan's lesion mask, overlays, (``dicom_out``) DICOM SEG and SR, and (last) result.json; return the
+    result.json content.
 
-    ``started``: `time.perf_counter()` when the scan's processing began (for the recorded seconds).
+    ``started``: `time.perf_counter()` when the scan's processing began (for the recorded seconds). With
+    ``dicom_out``, a scan that is not a DICOM series (or whose files cannot be referenced) gets a note instead of
+    the DICOM files.
     """
     scan_dir = Path(scan_dir)
     scan_dir.mkdir(parents=True, exist_ok=True)
-    write_nifti(result.lesion_mask(), volume, scan_dir / LESION_MASK_FILE)
+    lesion_mask = result.lesion_mask()
+    write_nifti(lesion_mask, volume, scan_dir / LESION_MASK_FILE)
     pngs: list[str] = []
     if overlays and result.cam_maps is not None:
         pngs = _write_overlays(result, volume, scan_dir)
@@ -142,8 +150,27 @@ def write_scan_outputs(
     }
     payload["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     payload["software"] = {"coronary_calcium": __version__}
+    if dicom_out:
+        _add_dicom_outputs(result, payload, lesion_mask, volume, scan_dir)
     write_json(scan_dir / RESULT_FILE, payload)
     return payload
+
+
+def _add_dicom_outputs(result: ScanResult, payload: dict[str, Any], lesion_mask: np.ndarray, volume: CTVolume,
+                       scan_dir: Path) -> None:
+    """Write the DICOM SEG and SR from ``payload`` and list them in its files, or note why there are none."""
+    from coronary_calcium.inference.dicom_outputs import source_files, write_dicom_outputs
+
+    if source_files(volume) is None:
+        note = "DICOM outputs (--dicom-out) not written: the input is not a DICOM series"
+    else:
+        try:
+            payload["files"]["dicom"] = write_dicom_outputs(payload, lesion_mask, volume, scan_dir)
+            return
+        except InputError as exc:
+            note = f"DICOM outputs (--dicom-out) not written: {exc}"
+    result.notes.append(note)
+    payload["notes"].append(note)
 
 
 def _write_overlays(result: ScanResult, volume: CTVolume, scan_dir: Path) -> list[str]:
@@ -312,8 +339,11 @@ def _scan_section(sid: str, payload: dict[str, Any], root: Path, used: int,
                f"{len(payload['positive_slices'])} of {payload['n_slices']} slices positive. "
                f"<span class='small'>{esc(payload.get('source', ''))}</span></p>")
     cats = ", ".join(f"{esc(k)}: {esc(v)}" for k, v in payload["categories"].items())
+    dicom = payload.get("files", {}).get("dicom") or {}
+    extra = "".join(f", <a href='{esc(sid)}/{esc(d['file'])}'>{esc(d['file'])}</a>"
+                    for d in (dicom.get("seg"), dicom.get("sr")) if d)
     out.append(f"<p class='small'>Categories: {cats}. Files: <a href='{esc(sid)}/{RESULT_FILE}'>result.json</a>, "
-               f"<a href='{esc(sid)}/{LESION_MASK_FILE}'>lesions.nii.gz</a>.</p>")
+               f"<a href='{esc(sid)}/{LESION_MASK_FILE}'>lesions.nii.gz</a>{extra}.</p>")
     if payload["lesions"]:
         out.extend(_lesions_table(payload["lesions"]))
     key = _key_image(payload)
