@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from coronary_calcium.errors import InputError, find_user_error
 
@@ -172,7 +172,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
     ckpt_dir = args.ckpt_dir or BUNDLE_ROOT / "runs" / args.network / "models"
     result = run_inference(args.input, _out_path(args.out), ckpt_dir=ckpt_dir, overwrite=args.overwrite,
-                           split=args.split, rule=args.rule)
+                           split=args.split, rule=args.rule, dicom_out=args.dicom_out)
     print(f"{result.n_ok} scan(s) scored, {result.n_error} failed; summary: {result.summary_csv}")
     if result.report_html is not None:
         print(f"report: {result.report_html}")
@@ -207,7 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_data_commands(sub)
+    _add_training_commands(sub)
+    _add_infer_command(sub)
+    _add_tool_commands(sub)
+    p = sub.add_parser("cam-montage",
+                       help="PNG of Grad-CAM overlays, rows = layers shallow to deep, for a trained network")
+    _add_bundle_args(p)
+    p.add_argument("--out", help="PNG path (default: <output_dir>/eval/cam_montage.png)")
+    p.set_defaults(func=_cmd_train)
+    return parser
 
+
+def _add_data_commands(sub: Any) -> None:
+    """validate, synth, transfer and montage."""
     p = sub.add_parser("validate", help="check a data manifest: schema, files, splits, readable images")
     p.add_argument("manifest", type=Path)
     p.add_argument("--quick", action="store_true", help="skip reading every image (schema, files, splits only)")
@@ -247,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_montage)
+
+
+def _add_training_commands(sub: Any) -> None:
+    """train, evaluate and calibrate: the bundle's training config (plus evaluate.json)."""
     for name, text in (
         ("train", "train a classifier with the bundle (bundle/configs/train.json)"),
         ("evaluate", "evaluate the best checkpoint on the test patients (evaluate.json)"),
@@ -257,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_bundle_args(p)
         p.set_defaults(func=_cmd_train)
 
+
+def _add_infer_command(sub: Any) -> None:
     p = sub.add_parser("infer", help="score scans: slice probabilities, CAMs, lesions, Agatston per scan, report")
     p.add_argument("input", type=Path,
                    help="a manifest, a DICOM series folder, a NIfTI/MetaImage file, or a folder of scans")
@@ -269,8 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rule", help="decision rule: 'classifier' (the lesion classifier) or 'slice-cam' (slice "
                    "probability and CAM score, e.g. for phantoms, unlike the training anatomy); default: the "
                    "thresholds file's")
+    p.add_argument("--dicom-out", action="store_true",
+                   help="per scored DICOM series also write calcium_seg.dcm (DICOM SEG of the kept lesions, one "
+                   "segment per artery) and calcium_sr.dcm (Comprehensive 3D SR: Agatston per artery and total, "
+                   "volume, mass, risk category), both referencing the source series")
     p.set_defaults(func=_cmd_infer)
 
+
+def _add_tool_commands(sub: Any) -> None:
+    """experiment, pack and check-bundle (their arguments live beside their code)."""
     from coronary_calcium.experiment import add_experiment_arguments, cmd_experiment
     from coronary_calcium.zoo import add_check_arguments, add_pack_arguments, cmd_check_bundle, cmd_pack
 
@@ -283,13 +309,6 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         add_arguments(p)
         p.set_defaults(func=func)
-
-    p = sub.add_parser("cam-montage",
-                       help="PNG of Grad-CAM overlays, rows = layers shallow to deep, for a trained network")
-    _add_bundle_args(p)
-    p.add_argument("--out", help="PNG path (default: <output_dir>/eval/cam_montage.png)")
-    p.set_defaults(func=_cmd_train)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

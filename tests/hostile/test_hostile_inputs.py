@@ -474,6 +474,7 @@ CASES: list[tuple[str, Callable[..., list[str]], str]] = [
     ("infer-manifest-truncated", lambda c, r, m: c.infer(input_path=c.manifest_file('{"version": 1')),
      "not valid JSON"),
     ("infer-unknown-rule", lambda c, r, m: c.infer("--rule", "vote"), "rule: must be one of"),
+    ("infer-dicom-out-nifti-only", lambda c, r, m: c.infer("--dicom-out"), "--dicom-out: needs DICOM series input"),
     # -- infer: the model ---------------------------------------------------------------------------------------
     ("infer-ckpt-dir-a-file", lambda c, r, m: c.infer(ckpt=c.data() / c.file("m.pt", "x")), "not found"),
     ("infer-unknown-network", lambda c, r, m: ["infer", str(c.image()), "--out", str(c.out), "--network", "nope"],

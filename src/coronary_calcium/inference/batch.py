@@ -13,6 +13,9 @@ first reason in its message (the per-scan lines are printed only when some scan 
 Existing results are never overwritten unless ``overwrite=True``: this is checked for every scan before any work.
 Outputs are all-or-nothing: the run writes into a temporary folder beside the output folder and moves its results
 into place at the end; an interrupt or a failure (a full disk) leaves the output folder as it was.
+``dicom_out``: each scored DICOM series also gets a DICOM SEG and SR (`coronary_calcium.inference.dicom_outputs`);
+an input without any DICOM series is refused before any work, and in a mixed input each NIfTI / MetaImage scan gets
+a note in its result.json instead.
 """
 
 from __future__ import annotations
@@ -185,6 +188,14 @@ def _check_existing(output_dir: Path, scans: Sequence[ScanInput], with_agreement
                          "replace them, or choose another output folder")
 
 
+def _check_dicom_inputs(scans: Sequence[ScanInput], input_path: str | Path) -> None:
+    """``dicom_out`` needs at least one DICOM series (a folder): SEG and SR reference the source's instances."""
+    if not any(s.path.is_dir() for s in scans):
+        raise InputError("--dicom-out", f"needs DICOM series input: the {len(scans)} scan(s) of {input_path} are "
+                         "NIfTI / MetaImage files, and DICOM SEG and SR must reference the source series' instances "
+                         "(drop --dicom-out)")
+
+
 def _has_reference(entry: ScanEntry | None) -> bool:
     return entry is not None and any(p is not None for p in (entry.labels, entry.coca_xml, entry.truth))
 
@@ -212,8 +223,8 @@ def _is_output_error(exc: BaseException, output_dir: Path) -> bool:
     return exc.errno in _OUTPUT_ERRNOS or (name is not None and Path(name).is_relative_to(output_dir))
 
 
-def _process(scan: ScanInput, model: InferenceModel, output_dir: Path, overlays: bool,
-             keep: bool) -> tuple[dict[str, Any], ScanResult | None, dict[str, Any] | None]:
+def _process(scan: ScanInput, model: InferenceModel, output_dir: Path, overlays: bool, keep: bool,
+             dicom_out: bool = False) -> tuple[dict[str, Any], ScanResult | None, dict[str, Any] | None]:
     started = time.perf_counter()
     scan_dir = output_dir / scan.scan_id
     try:
@@ -225,7 +236,8 @@ def _process(scan: ScanInput, model: InferenceModel, output_dir: Path, overlays:
             source = "labels" if scan.entry.labels is not None else "coca_xml"  # type: ignore[union-attr]
             result.reference = scan_reference(volume, labels, truth=scan.entry.truth,  # type: ignore[union-attr]
                                               config=model.thresholds.scoring_config(), source=source)
-        payload = write_scan_outputs(result, volume, scan_dir, overlays=overlays, started=started)
+        payload = write_scan_outputs(result, volume, scan_dir, overlays=overlays, started=started,
+                                     dicom_out=dicom_out)
         row = summary_row(scan.scan_id, "ok", payload=payload, seconds=result.seconds, source=str(scan.path))
         return row, (result.slim() if keep else None), payload
     except InputError as exc:
@@ -258,6 +270,7 @@ def run_inference(
     report: bool = True,
     evaluate: bool = True,
     rule: str | None = None,
+    dicom_out: bool = False,
 ) -> RunResult:
     """Score every scan of ``input_path`` into ``output_dir`` (see the module docstring); return the `RunResult`.
 
@@ -265,36 +278,42 @@ def run_inference(
     ``<scan_id>/result.json``, ``<scan_id>/lesions.nii.gz``, ``<scan_id>/slices/*.png``, ``summary.csv``,
     ``report.html`` and, for a manifest whose scans have references (and ``evaluate``), ``agreement.json``.
     ``rule`` ("classifier", "slice-cam" or None for the thresholds file's own) applies when the model is loaded here.
+    ``dicom_out``: also ``<scan_id>/calcium_seg.dcm`` and ``<scan_id>/calcium_sr.dcm`` per scored DICOM series.
     Raises `InputError` before any work when results exist and ``overwrite`` is False, and after writing the
     summary when no scan could be scored.
     """
     output_dir = Path(str(output_dir)).absolute()
     check_output_folder(output_dir)
     scans, manifest = discover_inputs(input_path, split=split)
+    if dicom_out:
+        _check_dicom_inputs(scans, input_path)
     with_agreement = evaluate and manifest is not None and any(_has_reference(s.entry) for s in scans)
     if not overwrite:
         _check_existing(output_dir, scans, with_agreement)
     if model is not None:
-        return _run(scans, manifest, model, output_dir, input_path, progress, overlays, report, with_agreement)
+        return _run(scans, manifest, model, output_dir, input_path, progress, overlays, report, with_agreement,
+                    dicom_out)
     if ckpt_dir is None:
         raise InputError("ckpt_dir", "give the checkpoint folder (holding model.pt and thresholds.json)")
     model = load_model(ckpt_dir, checkpoint=checkpoint, device=device, precision=precision, batch_size=batch_size,
                        rule=rule)
     try:
-        return _run(scans, manifest, model, output_dir, input_path, progress, overlays, report, with_agreement)
+        return _run(scans, manifest, model, output_dir, input_path, progress, overlays, report, with_agreement,
+                    dicom_out)
     finally:
         model.close()
 
 
 def _run(scans: list[ScanInput], manifest: Manifest | None, model: InferenceModel, output_dir: Path,
-         input_path: str | Path, progress: bool, overlays: bool, report: bool, with_agreement: bool) -> RunResult:
+         input_path: str | Path, progress: bool, overlays: bool, report: bool, with_agreement: bool,
+         dicom_out: bool = False) -> RunResult:
     """Score ``scans`` into a temporary folder, move its results into ``output_dir``; raise when none scored."""
     with atomic_folder(output_dir, last=(SUMMARY_FILE,)) as work:
         rows: list[dict[str, Any]] = []
         results: list[ScanResult] = []
         payloads: dict[str, dict[str, Any]] = {}
         for scan in tqdm(scans, desc="scoring scans", unit="scan", disable=not progress):
-            row, result, payload = _process(scan, model, work, overlays, keep=with_agreement)
+            row, result, payload = _process(scan, model, work, overlays, keep=with_agreement, dicom_out=dicom_out)
             rows.append(row)
             if result is not None:
                 results.append(result)

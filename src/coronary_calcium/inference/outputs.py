@@ -5,7 +5,9 @@ Per scan folder ``<output_dir>/<scan_id>/``:
 - ``result.json``: the `ScanResult` (written last: its presence means the scan's outputs are complete);
 - ``lesions.nii.gz``: uint16 lesion ids (1..n, the ``lesions`` of result.json) on the input's grid, 0 elsewhere;
 - ``slices/slice_NNN.png``: each positive slice (probability >= t_slice) or slice with a kept lesion: left the CT
-  with kept lesions outlined in green and rejected candidates in orange, right the same with the CAM heat map.
+  with kept lesions outlined in green and rejected candidates in orange, right the same with the CAM heat map;
+- with ``dicom_out`` and a DICOM series input: ``calcium_seg.dcm`` (DICOM SEG of the kept lesions) and
+  ``calcium_sr.dcm`` (Comprehensive 3D SR of the scores), see `coronary_calcium.inference.dicom_outputs`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from coronary_calcium import __version__
+from coronary_calcium.errors import InputError
 from coronary_calcium.inference.scan import ScanResult
 from coronary_calcium.io.images import write_nifti
 from coronary_calcium.io.volume import CTVolume
@@ -118,14 +121,19 @@ def write_scan_outputs(
     *,
     overlays: bool = True,
     started: float | None = None,
+    dicom_out: bool = False,
 ) -> dict[str, Any]:
-    """Write the scan's lesion mask, overlays and (last) result.json; return the result.json content.
+    """Write the scan's lesion mask, overlays, (``dicom_out``) DICOM SEG and SR, and (last) result.json; return the
+    result.json content.
 
-    ``started``: `time.perf_counter()` when the scan's processing began (for the recorded seconds).
+    ``started``: `time.perf_counter()` when the scan's processing began (for the recorded seconds). With
+    ``dicom_out``, a scan that is not a DICOM series (or whose files cannot be referenced) gets a note instead of
+    the DICOM files.
     """
     scan_dir = Path(scan_dir)
     scan_dir.mkdir(parents=True, exist_ok=True)
-    write_nifti(result.lesion_mask(), volume, scan_dir / LESION_MASK_FILE)
+    lesion_mask = result.lesion_mask()
+    write_nifti(lesion_mask, volume, scan_dir / LESION_MASK_FILE)
     pngs: list[str] = []
     if overlays and result.cam_maps is not None:
         pngs = _write_overlays(result, volume, scan_dir)
@@ -142,8 +150,27 @@ def write_scan_outputs(
     }
     payload["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     payload["software"] = {"coronary_calcium": __version__}
+    if dicom_out:
+        _add_dicom_outputs(result, payload, lesion_mask, volume, scan_dir)
     write_json(scan_dir / RESULT_FILE, payload)
     return payload
+
+
+def _add_dicom_outputs(result: ScanResult, payload: dict[str, Any], lesion_mask: np.ndarray, volume: CTVolume,
+                       scan_dir: Path) -> None:
+    """Write the DICOM SEG and SR from ``payload`` and list them in its files, or note why there are none."""
+    from coronary_calcium.inference.dicom_outputs import source_files, write_dicom_outputs
+
+    if source_files(volume) is None:
+        note = "DICOM outputs (--dicom-out) not written: the input is not a DICOM series"
+    else:
+        try:
+            payload["files"]["dicom"] = write_dicom_outputs(payload, lesion_mask, volume, scan_dir)
+            return
+        except InputError as exc:
+            note = f"DICOM outputs (--dicom-out) not written: {exc}"
+    result.notes.append(note)
+    payload["notes"].append(note)
 
 
 def _write_overlays(result: ScanResult, volume: CTVolume, scan_dir: Path) -> list[str]:
@@ -249,7 +276,25 @@ def write_report(
     Key images are embedded (base64) while the total stays under ``embed_budget`` bytes, linked beyond it.
     """
     path = Path(path)
-    root = path.parent
+    out = _report_head(title, rows, run_info)
+    out.extend(_scans_table(rows))
+    if agreement:
+        out.append(_agreement_html(agreement))
+    used = 0
+    for r in rows:
+        payload = payloads.get(str(r["scan_id"]))
+        if r["status"] != "ok" or payload is None:
+            continue
+        section, used = _scan_section(str(r["scan_id"]), payload, path.parent, used, embed_budget)
+        out.extend(section)
+    out.append("</body></html>\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(out), encoding="utf-8")
+    return path
+
+
+def _report_head(title: str, rows: Sequence[dict[str, Any]], run_info: dict[str, Any] | None) -> list[str]:
+    """The page's head, title, scan counts, run information and caveat."""
     esc = html.escape
     out = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
            f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>"]
@@ -262,8 +307,14 @@ def write_report(
             f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in info.items()) + "</table>")
     out.append("<p class='small'>Research use only, not for clinical decisions. Agatston at 130 HU, 2D lesions per "
                "slice; risk category in the 5-class scheme (0 / 1-10 / 11-100 / 101-400 / &gt;400).</p>")
-    out.append("<h2>Scans</h2><table><tr><th>scan</th><th>status</th><th>Agatston</th><th>category</th>"
-               "<th>lesions</th><th>volume mm&sup3;</th><th>mass mg</th><th>seconds</th><th>reason</th></tr>")
+    return out
+
+
+def _scans_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The table of every scan (one row each, linked to its section when scored)."""
+    esc = html.escape
+    out = ["<h2>Scans</h2><table><tr><th>scan</th><th>status</th><th>Agatston</th><th>category</th>"
+           "<th>lesions</th><th>volume mm&sup3;</th><th>mass mg</th><th>seconds</th><th>reason</th></tr>"]
     for r in rows:
         sid = esc(str(r["scan_id"]))
         link = f"<a href='#scan-{sid}'>{sid}</a>" if r["status"] == "ok" else sid
@@ -274,61 +325,73 @@ def write_report(
             f"<td class='num'>{_num(r['mass_mg'], 2)}</td><td class='num'>{_num(r['seconds'], 2)}</td>"
             f"<td>{esc(str(r['reason']))}</td></tr>")
     out.append("</table>")
-    if agreement:
-        out.append(_agreement_html(agreement))
-    used = 0
-    for r in rows:
-        payload = payloads.get(str(r["scan_id"]))
-        if r["status"] != "ok" or payload is None:
-            continue
-        sid = str(r["scan_id"])
-        t = payload["totals"]
-        out.append(f"<h2 id='scan-{esc(sid)}'>{esc(sid)}</h2>")
-        out.append(f"<p>Agatston <b>{t['agatston']:.1f}</b> (category <b>{esc(payload['category'])}</b>), volume "
-                   f"{t['volume_mm3']:.1f} mm&sup3;, mass {t['mass_mg']:.2f} mg, {t['n_lesions']} lesion(s); "
-                   f"{len(payload['positive_slices'])} of {payload['n_slices']} slices positive. "
-                   f"<span class='small'>{esc(payload.get('source', ''))}</span></p>")
-        cats = ", ".join(f"{esc(k)}: {esc(v)}" for k, v in payload["categories"].items())
-        out.append(f"<p class='small'>Categories: {cats}. Files: <a href='{esc(sid)}/{RESULT_FILE}'>result.json</a>, "
-                   f"<a href='{esc(sid)}/{LESION_MASK_FILE}'>lesions.nii.gz</a>.</p>")
-        if payload["lesions"]:
-            shown = sorted(payload["lesions"], key=lambda les: -les["agatston"])[:REPORT_MAX_LESIONS]
-            more = len(payload["lesions"]) - len(shown)
-            title = (f"The {len(shown)} highest-scoring of {len(payload['lesions'])} lesions (all in result.json)"
-                     if more else "Lesions")
-            out.append(f"<p class='small'>{title}:</p>")
-            out.append("<table class='small'><tr><th>id</th><th>slice</th><th>position LPS mm</th><th>area mm&sup2;"
-                       "</th><th>peak HU</th><th>P(slice)</th><th>CAM</th><th>Agatston</th><th>artery</th></tr>")
-            for les in shown:
-                pos = ", ".join(f"{v:.1f}" for v in les["centroid_lps_mm"])
-                out.append(f"<tr><td>{les['id']}</td><td>{les['slice']}</td><td>{pos}</td>"
-                           f"<td class='num'>{les['area_mm2']:.2f}</td><td class='num'>{les['peak_hu']:.0f}</td>"
-                           f"<td class='num'>{les['slice_probability']:.3f}</td>"
-                           f"<td class='num'>{_num(les['cam_score'], 3)}</td>"
-                           f"<td class='num'>{les['agatston']:.2f}</td><td>{esc(les['artery'])}</td></tr>")
-            out.append("</table>")
-        key = _key_image(payload)
-        if key is not None:
-            png = root / sid / key
-            caption = f"{esc(sid)}, {esc(key)} (left: kept lesions in green, rejected candidates in orange; right: CAM)"
-            data = png.read_bytes() if png.is_file() else b""
-            if data and used + len(data) <= embed_budget:
-                used += len(data)
-                src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-            else:
-                src = f"{esc(sid)}/{esc(key)}"
-            out.append(f"<figure><img src='{src}' alt='{caption}'><figcaption class='small'>{caption}</figcaption>"
-                       "</figure>")
-        others = payload.get("files", {}).get("overlays", [])
-        if len(others) > 1:
-            links = " ".join(f"<a href='{esc(sid)}/{esc(p)}'>{esc(Path(p).stem.split('_')[-1])}</a>" for p in others)
-            out.append(f"<p class='small'>All positive slices: {links}</p>")
-        if payload.get("notes"):
-            out.append("<ul class='small'>" + "".join(f"<li>{esc(n)}</li>" for n in payload["notes"]) + "</ul>")
-    out.append("</body></html>\n")
-    with atomic_path(path) as tmp:
-        tmp.write_text("\n".join(out), encoding="utf-8")
-    return path
+    return out
+
+
+def _scan_section(sid: str, payload: dict[str, Any], root: Path, used: int,
+                  embed_budget: int) -> tuple[list[str], int]:
+    """One scored scan's section and the embedded bytes so far (``used`` plus its key image, if embedded)."""
+    esc = html.escape
+    t = payload["totals"]
+    out = [f"<h2 id='scan-{esc(sid)}'>{esc(sid)}</h2>"]
+    out.append(f"<p>Agatston <b>{t['agatston']:.1f}</b> (category <b>{esc(payload['category'])}</b>), volume "
+               f"{t['volume_mm3']:.1f} mm&sup3;, mass {t['mass_mg']:.2f} mg, {t['n_lesions']} lesion(s); "
+               f"{len(payload['positive_slices'])} of {payload['n_slices']} slices positive. "
+               f"<span class='small'>{esc(payload.get('source', ''))}</span></p>")
+    cats = ", ".join(f"{esc(k)}: {esc(v)}" for k, v in payload["categories"].items())
+    dicom = payload.get("files", {}).get("dicom") or {}
+    extra = "".join(f", <a href='{esc(sid)}/{esc(d['file'])}'>{esc(d['file'])}</a>"
+                    for d in (dicom.get("seg"), dicom.get("sr")) if d)
+    out.append(f"<p class='small'>Categories: {cats}. Files: <a href='{esc(sid)}/{RESULT_FILE}'>result.json</a>, "
+               f"<a href='{esc(sid)}/{LESION_MASK_FILE}'>lesions.nii.gz</a>{extra}.</p>")
+    if payload["lesions"]:
+        out.extend(_lesions_table(payload["lesions"]))
+    key = _key_image(payload)
+    if key is not None:
+        figure, used = _key_image_html(sid, key, root, used, embed_budget)
+        out.append(figure)
+    others = payload.get("files", {}).get("overlays", [])
+    if len(others) > 1:
+        links = " ".join(f"<a href='{esc(sid)}/{esc(p)}'>{esc(Path(p).stem.split('_')[-1])}</a>" for p in others)
+        out.append(f"<p class='small'>All positive slices: {links}</p>")
+    if payload.get("notes"):
+        out.append("<ul class='small'>" + "".join(f"<li>{esc(n)}</li>" for n in payload["notes"]) + "</ul>")
+    return out, used
+
+
+def _lesions_table(lesions: Sequence[dict[str, Any]]) -> list[str]:
+    """The highest-scoring lesions (at most `REPORT_MAX_LESIONS`) as a table, with its caption."""
+    esc = html.escape
+    shown = sorted(lesions, key=lambda les: -les["agatston"])[:REPORT_MAX_LESIONS]
+    more = len(lesions) - len(shown)
+    title = f"The {len(shown)} highest-scoring of {len(lesions)} lesions (all in result.json)" if more else "Lesions"
+    out = [f"<p class='small'>{title}:</p>"]
+    out.append("<table class='small'><tr><th>id</th><th>slice</th><th>position LPS mm</th><th>area mm&sup2;"
+               "</th><th>peak HU</th><th>P(slice)</th><th>CAM</th><th>Agatston</th><th>artery</th></tr>")
+    for les in shown:
+        pos = ", ".join(f"{v:.1f}" for v in les["centroid_lps_mm"])
+        out.append(f"<tr><td>{les['id']}</td><td>{les['slice']}</td><td>{pos}</td>"
+                   f"<td class='num'>{les['area_mm2']:.2f}</td><td class='num'>{les['peak_hu']:.0f}</td>"
+                   f"<td class='num'>{les['slice_probability']:.3f}</td>"
+                   f"<td class='num'>{_num(les['cam_score'], 3)}</td>"
+                   f"<td class='num'>{les['agatston']:.2f}</td><td>{esc(les['artery'])}</td></tr>")
+    out.append("</table>")
+    return out
+
+
+def _key_image_html(sid: str, key: str, root: Path, used: int, embed_budget: int) -> tuple[str, int]:
+    """The key image's figure: embedded while the page's images stay within ``embed_budget``, else linked."""
+    esc = html.escape
+    png = root / sid / key
+    caption = f"{esc(sid)}, {esc(key)} (left: kept lesions in green, rejected candidates in orange; right: CAM)"
+    data = png.read_bytes() if png.is_file() else b""
+    if data and used + len(data) <= embed_budget:
+        used += len(data)
+        src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    else:
+        src = f"{esc(sid)}/{esc(key)}"
+    return (f"<figure><img src='{src}' alt='{caption}'><figcaption class='small'>{caption}</figcaption>"
+            "</figure>"), used
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
