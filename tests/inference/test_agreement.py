@@ -49,6 +49,24 @@ def test_perfect_prediction_agrees_perfectly(references):
     assert a["non_coronary_counted_as_coronary"]["n_scans_with_aortic_valve_labels"] == len(refs)
 
 
+def test_artery_assignment_of_matched_lesions(references):
+    """The reference lesions carry their arteries (the tiny set has LAD only); predictions that call every other one
+    RCA put the rest of the Agatston in the right artery, weighted by Agatston."""
+    import dataclasses
+
+    manifest, refs = references
+    preds, right, total = [], 0.0, 0.0
+    for sid, (_, _, lesions) in refs.items():
+        renamed = [dataclasses.replace(les, artery="RCA" if i % 2 else les.artery) for i, les in enumerate(lesions)]
+        right += sum(les.agatston for les in renamed if les.artery == "LAD")
+        total += sum(les.agatston for les in renamed)
+        preds.append(_prediction(sid, renamed))
+    a = evaluate_agreement(preds, manifest, n_resamples=0)["artery_assignment"]
+    assert a["agatston_share_right"] == pytest.approx(right / total, abs=1e-5)
+    assert a["per_artery"]["LAD"]["n_lesions"] == a["n_lesions"] == sum(len(r[2]) for r in refs.values())
+    assert a["confusion_agatston"]["LAD"]["RCA"] == pytest.approx(total - right, abs=1e-3)
+
+
 def test_missed_and_non_coronary_lesions_are_counted(references):
     manifest, refs = references
     preds = []

@@ -37,13 +37,16 @@ def manifest_run(tiny_manifest, ckpt_dir, tmp_path_factory):
 def _check_outputs(out: Path, scan_ids: list[str], images: dict[str, Path]) -> None:
     rows = _rows(out / "summary.csv")
     assert [r["scan_id"] for r in rows] == scan_ids
-    assert list(rows[0]) == ["scan_id", "status", "reason", "agatston", "volume_mm3", "mass_mg", "category",
-                             "n_lesions", "seconds", "source"]
+    arteries = ["agatston_LM", "agatston_LAD", "agatston_LCX", "agatston_RCA", "agatston_unknown"]  # COCA's order
+    assert list(rows[0]) == ["scan_id", "status", "reason", *arteries, "agatston", "volume_mm3", "mass_mg",
+                             "category", "n_lesions", "seconds", "source"]
     for row in rows:
         assert row["status"] == "ok", row
         result = json.loads((out / row["scan_id"] / "result.json").read_text())
         assert result["scan_id"] == row["scan_id"] and result["status"] == "ok"
         assert float(row["agatston"]) == pytest.approx(result["totals"]["agatston"], abs=1e-3)
+        assert sum(float(row[c]) for c in arteries) == pytest.approx(float(row["agatston"]), abs=1e-2)
+        assert float(row["agatston_LAD"]) == pytest.approx(result["per_artery"]["LAD"]["agatston"], abs=1e-3)
         assert int(row["n_lesions"]) == len(result["lesions"]) == result["totals"]["n_lesions"]
         assert row["category"] == result["category"]
         for key in ("agatston", "volume_mm3", "mass_mg"):

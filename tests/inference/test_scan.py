@@ -166,8 +166,9 @@ def test_an_artery_model_names_each_kept_lesion_when_a_heart_is_found(tiny_model
     assert any(n.startswith("arteries assigned by the artery model") for n in result.notes)
     assert result.to_dict()["model"]["artery_model"] == list(places)
     assert sum(d["agatston"] for d in result.score.per_artery.values()) == pytest.approx(result.agatston)
-    hu = np.full((3, 40, 56), 40.0, np.float32)
-    hu[:, 18:22, 26:30] = 400.0  # a 4 mm^2 deposit in a block of soft tissue: no lungs, no heart
+    hu = np.full((3, 40, 56), -1000.0, np.float32)
+    hu[:, 5:35, 8:48] = 40.0
+    hu[:, 18:22, 26:30] = 400.0  # a 4 mm^2 deposit in a block of soft tissue in air: no lungs, no heart
     no_heart = infer_scan(CTVolume(hu=hu, spacing=(3.0, 0.5, 0.5)), model)
     assert all(r["artery"] == "unknown" and "artery_probability" not in r for r in no_heart.to_dict()["lesions"])
     assert any("no heart found, so the artery model" in n for n in no_heart.notes)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from coronary_calcium.errors import InputError
+from coronary_calcium.inference.arteries import artery_assignment
 from coronary_calcium.inference.thresholds import scoring_config_from_dict
 from coronary_calcium.io.images import read_image
 from coronary_calcium.io.manifest import Manifest, ScanEntry, load_manifest
@@ -199,6 +200,7 @@ class _Pairs:
     pred_arteries: list[dict[str, float] | None] = field(default_factory=list)
     matches: list[dict[str, Any]] = field(default_factory=list)
     match_patients: list[str] = field(default_factory=list)
+    assignments: list[dict[str, Any]] = field(default_factory=list)  # matched lesions: assigned vs reference artery
     non_coronary: dict[str, Any] = field(default_factory=lambda: {
         "lesions": 0, "scans_with_any": 0, "agatston": 0.0, "volume_mm3": 0.0, "n_scans_with_aortic_valve_labels": 0})
     unpaired: list[str] = field(default_factory=list)
@@ -262,6 +264,7 @@ def _pair_scans(predictions: list[Prediction], manifest: Manifest, config: Scori
         if reference.lesions is not None:
             m = match_lesions(reference.lesions, p.lesions)
             pairs.matches.append(m)
+            pairs.assignments.extend(_assignments(m, reference.lesions, p.lesions))
             pairs.match_patients.append(pairs.patients[-1])
             row["lesions"] = _match_summary(m)
         if reference.non_coronary is not None:
@@ -273,6 +276,20 @@ def _pair_scans(predictions: list[Prediction], manifest: Manifest, config: Scori
             nc["volume_mm3"] += kept["volume_mm3"]
         pairs.scans.append(row)
     return pairs
+
+
+def _assignments(match: dict[str, Any], ref: list[Lesion], pred: list[Lesion]) -> list[dict[str, Any]]:
+    """Each matched predicted lesion (once, with its first reference lesion): its assigned artery, the reference
+    lesion's artery and its Agatston, as `artery_assignment` reads them."""
+    seen: set[int] = set()
+    out = []
+    for pair in match["matches"]:
+        i = int(pair["pred"])
+        if i not in seen:
+            seen.add(i)
+            out.append({"artery": pred[i].artery, "reference_label": ref[int(pair["ref"])].artery,
+                        "agatston": pred[i].agatston})
+    return out
 
 
 def _lesion_figures(pairs: _Pairs, n_resamples: int, seed: int) -> dict[str, Any] | None:
@@ -327,6 +344,8 @@ def evaluate_agreement(
         "scoring": config.to_dict(),
         "scores": scores,
         "lesions": _lesion_figures(pairs, n_resamples, seed),
+        "artery_assignment": (artery_assignment(pairs.assignments)
+                              if any(a["artery"] in ARTERY_NAMES for a in pairs.assignments) else None),
         "lesions_available": {"n_scans_with_lesion_reference": len(pairs.matches), "n_scans_score_only": score_only},
         "non_coronary_counted_as_coronary": {
             **nc, "rule": "a kept lesion with at least one voxel on a reference aortic (5) or valve (6) voxel"},
@@ -376,6 +395,9 @@ def _table_rows(a: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("lesion F1 (by volume)", format_ci(les["f1_volume"], les.get("f1_volume_ci"))))
     else:
         rows.append(("lesion F1", "not available (score-only references)" if a.get("n_scans") else "n/a"))
+    assigned = a.get("artery_assignment")
+    if assigned and assigned.get("agatston_share_right") is not None:
+        rows.append(("Agatston of matched lesions in the right artery", format_ci(assigned["agatston_share_right"])))
     return rows
 
 

@@ -31,6 +31,7 @@ from coronary_calcium.errors import InputError
 from coronary_calcium.inference.scan import ScanResult
 from coronary_calcium.io.images import write_nifti
 from coronary_calcium.io.volume import CTVolume
+from coronary_calcium.labels import ARTERY_NAMES
 from coronary_calcium.report.files import atomic_path, uninterrupted, write_csv, write_json
 
 RESULT_FILE = "result.json"
@@ -39,8 +40,11 @@ SLICES_DIR = "slices"
 SUMMARY_FILE = "summary.csv"
 REPORT_FILE = "report.html"
 AGREEMENT_FILE = "agreement.json"
-SUMMARY_COLUMNS = ("scan_id", "status", "reason", "agatston", "volume_mm3", "mass_mg", "category", "n_lesions",
-                   "seconds", "source")
+# Per-artery Agatston in COCA's order (LM, LAD, LCX, RCA), then the total; "unknown" holds lesions no artery was
+# assigned to (a scan without a heart, or thresholds without an artery model).
+ARTERY_COLUMNS = tuple(f"agatston_{a}" for a in (*ARTERY_NAMES, "unknown"))
+SUMMARY_COLUMNS = ("scan_id", "status", "reason", *ARTERY_COLUMNS, "agatston", "volume_mm3", "mass_mg", "category",
+                   "n_lesions", "seconds", "source")
 KEPT_RGB = (0.0, 1.0, 0.0)
 REJECTED_RGB = (1.0, 0.55, 0.0)
 MIN_PANEL_PX = 256
@@ -213,7 +217,10 @@ def summary_row(scan_id: str, status: str, *, reason: str = "", payload: dict[st
                 seconds: float = 0.0, source: str = "") -> dict[str, Any]:
     """One ``summary.csv`` row as a dict."""
     totals = (payload or {}).get("totals", {})
+    per_artery = (payload or {}).get("per_artery") or {}
+    arteries = {f"agatston_{a}": round(float(d["agatston"]), 3) for a, d in per_artery.items()}
     return {
+        **{c: arteries.get(c, 0.0 if totals else "") for c in ARTERY_COLUMNS},
         "scan_id": scan_id,
         "status": status,
         "reason": reason,
