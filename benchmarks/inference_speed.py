@@ -11,8 +11,8 @@ cases bracket real scans:
   (the lower bound).
 Each is timed through `run_inference` (model loaded once, outside the timing; the first scan of a run, model load
 included, is reported apart), and compared with a bare forward pass over the same preprocessed slices at the same
-precision and the training's field of view (train.json: 160 mm on the heart). Prints a short table, then as the LAST line one JSON
-object with the figures.
+precision and the training's field of view (train.json: 160 mm on the heart). Prints a short table, then as the
+LAST line one JSON object with the figures.
 """
 
 from __future__ import annotations

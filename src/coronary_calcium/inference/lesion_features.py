@@ -55,7 +55,7 @@ LESION_FEATURES: tuple[str, ...] = (
     *(f"mean_hu_{int(r)}mm" for r in NEIGHBOURHOOD_MM),  # mean HU (clipped to [-1000, 1500]) in the squares
 )
 HU_CLIP = (-1000.0, 1500.0)
-NOISE_TISSUE_HU = (-250.0, 150.0)  # fat, muscle and blood, with room for noise: neighbour differences are mostly noise
+NOISE_TISSUE_HU = (-250.0, 150.0)  # fat, muscle, blood and room for their noise: differences there are noise
 MAX_PEAK_OVER_NOISE = 50.0
 NOISE_ROW_STEP = 4  # every 4th row is plenty for a median over a volume  # a metal or a -3024 HU padding value must not swamp a neighbourhood's mean
 
