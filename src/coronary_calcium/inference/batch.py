@@ -287,7 +287,9 @@ def run_inference(
     scans, manifest = discover_inputs(input_path, split=split)
     if dicom_out:
         _check_dicom_inputs(scans, input_path)
-    with_agreement = evaluate and manifest is not None and any(_has_reference(s.entry) for s in scans)
+    # any reference counts here, scores only included: evaluate_agreement reads those from the manifest
+    with_agreement = evaluate and manifest is not None and any(s.entry is not None and s.entry.has_reference
+                                                               for s in scans)
     if not overwrite:
         _check_existing(output_dir, scans, with_agreement)
     if model is not None:
