@@ -76,11 +76,11 @@ def _classifier() -> LesionClassifier:
 
 
 def _thresholds(ckpt: Path, network: str, t_slice: float, layer: str, classifier: LesionClassifier) -> None:
+    training = training_defaults()  # train.json's preprocessing
     save_thresholds(Thresholds(network_name=network, checkpoint=ckpt.name, checkpoint_sha256=file_sha256(ckpt),
-                               t_slice=t_slice, t_cam=0.5, cam_layer=layer,
-                               image_size=tuple(training_defaults()["image_size"]),
-                               field_of_view_mm=training_defaults()["field_of_view_mm"],
-                               field_of_view_centre=training_defaults()["field_of_view_centre"],
+                               t_slice=t_slice, t_cam=0.5, cam_layer=layer, image_size=tuple(training["image_size"]),
+                               field_of_view_mm=training["field_of_view_mm"],
+                               field_of_view_centre=training["field_of_view_centre"],
                                lesion_classifier=classifier, t_lesion=0.5,
                                validation={"note": "benchmark: random weights, thresholds set by hand"}),
                     ckpt.parent / "thresholds.json")

@@ -1,5 +1,11 @@
 """Label values shared by readers, the synthetic generator, scoring and training."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
 BACKGROUND = 0
 LM, LAD, LCX, RCA = 1, 2, 3, 4
 AORTIC = 5  # aortic wall calcification: must not count as coronary
@@ -8,6 +14,7 @@ VALVE = 6  # aortic valve / mitral annulus calcification: must not count as coro
 LABEL_NAMES = {BACKGROUND: "background", LM: "LM", LAD: "LAD", LCX: "LCX", RCA: "RCA", AORTIC: "aortic", VALVE: "valve"}
 CORONARY_LABELS = (LM, LAD, LCX, RCA)
 ARTERY_NAMES = tuple(LABEL_NAMES[v] for v in CORONARY_LABELS)
+
 
 # Label schemes of public data sets, mapped onto the project's values (see shared/reference/datasets.md).
 LABEL_SCHEMES = {
@@ -25,3 +32,13 @@ COCA_ROI_NAMES = {
     "Left Circumflex Artery": LCX,
     "Right Coronary Artery": RCA,
 }
+
+
+def majority_label(values: np.ndarray, allowed: Sequence[int] | None = None) -> int:
+    """Most frequent label value (ties -> the lower), among ``allowed`` if given; 0 when none."""
+    values = np.asarray(values, dtype=np.int64)
+    if allowed is not None:
+        values = values[np.isin(values, allowed)]
+    if values.size == 0:
+        return 0
+    return int(np.argmax(np.bincount(values)))

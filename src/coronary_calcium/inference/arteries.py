@@ -121,11 +121,11 @@ def fit_artery_model(x: np.ndarray, arteries: Sequence[str], fitted_on: dict[str
     y = np.asarray(arteries, dtype=str)
     if y.size != x.shape[0]:
         raise InputError("arteries", f"need one per row: {y.size} for {x.shape[0]} rows")
-    names, counts = np.unique(y, return_counts=True)
-    unknown = sorted(set(names) - set(ARTERY_NAMES))
+    counts = dict(zip(*np.unique(y, return_counts=True)))
+    unknown = sorted(set(counts) - set(ARTERY_NAMES))
     if unknown:
         raise InputError("arteries", f"unknown artery names {unknown}; known: {list(ARTERY_NAMES)}")
-    enough = [a for a in ARTERY_NAMES if a in names and counts[list(names).index(a)] >= MIN_PER_ARTERY]
+    enough = [a for a in ARTERY_NAMES if counts.get(a, 0) >= MIN_PER_ARTERY]
     if len(enough) < 2:
         return None
     rows = np.isin(y, enough)

@@ -62,7 +62,7 @@ from coronary_calcium.inference.thresholds import (
 from coronary_calcium.io.manifest import Manifest, load_manifest
 from coronary_calcium.io.scans import read_scan
 from coronary_calcium.io.volume import CTVolume
-from coronary_calcium.labels import AORTIC, CORONARY_LABELS, LABEL_NAMES, LAD, VALVE
+from coronary_calcium.labels import AORTIC, CORONARY_LABELS, LABEL_NAMES, LAD, VALVE, majority_label
 from coronary_calcium.networks import create_network, load_checkpoint_weights, network_spec, validate_cam_layers
 from coronary_calcium.scoring.agatston import ScoringConfig, find_lesions
 from coronary_calcium.scoring.agreement import match_lesions
@@ -270,7 +270,8 @@ def _collect(cases: Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], n_cases
         flat_labels = np.asarray(labels).reshape(-1)
         non_coronary.extend(bool(np.isin(flat_labels[np.asarray(c.voxels)], NON_CORONARY_LABELS).any())
                             for c in found)
-        arteries.extend(_reference_artery(flat_labels[np.asarray(c.voxels)]) for c in found)
+        arteries.extend(_artery_name(majority_label(flat_labels[np.asarray(c.voxels)], CORONARY_LABELS))
+                        for c in found)
         for m in match_lesions(reference, found.lesions)["matches"]:
             pairs.append((offset + m["pred"], n_ref + m["ref"]))
         n_ref += len(reference)
@@ -292,10 +293,8 @@ def _collect(cases: Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], n_cases
     }
 
 
-def _reference_artery(values: np.ndarray) -> str:
-    """The artery name of the most frequent coronary label among a candidate's voxel labels; "" for none."""
-    counts = np.bincount(np.asarray(values, dtype=np.int64).clip(0, 255), minlength=256)[list(CORONARY_LABELS)]
-    return LABEL_NAMES[CORONARY_LABELS[int(counts.argmax())]] if counts.max() > 0 else ""
+def _artery_name(label: int) -> str:
+    return LABEL_NAMES[label] if label else ""
 
 
 def _fit_arteries(sets: Sequence[dict[str, Any]], data: Sequence[str]) -> ArteryModel | None:

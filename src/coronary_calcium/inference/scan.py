@@ -21,21 +21,10 @@ from coronary_calcium.inference.candidates import Candidates, find_candidates
 from coronary_calcium.inference.decision import Decision, decide, describe_rule
 from coronary_calcium.inference.model import InferenceModel
 from coronary_calcium.io.volume import CTVolume, check_ct_volume
-from coronary_calcium.labels import CORONARY_LABELS, LABEL_NAMES
+from coronary_calcium.labels import CORONARY_LABELS, LABEL_NAMES, majority_label
 from coronary_calcium.scoring.agatston import DEFAULT_RISK_SCHEME, UNKNOWN_ARTERY, Lesion, ScanScore, score_lesions
 
 __all__ = ["ScanResult", "infer_scan"]
-
-
-def _majority(values: np.ndarray, allowed: Sequence[int] | None = None) -> int:
-    """Most frequent value (ties -> the lower), among ``allowed`` if given; 0 when none."""
-    values = np.asarray(values, dtype=np.int64)
-    if allowed is not None:
-        values = values[np.isin(values, allowed)]
-    if values.size == 0:
-        return 0
-    counts = np.bincount(values)
-    return int(np.argmax(counts))
 
 
 @dataclass
@@ -291,8 +280,8 @@ def _reference_labels(lesions: list[Lesion], labels: np.ndarray) -> list[str]:
     out = []
     for lesion in lesions:
         values = flat[np.asarray(lesion.voxels)]
-        lesion.label = _majority(values, CORONARY_LABELS)
-        any_label = _majority(values)
+        lesion.label = majority_label(values, CORONARY_LABELS)
+        any_label = majority_label(values)
         out.append(LABEL_NAMES.get(any_label, str(any_label)))
     return out
 
