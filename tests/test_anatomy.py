@@ -198,6 +198,22 @@ def test_a_ring_of_skin_lies_on_the_outline_though_its_centroid_is_deep():
     assert _col(x, "body_depth_mm")[ring].max() < 5.0 and _col(x, "body_depth_mm")[speck[0]] > 50.0
 
 
+def test_air_opening_to_the_image_edge_is_outside_a_lung_cut_off_by_it_is_not():
+    """A gated image cuts the body at its edges. Ambient air between the breasts, open to the image's top edge, is
+    outside the body (a sharp kernel's overshoot on that skin is no coronary calcium); a lung cut off by the left
+    edge (parenchyma, not pure gas) stays inside, so the tissue next to it is deep."""
+    hu = np.full((8, 128, 128), 40.0, dtype=np.float32)
+    hu[:, :30, 50:79] = -1000.0  # the air between the breasts
+    hu[:, 40:100, :30] = -850.0  # a lung
+    _speck(hu, 4, 30, 64)  # on the skin below that air
+    _speck(hu, 4, 70, 40)  # beside the lung
+    anatomy, lesions, x = _analyse(hu, (3.0, 1.5, 1.5))
+    assert anatomy.factor == 2 and not anatomy.body[:, 2:6, 30:35].any() and anatomy.body[:, 30, 5].all()
+    (skin, beside_lung) = (d for _, d in sorted(zip([les.centroid_zyx[1] for les in lesions],
+                                                    _col(x, "body_depth_mm"))))
+    assert skin < 5.0 and beside_lung > 30.0
+
+
 def test_cut_off_body_is_still_body():
     """A body filling the whole image (a heavy patient in a small field of view): no outline, depth capped."""
     hu = np.full((8, 96, 96), 40.0, dtype=np.float32)

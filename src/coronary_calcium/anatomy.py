@@ -14,7 +14,9 @@ How each structure is found, and why that holds on real scans:
   by one block so that a thin table shell or a cable does not join it; per slice, filled between its first and
   last block along every row and every column (union), holes filled. A chest's outline is convex enough that the
   fill keeps the air in the corners of a gated image outside, while a lung cut off by the image edge still lies
-  between the anterior and posterior body wall in its column; the image border is never an outline.
+  between the anterior and posterior body wall in its column; the image border is never an outline. Gas pockets
+  the fill closed although they open to the outside (air between the breasts, at the edge of a gated image) are
+  outside again: they are pure gas (below `GAS_HU`), a lung is not.
 - lungs: 3D components (6-connected) of blocks at or below `AIR_HU` at least `WALL_MM` inside the body, whose core
   (in-plane opening) holds >= `MIN_LUNG_ML` and a tenth of the largest one's, and with less than `GAS_SHARE` of
   pure-gas blocks (below `GAS_HU`). Lung parenchyma with its vessels averages -950..-600 HU over 2 mm blocks; the
@@ -182,8 +184,25 @@ def _find_body(coarse: np.ndarray, field_: np.ndarray, voxel_mm3: float) -> np.n
     if core.sum() * voxel_mm3 < MIN_BODY_ML * 1000.0:  # a speck or a cable is not a body
         return np.zeros_like(core)
     body = _fill_between(core)
-    body = ndimage.binary_fill_holes(body, structure=_PLANE)
-    return body & field_
+    body = ndimage.binary_fill_holes(body, structure=_PLANE) & field_
+    return body & ~_open_gas(coarse, core, body)
+
+
+def _open_gas(coarse: np.ndarray, core: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """Per slice, the gas pockets the row / column fill closed into ``body`` that open to the outside (the image
+    border or the air around the body) and are mostly pure gas: ambient air between the breasts or in a fold of
+    skin, which a lung (parenchyma above `GAS_HU`) cut off by a gated image's edge never is."""
+    pocket = body & ~core & (coarse <= AIR_HU)
+    lab, n = ndimage.label(pocket, structure=_PLANE)
+    if n == 0:
+        return pocket
+    outside = ndimage.binary_dilation(~body, structure=_PLANE, border_value=1)
+    touches = np.bincount(lab[outside & pocket], minlength=n + 1) > 0
+    gas = np.bincount(lab[pocket & (coarse < GAS_HU)], minlength=n + 1)
+    size = np.bincount(lab[pocket], minlength=n + 1)
+    lut = touches & (gas >= GAS_SHARE * np.maximum(size, 1))
+    lut[0] = False
+    return lut[lab]
 
 
 def _find_lungs(coarse: np.ndarray, body: np.ndarray, voxel_mm3: float, spacing_yx: float) -> np.ndarray:

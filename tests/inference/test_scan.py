@@ -259,16 +259,28 @@ def test_candidate_cam_scores_by_max_or_mean():
 
 def test_anatomy_rule_rejects_bone_and_the_body_wall(tiny_model, test_scan):
     """With both thresholds at 0 only the anatomy rule rejects: candidates in bone or within MIN_BODY_DEPTH_MM of
-    the body outline (the tiny scans' "spine" lies at the body's edge), with that reason."""
-    from coronary_calcium.inference.decision import MIN_BODY_DEPTH_MM, anatomy_allows
+    the body outline (the tiny scans' "spine" lies at the body's edge), each with the part of the rule it broke."""
+    from coronary_calcium.inference.decision import ANATOMY_REASONS, ANATOMY_RULE_FEATURES, anatomy_rule
 
     volume, _ = test_scan
     t = dataclasses.replace(tiny_model.thresholds, t_slice=0.0, t_lesion=0.0)
     result = infer_scan(volume, dataclasses.replace(tiny_model, thresholds=t))
-    depth, bone = result.candidates.feature_columns(("body_depth_mm", "in_bone")).T
-    allowed = (depth >= MIN_BODY_DEPTH_MM) & (bone < 0.5)
-    assert np.array_equal(result.kept, allowed) and not allowed.all()
+    broken = anatomy_rule(result.candidates.feature_columns(ANATOMY_RULE_FEATURES))
+    assert np.array_equal(result.kept, broken < 0) and (broken >= 0).any()
     reasons = {r["reason"] for r in result.to_dict()["rejected_candidates"]}
-    assert reasons == {f"in bone or within {MIN_BODY_DEPTH_MM:g} mm of the body outline"}
-    assert anatomy_allows([[MIN_BODY_DEPTH_MM, 0.0], [MIN_BODY_DEPTH_MM - 0.1, 0.0], [50.0, 1.0]]).tolist() == [
-        True, False, False]
+    assert reasons == {ANATOMY_REASONS[int(b)] for b in broken[broken >= 0]} and ANATOMY_REASONS[0] in reasons
+
+
+def test_anatomy_rule_parts():
+    """Each part of the rule on its own, the first broken part named; without a heart region (heart_* = 0) the
+    position bounds hold."""
+    from coronary_calcium.inference.decision import (MAX_BEHIND_LUNG, MAX_HEART_RADII_ALONG_Z,
+                                                     MAX_HEART_RADII_IN_PLANE, MIN_BODY_DEPTH_MM, anatomy_allows,
+                                                     anatomy_rule)
+
+    ok = [MIN_BODY_DEPTH_MM, 0.0, 0.0, 0.0, 0.0, 0.0]
+    rows = [ok, [MIN_BODY_DEPTH_MM - 0.1, 0, 0, 0, 0, 0], [50, 1, 0, 0, 0, 0], [50, 0, MAX_BEHIND_LUNG, 0, 0, 0],
+            [50, 0, 0, 1.2, -1.2, 0], [50, 0, 0, 1.5, 1.5, 0], [50, 0, 0, 0, 0, -MAX_HEART_RADII_ALONG_Z - 0.01],
+            [5, 1, 1, 3, 3, 3], [50, 0, 0, 0, MAX_HEART_RADII_IN_PLANE, MAX_HEART_RADII_ALONG_Z]]
+    assert anatomy_rule(rows).tolist() == [-1, 0, 0, 1, -1, 2, 2, 0, -1]
+    assert anatomy_allows(rows).tolist() == [True, False, False, False, True, False, False, False, True]

@@ -42,7 +42,7 @@ from coronary_calcium.data.transforms import check_hu_windows
 from coronary_calcium.errors import InputError
 from coronary_calcium.inference.arteries import ARTERY_FEATURES, ArteryModel, fit_artery_model
 from coronary_calcium.inference.candidates import find_candidates
-from coronary_calcium.inference.decision import anatomy_allows
+from coronary_calcium.inference.decision import ANATOMY_RULE_FEATURES, anatomy_allows
 from coronary_calcium.inference.lesion_classifier import (
     LesionClassifier,
     check_lesion_pooling,
@@ -531,7 +531,7 @@ def _lesion_rule(val: dict[str, Any], p_lesion: np.ndarray, used_folds: int, c: 
     """(t_slice, t_lesion) chosen jointly on the pooled out-of-fold lesion probabilities, by the same grid search."""
     p_lesion = pool_probabilities(p_lesion, val["component"], val["area"], c.lesion_pooling)
     # the anatomy rule of `decide` holds here too: what it rejects is never kept, whatever its probability
-    columns = [LESION_FEATURES.index(name) for name in ("body_depth_mm", "in_bone")]
+    columns = [LESION_FEATURES.index(name) for name in ANATOMY_RULE_FEATURES]
     p_lesion = np.where(anatomy_allows(val["features"][:, columns]), p_lesion, -np.inf)
     found = grid_search(val["probability"], p_lesion, val["pairs"], val["n_ref"], slice_grid,
                         c.lesion_grid if c.lesion_grid is not None else DEFAULT_LESION_GRID, val["non_coronary"],

@@ -15,12 +15,29 @@ from coronary_calcium.inference.candidates import Candidates
 from coronary_calcium.inference.lesion_classifier import pool_probabilities
 from coronary_calcium.inference.thresholds import Thresholds
 
-__all__ = ["Decision", "MIN_BODY_DEPTH_MM", "anatomy_allows", "decide", "describe_rule"]
+__all__ = ["ANATOMY_REASONS", "ANATOMY_RULE_FEATURES", "Decision", "MAX_BEHIND_LUNG", "MAX_HEART_RADII_IN_PLANE",
+           "MAX_HEART_RADII_ALONG_Z", "MIN_BODY_DEPTH_MM", "anatomy_allows", "anatomy_rule", "decide",
+           "describe_rule"]
 
+# The anatomy rule: what no classifier fitted on other anatomy may overrule (features from anatomy.py).
 # Coronary arteries lie inside the chest, behind a chest wall (skin, fat, muscle, ribs or sternum) thicker than this
 # everywhere: a candidate closer to the body outline (skin, the table, a sharp kernel's edge overshoot) or inside bone
-# is not coronary calcium, whatever a classifier fitted on other anatomy says.
+# is not coronary calcium.
 MIN_BODY_DEPTH_MM = 10.0
+# Nor is a candidate mostly behind lung as seen from the heart centre (chest wall, ribs, costal cartilage).
+MAX_BEHIND_LUNG = 0.5
+# The coronary arteries run on the heart's surface: within about 1.4 heart radii of the heart region's centre
+# in-plane and 1.0 along z in both synthetic families; these bounds leave a wide margin. Without a heart region
+# the features are 0 and the bounds hold.
+MAX_HEART_RADII_IN_PLANE = 2.0
+MAX_HEART_RADII_ALONG_Z = 1.5
+ANATOMY_RULE_FEATURES = ("body_depth_mm", "in_bone", "behind_lung", "heart_dx", "heart_dy", "heart_dz")
+ANATOMY_REASONS = (
+    f"in bone or within {MIN_BODY_DEPTH_MM:g} mm of the body outline",
+    f"behind lung (chest wall or rib: >= {MAX_BEHIND_LUNG:g} of its voxels)",
+    f"farther from the heart centre than {MAX_HEART_RADII_IN_PLANE:g} heart radii in-plane or "
+    f"{MAX_HEART_RADII_ALONG_Z:g} along z",
+)
 
 
 @dataclass
@@ -36,13 +53,14 @@ class Decision:
     lesion_probabilities: np.ndarray | None = None
     component_probabilities: np.ndarray | None = None
     anatomy_ok: np.ndarray | None = None  # None: no anatomy features (the slice-and-CAM rule)
+    anatomy_broken: np.ndarray | None = None  # per candidate, the index into ANATOMY_REASONS it broke, -1: none
 
     def reason(self, i: int) -> str:
         """Why candidate ``i`` was not kept: the first rule it failed."""
         if self.slice_probabilities[i] < self.t_slice:
             return f"slice probability < {self.t_slice:g}"
-        if self.anatomy_ok is not None and not self.anatomy_ok[i]:
-            return f"in bone or within {MIN_BODY_DEPTH_MM:g} mm of the body outline"
+        if self.anatomy_broken is not None and self.anatomy_broken[i] >= 0:
+            return ANATOMY_REASONS[int(self.anatomy_broken[i])]
         if self.component_probabilities is not None:
             return f"component probability < {self.t_lesion:g}"
         if self.lesion_probabilities is not None:
@@ -64,16 +82,27 @@ def decide(candidates: Candidates, thresholds: Thresholds) -> Decision:
     if t.lesion_pooling == "component":
         pooled = pool_probabilities(lesion, candidates.components, candidates.areas)
     decided_by = lesion if pooled is None else pooled
-    anatomy_ok = anatomy_allows(candidates.feature_columns(("body_depth_mm", "in_bone")))
+    broken = anatomy_rule(candidates.feature_columns(ANATOMY_RULE_FEATURES))
+    anatomy_ok = broken < 0
     kept = on_positive & (decided_by >= t.t_lesion) & anatomy_ok
-    return Decision(kept, slice_p, t.t_slice, t.t_cam, t.t_lesion, lesion, pooled, anatomy_ok)
+    return Decision(kept, slice_p, t.t_slice, t.t_cam, t.t_lesion, lesion, pooled, anatomy_ok, broken)
 
 
-def anatomy_allows(depth_and_bone: np.ndarray) -> np.ndarray:
-    """Per candidate, from its (body_depth_mm, in_bone) features: whether anatomy allows it to be coronary calcium
-    (see MIN_BODY_DEPTH_MM)."""
-    depth_and_bone = np.asarray(depth_and_bone, dtype=np.float64).reshape(-1, 2)
-    return (depth_and_bone[:, 0] >= MIN_BODY_DEPTH_MM) & (depth_and_bone[:, 1] < 0.5)
+def anatomy_rule(columns: np.ndarray) -> np.ndarray:
+    """Per candidate, from its `ANATOMY_RULE_FEATURES` columns: the index into `ANATOMY_REASONS` of the first part
+    of the anatomy rule it breaks, -1 when anatomy allows it to be coronary calcium."""
+    depth, bone, behind, dx, dy, dz = np.asarray(columns, dtype=np.float64).reshape(-1, len(ANATOMY_RULE_FEATURES)).T
+    broken = np.full(depth.shape, -1, dtype=np.int64)
+    far = (np.hypot(dx, dy) > MAX_HEART_RADII_IN_PLANE) | (np.abs(dz) > MAX_HEART_RADII_ALONG_Z)
+    for code, breaks in reversed(list(enumerate(((depth < MIN_BODY_DEPTH_MM) | (bone >= 0.5),
+                                                 behind >= MAX_BEHIND_LUNG, far)))):
+        broken[breaks] = code  # the first part broken wins: written last
+    return broken
+
+
+def anatomy_allows(columns: np.ndarray) -> np.ndarray:
+    """Per candidate, from its `ANATOMY_RULE_FEATURES` columns: whether anatomy allows it to be coronary calcium."""
+    return anatomy_rule(columns) < 0
 
 
 def describe_rule(t: Thresholds, cam_key: str) -> str:
@@ -90,5 +119,7 @@ def describe_rule(t: Thresholds, cam_key: str) -> str:
     return (f"coronary calcium = {found} on slices with probability >= {t.t_slice:g} whose lesion-classifier "
             f"probability (boosted trees on {len(classifier.features)} features: slice probability, "
             f"{t.cam_method} at {cam_key}, size, density, 3D extent, place in the anatomy, surrounding tissue{lumen})"
-            f"{pooled} is >= {t.t_lesion:g}, and which lie outside bone and deeper than {MIN_BODY_DEPTH_MM:g} mm "
-            "inside the body outline (anatomy); non-coronary calcium is excluded by the models and that rule alone")
+            f"{pooled} is >= {t.t_lesion:g}, and which anatomy allows: outside bone, deeper than "
+            f"{MIN_BODY_DEPTH_MM:g} mm inside the body outline, not behind lung, within {MAX_HEART_RADII_IN_PLANE:g} "
+            f"heart radii of the heart centre in-plane and {MAX_HEART_RADII_ALONG_Z:g} along z; non-coronary "
+            "calcium is excluded by the models and that rule alone")

@@ -246,6 +246,7 @@ class _Artery:
     label: int
     pts: np.ndarray  # (N, 3) every 0.5 mm
     radius: np.ndarray  # (N,)
+    ostial_mm: float = 0.0  # length of its segment from the aortic root to the heart's surface (LM: all of it)
 
     @property
     def tangent(self) -> np.ndarray:
@@ -364,6 +365,7 @@ def _draw_arteries(
     rca_start = ring[0]
     rca_prox = np.stack([ostium(rca_start) + (rca_start - ostium(rca_start)) * u for u in np.linspace(0, 1, 20)])
     rca = np.concatenate([rca_prox, ring[1:], pda[1:]])
+    ostial = {LM: math.inf, RCA: float(np.linalg.norm(rca_start - ostium(rca_start)))}
     out = []
     for label, pts, r0, r1 in (
         (LM, lm_pts, r_lm, r_lm * 0.95),
@@ -372,7 +374,7 @@ def _draw_arteries(
         (RCA, rca, r_lm * 0.95, r_lm * 0.55),
     ):
         p = _resample_polyline(pts, 0.5)
-        out.append(_Artery(label, p, np.linspace(r0, r1, len(p))))
+        out.append(_Artery(label, p, np.linspace(r0, r1, len(p)), ostial.get(label, 0.0)))
     return out
 
 
@@ -794,12 +796,33 @@ def _paint_coronaries(tissue: np.ndarray, heart_region: np.ndarray, grid: Grid, 
     halo = _sphere_voxels(grid, pts, rad + 2.5)
     halo = halo[np.isin(flat[halo], (MYOCARDIUM, PERICARDIUM, EPICARDIAL_FAT, MEDIASTINAL_FAT, LUNG, LUNG_VESSEL))]
     flat[halo] = EPICARDIAL_FAT
+    _ostial_segments_in_fat(flat, grid, an)
     flat[_sphere_voxels(grid, pts, rad)] = CORONARY_WALL
     hr = heart_region.reshape(-1)
     hr[_sphere_voxels(grid, pts[::4], rad[::4] + 5.0)] = True
     box, d2 = _capsule_dist2(grid, an.root, an.root + np.array([0.0, 0.0, 15.0]), an.root_r + 5.0)
     if box is not None:
         heart_region[box] |= d2 < (an.root_r + 5.0) ** 2
+
+
+def _ostial_segments_in_fat(flat: np.ndarray, grid: Grid, an: _Anatomy) -> None:
+    """The left main (between the aortic root, the pulmonary trunk and the left atrium) and the proximal RCA (in the
+    right atrioventricular groove) run in fat, never through blood: their halos replace blood too, except in the
+    aortic root and ascending aorta they leave from."""
+    arc = [np.concatenate(([0.0], np.cumsum(np.linalg.norm(np.diff(art.pts, axis=0), axis=1)))) for art in an.arteries]
+    near = [a <= art.ostial_mm for art, a in zip(an.arteries, arc)]
+    pts = np.concatenate([art.pts[m] for art, m in zip(an.arteries, near)])
+    idx = _sphere_voxels(grid, pts, np.concatenate([art.radius[m] for art, m in zip(an.arteries, near)]) + 2.5)
+    idx = np.unique(idx[flat[idx] == BLOOD])
+    if idx.size == 0:
+        return
+    k, rest = np.divmod(idx, grid.ny * grid.nx)
+    j, i = np.divmod(rest, grid.nx)
+    p = np.stack([grid.x0 + grid.ps * i, grid.y0 + grid.ps * j, grid.z0 + grid.dz * k], axis=1)
+    a, d = an.root, an.asc_top - an.root
+    t = np.clip((p - a) @ d / float(d @ d), 0.0, 1.0)
+    outside_aorta = np.linalg.norm(p - (a + t[:, None] * d), axis=1) > an.asc_r
+    flat[idx[outside_aorta]] = EPICARDIAL_FAT
 
 
 # --- calcium --------------------------------------------------------------------------------------------------
