@@ -3,8 +3,9 @@
 `transfer_report(ckpt_dir, manifest, out_dir)` runs inference (`run_inference`) with the checkpoint folder's
 model and thresholds on the manifest's scans (all splits, or one), computes agreement with the references
 (`evaluate_agreement`) and writes ``transfer.json`` and ``transfer.md`` into ``out_dir`` with the figures of
-issue 14's "Done when": ICC(2,1), 5-class linearly weighted kappa, lesion F1, the share of calcium-free patients
-scored 0, the heavy-burden (> 400 Agatston) patients scored below half their truth, and a per-patient table.
+issue 14's "Done when": ICC(2,1), 5-class linearly weighted kappa and lesion F1 with their 95 % intervals, the share
+of calcium-free patients scored 0, the heavy-burden (> 400 Agatston) patients scored below half their truth, the
+per-artery agreement when the references have arteries, and a per-patient table.
 
 The family under test is evaluated, never tuned on: nothing here changes the model or its thresholds.
 """
@@ -50,9 +51,12 @@ def _figures(agreement: dict[str, Any]) -> dict[str, Any]:
     return {
         "n_scans": len(rows),
         "icc_2_1": scores.get("icc_2_1"),
+        "icc_2_1_ci": scores.get("icc_2_1_ci"),
         "kappa_5class": kappa.get("kappa_linear"),
+        "kappa_5class_ci": kappa.get("kappa_linear_ci"),
         "category_accuracy_5class": kappa.get("accuracy"),
         "lesion_f1": lesions.get("f1"),
+        "lesion_f1_ci": lesions.get("f1_ci"),
         "lesion_sensitivity": lesions.get("sensitivity"),
         "lesion_ppv": lesions.get("ppv"),
         "false_positives_per_scan": lesions.get("false_positives_per_scan"),
@@ -109,7 +113,8 @@ def transfer_report(ckpt_dir: str | Path, manifest: str | Path, out_dir: str | P
     fig = _figures(agreement)
     result = {
         "ckpt_dir": str(ckpt_dir), "manifest": str(m.path), "family": m.name, "split": split or "all",
-        "figures": fig, "targets": dict(TARGETS), "pass": _passes(fig), "scans": rows,
+        "figures": fig, "targets": dict(TARGETS), "pass": _passes(fig), "per_artery": agreement.get("per_artery"),
+        "scans": rows,
         "failed_scans": [{"scan_id": s, "reason": why} for s, why in run.failures],
         "files": {"inference": str(run.output_dir),
                   "agreement": str(run.agreement_json) if run.agreement_json else None},
@@ -121,6 +126,13 @@ def transfer_report(ckpt_dir: str | Path, manifest: str | Path, out_dir: str | P
     write_transfer_markdown(result, out_dir / "transfer.md")
     result["files"].update(json=str(out_dir / "transfer.json"), markdown=str(out_dir / "transfer.md"))
     return result
+
+
+def _ci(v: Any, ci: dict[str, Any] | None) -> str:
+    """The value with its 95 % interval ("0.958 (0.91-0.98)"), "n/a" when missing."""
+    from coronary_calcium.inference.agreement_report import format_ci  # lazy, as in transfer_report: loads torch
+
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format_ci(v, ci)
 
 
 def _fmt(v: Any, pct: bool = False) -> str:
@@ -135,6 +147,8 @@ def _fmt(v: Any, pct: bool = False) -> str:
 
 def write_transfer_markdown(result: dict[str, Any], path: str | Path) -> Path:
     """Write the report as Markdown: headline figures against the targets, then one row per patient."""
+    from coronary_calcium.inference.agreement_report import artery_table
+
     f, ok = result["figures"], result["pass"]
     verdict = {True: "met", False: "NOT met", None: "n/a"}
     lines = [
@@ -142,11 +156,13 @@ def write_transfer_markdown(result: dict[str, Any], path: str | Path) -> Path:
         f"- model: `{result['ckpt_dir']}`", f"- manifest: `{result['manifest']}`",
         f"- scans scored: {f['n_scans']}"
         + (f" ({len(result['failed_scans'])} failed)" if result["failed_scans"] else ""),
-        "", "| figure | value | target | |", "|---|---|---|---|",
-        f"| ICC(2,1) of Agatston | {_fmt(f['icc_2_1'])} | >= {TARGETS['icc_2_1']} | {verdict[ok['icc_2_1']]} |",
-        f"| 5-class linear kappa | {_fmt(f['kappa_5class'])} | >= {TARGETS['kappa_5class']} | "
-        f"{verdict[ok['kappa_5class']]} |",
-        f"| lesion F1 (count) | {_fmt(f['lesion_f1'])} | >= {TARGETS['lesion_f1']} | {verdict[ok['lesion_f1']]} |",
+        "", "| figure | value (95 % CI) | target | |", "|---|---|---|---|",
+        f"| ICC(2,1) of Agatston | {_ci(f['icc_2_1'], f.get('icc_2_1_ci'))} | >= {TARGETS['icc_2_1']} | "
+        f"{verdict[ok['icc_2_1']]} |",
+        f"| 5-class linear kappa | {_ci(f['kappa_5class'], f.get('kappa_5class_ci'))} | "
+        f">= {TARGETS['kappa_5class']} | {verdict[ok['kappa_5class']]} |",
+        f"| lesion F1 (count) | {_ci(f['lesion_f1'], f.get('lesion_f1_ci'))} | >= {TARGETS['lesion_f1']} | "
+        f"{verdict[ok['lesion_f1']]} |",
         f"| zero-calcium patients scored 0 | {_fmt(f['zero_scored_zero'], pct=True)} of {f['n_zero']} | >= 90 % | "
         f"{verdict[ok['zero_scored_zero']]} |",
         f"| heavy (> 400) patients scored below half their truth | {f['heavy_below_half']} of {f['n_heavy']} | 0 | "
@@ -154,7 +170,9 @@ def write_transfer_markdown(result: dict[str, Any], path: str | Path) -> Path:
         "", f"5-class accuracy {_fmt(f['category_accuracy_5class'], pct=True)}; lesion sensitivity "
         f"{_fmt(f['lesion_sensitivity'])}, PPV {_fmt(f['lesion_ppv'])}, false positives per scan "
         f"{_fmt(f['false_positives_per_scan'])}; non-coronary lesions counted as coronary: "
-        f"{_fmt(f['non_coronary_counted_as_coronary'])}.", "",
+        f"{_fmt(f['non_coronary_counted_as_coronary'])}. 95 % CI: F-based for the ICC, percentile bootstrap over "
+        "patients for kappa and lesion F1.", "",
+        *([artery_table(result), ""] if result.get("per_artery") else []),
         "| scan | gated | kernel | reference | predicted | ref. class | pred. class | TP | FN | FP "
         "| non-coronary kept |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -11,6 +11,7 @@ from torch import nn
 
 from coronary_calcium.errors import InputError
 from coronary_calcium.explain.localization import (
+    _spearman,
     energy_pointing_game,
     energy_pointing_game_chance,
     lift,
@@ -83,6 +84,45 @@ def test_auprc_matches_bruteforce() -> None:
         ap += (r - prev_r) * p
         prev_r = r
     assert pixel_auprc(s, g) == pytest.approx(ap)
+
+
+def _numpy_ap(s: np.ndarray, g: np.ndarray) -> float:
+    """The hand-written average precision pixel_auprc used before scikit-learn's (kept here as the reference)."""
+    order = np.argsort(-s.ravel(), kind="mergesort")
+    scores, y = s.ravel()[order], g.ravel()[order].astype(np.float64)
+    last = np.r_[np.nonzero(np.diff(scores))[0], scores.size - 1]
+    tps = np.cumsum(y)[last]
+    return float(np.sum(np.diff(np.r_[0.0, tps / tps[-1]]) * tps / (last + 1)))
+
+
+def _rank_spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """The hand-written Spearman correlation randomisation_sanity used before scipy's spearmanr."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a), rankdata(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def test_library_metrics_equal_the_former_numpy_ones() -> None:
+    """pixel_auprc (scikit-learn) and _spearman (scipy) give what the hand-written versions gave, ties included;
+    an empty mask is still refused and a constant map still has Spearman 0.0."""
+    rng = np.random.default_rng(7)
+    g = _mask()
+    maps = [rng.random(g.shape), np.round(rng.random(g.shape) * 4) / 4, np.ones(g.shape), g * 3.0 + 0.1,
+            np.zeros(g.shape)]
+    maps[4][12, 22] = 5.0
+    for s in maps:
+        assert pixel_auprc(s, g) == pytest.approx(_numpy_ap(s, g), abs=1e-12)
+    with pytest.raises(InputError, match="empty"):
+        pixel_auprc(maps[0], np.zeros(g.shape))
+    a, b = rng.random(200), rng.random(200)
+    pairs = [(a, b), (a, a + 0.1 * b), (np.round(a * 5), np.round(b * 3)), (a, -a), (a, np.ones(200)),
+             (np.zeros(200), b)]
+    for x, y in pairs:
+        assert _spearman(x, y) == pytest.approx(_rank_spearman(x, y), abs=1e-12)
+    assert _spearman(a, np.ones(200)) == 0.0 and _spearman(a, -a) == pytest.approx(-1.0)
 
 
 def test_tolerance_mm_anisotropic() -> None:

@@ -45,6 +45,10 @@ def test_perfect_prediction_agrees_perfectly(references):
     assert lesions["f1_ci"] == {"lower": 1.0, "upper": 1.0} and a["lesions_available"]["n_scans_score_only"] == 0
     # Label references know each lesion's artery: CAC-DRS vessel counts agree where the prediction's arteries do.
     assert a["scores"]["cac_drs"]["vessels"]["n"] == len(refs) and a["scores"]["cac_drs"]["vessels"]["accuracy"] == 1.0
+    # ... and per artery (mask references: arteries from the labels): perfect ICC on all four, over every scan.
+    for artery, figures in a["per_artery"].items():
+        assert figures["icc_2_1"] == 1.0 and figures["n_scans"] == len(refs), artery
+        assert figures["bland_altman"]["bias"] == 0.0 and figures["presence"]["accuracy"] == 1.0
     assert a["non_coronary_counted_as_coronary"]["lesions"] == 0
     assert a["non_coronary_counted_as_coronary"]["n_scans_with_aortic_valve_labels"] == len(refs)
 

@@ -13,9 +13,11 @@ from coronary_calcium.report.classification import classification_metrics, roc_a
 from coronary_calcium.scoring.agreement import (
     _kappa_linear_batch,
     _weighted_confusion,
+    artery_agreement,
     bootstrap_weights,
     cac_drs,
     cac_drs_index,
+    bland_altman,
     icc_2_1_ci,
     icc_table_ci,
     lesion_f1_ci,
@@ -177,3 +179,28 @@ def test_classification_metrics_by_hand():
     assert roc_auc(np.zeros(3), [0.1, 0.2, 0.3]) is None
     empty = classification_metrics(np.zeros(3, int), np.zeros(3))
     assert empty["precision"] == 0.0 and empty["roc_auc"] is None
+
+
+def test_artery_agreement_per_artery_icc_and_presence():
+    """Per artery: the ICC(2,1) and F interval of `icc_2_1_ci`, Bland-Altman of pred - ref and presence kappa, over
+    the scans where both sides have arteries; None with fewer than 2 such scans."""
+    table = np.array(SHROUT_FLEISS, float)
+    ref = [{"LM": 0.0, "LAD": r[0], "LCX": r[2], "RCA": 0.0} for r in table]
+    pred = [{"LM": 0.0, "LAD": r[1], "LCX": r[3], "RCA": 1.0 if i == 0 else 0.0} for i, r in enumerate(table)]
+    out = artery_agreement(ref + [None], pred + [{"LM": 9.0, "LAD": 9.0, "LCX": 9.0, "RCA": 9.0}],
+                           groups=["a", "a", "b", "c", "d", "e", "f"], n_resamples=200)
+    json.dumps(out, allow_nan=False)
+    assert list(out) == ["LM", "LAD", "LCX", "RCA"]
+    for artery, (i, j) in (("LAD", (0, 1)), ("LCX", (2, 3))):
+        ci = icc_2_1_ci(table[:, i], table[:, j])
+        assert out[artery]["icc_2_1"] == ci.pop("value") and out[artery]["icc_2_1_ci"] == ci
+        assert out[artery]["bland_altman"] == bland_altman(table[:, j], table[:, i])
+    assert out["LAD"]["n_scans"] == 6 and out["LAD"]["n_patients"] == 5  # the seventh scan has no reference arteries
+    assert out["LM"]["icc_2_1"] == 1.0 and out["LM"]["icc_2_1_ci"]["lower"] == 1.0
+    rca = out["RCA"]["presence"]
+    assert rca["accuracy"] == pytest.approx(5 / 6) and rca["confusion_matrix"] == [[5, 1], [0, 0]]
+    assert rca["kappa_linear"] == pytest.approx(cohen_kappa_score([0] * 6, [1] + [0] * 5))
+    assert rca["accuracy_ci"]["lower"] <= 5 / 6 <= rca["accuracy_ci"]["upper"]
+    assert artery_agreement([ref[0], None], [pred[0], pred[1]]) is None
+    with pytest.raises(InputError):
+        artery_agreement(ref, pred[:-1])

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
-from scipy.stats import rankdata
+from scipy import ndimage, stats
+from sklearn import metrics
 from torch import nn
 
 from coronary_calcium.errors import InputError
@@ -179,22 +179,12 @@ def otsu_iou_dice(saliency: object, mask: object) -> tuple[float, float]:
 
 
 def pixel_auprc(saliency: object, mask: object) -> float:
-    """Average precision of S as a per-pixel score for G (step-wise, as sklearn's average_precision_score).
-
-    Numpy implementation because scikit-learn is not a dependency. Baseline (random map) = |G| / |image|.
-    """
+    """Average precision of S as a per-pixel score for G (scikit-learn's average_precision_score: step-wise, tied
+    pixels enter together). Baseline (random map) = |G| / |image|; an empty mask is refused."""
     s, g = _check(saliency, mask)
     if not g.any():
         raise InputError("mask", "is empty: AUPRC needs a positive slice")
-    order = np.argsort(-s.ravel(), kind="mergesort")
-    scores = s.ravel()[order]
-    y = g.ravel()[order].astype(np.float64)
-    # One operating point per distinct score, so tied pixels enter together.
-    last = np.r_[np.nonzero(np.diff(scores))[0], scores.size - 1]
-    tps = np.cumsum(y)[last]
-    precision = tps / (last + 1)
-    recall = tps / tps[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(metrics.average_precision_score(g.ravel(), s.ravel()))
 
 
 def peak_auc(pos_peaks: Iterable[float], neg_peaks: Iterable[float]) -> float:
@@ -300,10 +290,10 @@ def localization_summary(
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = rankdata(a), rankdata(b)
-    if ra.std() == 0 or rb.std() == 0:
+    """scipy's Spearman correlation, 0.0 (not NaN) when either map is constant."""
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0  # a constant map carries no ranking: nothing of the original survives
-    return float(np.corrcoef(ra, rb)[0, 1])
+    return float(stats.spearmanr(a, b).statistic)
 
 
 def _randomise(module: nn.Module) -> None:

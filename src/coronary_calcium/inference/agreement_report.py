@@ -8,8 +8,12 @@ labels), lesion matching (`match_lesions`) and the kept lesions lying on aortic 
 interval, Pearson, Spearman, Bland-Altman, linearly weighted kappa, confusion matrix and accuracy per risk scheme and
 for CAC-DRS, accuracy at 0 / 100 / 400, with bootstrap intervals over patients), pooled lesion figures
 (`pool_lesion_matches`: sensitivity, PPV, F1 by count and volume with F1 intervals, false positives per scan) where
-the references have lesions; score-only references report lesion figures as not available.
-`agreement_table` renders the headline figures as a markdown or HTML table ("0.958 (0.91-0.98)").
+the references have lesions; score-only references report lesion figures as not available. Where references have
+per-artery scores (label volumes, COCA XML, scores with LM / LAD / LCX / RCA columns), ``per_artery`` holds
+`artery_agreement` per artery over the scans whose prediction names every lesion's artery (the same sums as
+result.json's ``per_artery``).
+`agreement_table` renders the headline figures as a markdown or HTML table ("0.958 (0.91-0.98)"), `artery_table`
+the per-artery figures.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from coronary_calcium.scoring.agatston import (
     risk_category,
 )
 from coronary_calcium.scoring.agreement import (
+    artery_agreement,
     bootstrap_weights,
     cac_drs,
     lesion_f1_ci,
@@ -48,8 +53,8 @@ from coronary_calcium.scoring.agreement import (
     score_agreement,
 )
 
-__all__ = ["Prediction", "ScanReference", "agreement_table", "evaluate_agreement", "format_ci", "scan_reference",
-           "sanitize_scan_id"]
+__all__ = ["Prediction", "ScanReference", "agreement_table", "artery_table", "evaluate_agreement", "format_ci",
+           "scan_reference", "sanitize_scan_id"]
 
 NON_CORONARY_LABELS = (AORTIC, VALVE)
 
@@ -302,6 +307,25 @@ def _lesion_figures(pairs: _Pairs, n_resamples: int, seed: int) -> dict[str, Any
     return pooled
 
 
+def _per_artery(pairs: _Pairs, n_resamples: int, seed: int) -> dict[str, Any] | None:
+    """`artery_agreement` over the paired scans, with a note on scans left out (a reference without arteries, or a
+    prediction with a lesion of unknown artery)."""
+    n_ref = sum(r is not None for r in pairs.ref_arteries)
+    if not n_ref:
+        return None
+    block = artery_agreement(pairs.ref_arteries, pairs.pred_arteries, pairs.patients, n_resamples=n_resamples,
+                             seed=seed)
+    n_both = sum(r is not None and p is not None for r, p in zip(pairs.ref_arteries, pairs.pred_arteries))
+    if block is None:
+        pairs.notes.append(f"per-artery agreement needs at least 2 scans whose reference and prediction both have "
+                           f"per-artery scores; {n_both} available (a prediction with any lesion of unknown artery "
+                           "has none)")
+    elif n_both < len(pairs.scans):
+        pairs.notes.append(f"per-artery agreement over {n_both} of {len(pairs.scans)} scans: the others' reference "
+                           "has no arteries or their prediction has lesions of unknown artery")
+    return block
+
+
 def evaluate_agreement(
     results: str | Path | Iterable[Any],
     manifest: Manifest | str | Path,
@@ -330,6 +354,7 @@ def evaluate_agreement(
                                  pred_arteries=pairs.pred_arteries)
     else:
         notes.append(f"score agreement needs at least 2 scans with a reference; {len(pairs.refs)} available")
+    per_artery = _per_artery(pairs, n_resamples, seed)
     score_only = sum(row["lesions"] is None for row in scans)
     if score_only:
         notes.append(f"{score_only} scan(s) have score-only references (no mask): lesion-level figures are not "
@@ -343,6 +368,7 @@ def evaluate_agreement(
         "n_scans": len(scans),
         "scoring": config.to_dict(),
         "scores": scores,
+        "per_artery": per_artery,
         "lesions": _lesion_figures(pairs, n_resamples, seed),
         "artery_assignment": (artery_assignment(pairs.assignments)
                               if any(a["artery"] in ARTERY_NAMES for a in pairs.assignments) else None),
@@ -401,20 +427,51 @@ def _table_rows(a: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _render(header: tuple[str, ...], rows: list[tuple[str, ...]], caption: str, fmt: str) -> str:
+    """A markdown table with its caption below, or an HTML table with it as <caption>."""
+    if fmt not in ("markdown", "html"):
+        raise InputError("fmt", f'must be "markdown" or "html", got {fmt!r}')
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines + ["", caption]) + "\n"
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><caption>{esc(caption)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _bootstrap_text(agreement: dict[str, Any]) -> str:
+    boot = (agreement.get("scores") or {}).get("bootstrap") or {}
+    return (f"percentile bootstrap over {boot.get('n_units', 0)} {boot.get('unit', 'patient')}s "
+            f"({boot.get('n_resamples', 0)} resamples, seed {boot.get('seed', 0)})")
+
+
 def agreement_table(agreement: dict[str, Any], fmt: str = "markdown") -> str:
     """The headline figures of an `evaluate_agreement` result as a markdown or HTML table: statistic, value (95 %
     CI). Intervals: F-based for the ICC, percentile bootstrap over patients for the rest."""
-    if fmt not in ("markdown", "html"):
-        raise InputError("fmt", f'must be "markdown" or "html", got {fmt!r}')
-    rows = _table_rows(agreement)
-    boot = (agreement.get("scores") or {}).get("bootstrap") or {}
-    caption = (f"{agreement.get('n_scans', 0)} scans; 95 % CI: F-based for the ICC, percentile bootstrap over "
-               f"{boot.get('n_units', 0)} {boot.get('unit', 'patient')}s ({boot.get('n_resamples', 0)} resamples, "
-               f"seed {boot.get('seed', 0)}) for the rest")
-    if fmt == "markdown":
-        lines = ["| Statistic | Value (95 % CI) |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
-        return "\n".join(lines + ["", caption]) + "\n"
-    esc = html.escape
-    body = "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in rows)
-    return (f"<table><caption>{esc(caption)}</caption><thead><tr><th>Statistic</th><th>Value (95 % CI)</th></tr>"
-            f"</thead><tbody>{body}</tbody></table>")
+    caption = (f"{agreement.get('n_scans', 0)} scans; 95 % CI: F-based for the ICC, {_bootstrap_text(agreement)} "
+               "for the rest")
+    return _render(("Statistic", "Value (95 % CI)"), _table_rows(agreement), caption, fmt)
+
+
+def artery_table(agreement: dict[str, Any], fmt: str = "markdown") -> str:
+    """The ``per_artery`` block of an `evaluate_agreement` result (or of any dict holding one) as a markdown or
+    HTML table, one row per artery; "" when there is none."""
+    block = agreement.get("per_artery")
+    if not block:
+        return ""
+    rows = []
+    for artery, a in block.items():
+        ba, presence = a["bland_altman"], a["presence"]
+        rows.append((artery, str(a["n_scans"]), format_ci(a["icc_2_1"], a.get("icc_2_1_ci")),
+                     f"{ba['bias']:.1f} ({ba['lower']:.1f} to {ba['upper']:.1f})",
+                     format_ci(presence["kappa_linear"], presence.get("kappa_linear_ci")),
+                     format_ci(presence["accuracy"], presence.get("accuracy_ci"))))
+    first = next(iter(block.values()))
+    caption = (f"Agatston per artery over {first['n_scans']} scans of {first['n_patients']} patients; 95 % CI: "
+               "F-based for the ICC, percentile bootstrap over patients for kappa and accuracy; bias and limits: "
+               "Bland-Altman of predicted - reference")
+    header = ("Artery", "Scans", "ICC(2,1) (95 % CI)", "Bias (limits of agreement)",
+              "Calcium present (>0) kappa (95 % CI)", "Calcium present accuracy (95 % CI)")
+    return _render(header, rows, caption, fmt)

@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from coronary_calcium import __version__
 from coronary_calcium.errors import InputError
+from coronary_calcium.inference.agreement_report import agreement_table, artery_table
 from coronary_calcium.inference.scan import ScanResult
 from coronary_calcium.io.images import write_nifti
 from coronary_calcium.io.volume import CTVolume
@@ -258,7 +259,7 @@ h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid 
 table{border-collapse:collapse;margin:.6em 0}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
 th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.error td{background:#fdecea}.small{font-size:.85em;color:#555}img{max-width:100%;border:1px solid #999}
-.cat{font-weight:bold}
+.cat{font-weight:bold}caption{text-align:left;font-size:.85em;color:#555;caption-side:bottom}
 """
 
 
@@ -406,20 +407,20 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _agreement_html(a: dict[str, Any]) -> str:
-    esc = html.escape
-    parts = [f"<h2>Agreement with the reference ({a.get('n_scans', 0)} scans)</h2>"]
+    """The agreement section: the headline table with 95 % intervals, correlations, Bland-Altman, lesion counts,
+    the per-artery table when the references have arteries, and non-coronary calcium counted as coronary."""
+    parts = [f"<h2>Agreement with the reference ({a.get('n_scans', 0)} scans)</h2>", agreement_table(a, "html")]
     s = a.get("scores")
     if s:
         ba = s["bland_altman"]
-        parts.append(f"<p>ICC(2,1) {_fmt(s['icc_2_1'])}, Pearson {_fmt(s['pearson'])}, Spearman {_fmt(s['spearman'])};"
-                     f" Bland-Altman bias {_fmt(ba['bias'], 1)} (limits {_fmt(ba['lower'], 1)} .. "
-                     f"{_fmt(ba['upper'], 1)}). Linearly weighted kappa: "
-                     + ", ".join(f"{esc(k)} {_fmt(v['kappa_linear'])}" for k, v in s["kappa"].items()) + ".</p>")
+        parts.append(f"<p>Pearson {_fmt(s['pearson'])}, Spearman {_fmt(s['spearman'])}; Bland-Altman bias "
+                     f"{_fmt(ba['bias'], 1)} (limits {_fmt(ba['lower'], 1)} .. {_fmt(ba['upper'], 1)}).</p>")
     lesions = a.get("lesions")
     if lesions:
-        parts.append(f"<p>Lesions: sensitivity {_fmt(lesions['sensitivity'])}, PPV {_fmt(lesions['ppv'])}, "
-                     f"F1 {_fmt(lesions['f1'])} (by volume {_fmt(lesions['f1_volume'])}); "
+        parts.append(f"<p>Lesions: sensitivity {_fmt(lesions['sensitivity'])}, PPV {_fmt(lesions['ppv'])}; "
                      f"{_fmt(lesions['false_positives_per_scan'], 2)} false-positive lesions per scan.</p>")
+    if a.get("per_artery"):
+        parts.append("<h3>Per artery</h3>" + artery_table(a, "html"))
     nc = a.get("non_coronary_counted_as_coronary")
     if nc:
         parts.append(f"<p>Kept lesions on aortic / valve reference voxels: {nc['lesions']} "

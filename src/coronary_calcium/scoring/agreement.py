@@ -528,6 +528,46 @@ def cac_drs_agreement(
     return out
 
 
+def artery_agreement(
+    ref_arteries: Sequence[Mapping[str, float] | None],
+    pred_arteries: Sequence[Mapping[str, float] | None],
+    groups: Sequence[Any] | None = None,
+    *,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any] | None:
+    """Agreement per artery (LM, LAD, LCX, RCA) over the scans whose reference and prediction both have per-artery
+    scores (one mapping or None per scan); None when fewer than 2 scans have both.
+
+    Per artery: n_scans, n_patients, ICC(2,1) with its F-based interval and Bland-Altman of pred - ref (as in
+    :func:`score_agreement`), and calcium presence (Agatston > 0): Cohen's kappa (``kappa_linear``: linear weights
+    change nothing with 2 classes), accuracy and confusion matrix, with bootstrap intervals over ``groups``.
+    """
+    if len(ref_arteries) != len(pred_arteries):
+        raise InputError("arteries", f"lengths differ ({len(ref_arteries)} vs {len(pred_arteries)})")
+    labels = list(range(len(ref_arteries))) if groups is None else list(groups)
+    both = [i for i, (r, p) in enumerate(zip(ref_arteries, pred_arteries)) if r is not None and p is not None]
+    if len(both) < 2:
+        return None
+    units = [labels[i] for i in both]
+    # One set of resamples for the four arteries: their intervals come from the same patients.
+    weights = bootstrap_weights(units, n_resamples, seed) if n_resamples else None
+    out: dict[str, Any] = {}
+    for artery in CAC_DRS_VESSELS:
+        ref = np.array([float(ref_arteries[i][artery]) for i in both])  # type: ignore[index]
+        pred = np.array([float(pred_arteries[i][artery]) for i in both])  # type: ignore[index]
+        icc = icc_2_1_ci(ref, pred, level)
+        presence = _categorical_figures((ref > 0).astype(int), (pred > 0).astype(int), 2, weights, level)
+        out[artery] = {
+            "n_scans": len(both), "n_patients": len({str(u) for u in units}),
+            "reference_mean": float(ref.mean()), "predicted_mean": float(pred.mean()),
+            "icc_2_1": icc.pop("value"), "icc_2_1_ci": icc, "bland_altman": bland_altman(pred, ref),
+            "presence": {"classes": ["0", ">0"], **presence},
+        }
+    return out
+
+
 def score_agreement(
     ref_scores: Sequence[float],
     pred_scores: Sequence[float],
