@@ -1,6 +1,6 @@
-"""MONAI Model Zoo readiness, offline on the CPU: the zoo's checks (metadata schema, bundle properties, network
-input/output, TorchScript export, JSON format, file sizes, Python style) and a packed bundle that trains after
-unpacking elsewhere."""
+"""MONAI Model Zoo readiness, offline on the CPU: the zoo's checks (metadata schema, bundle properties, the training
+network's input/output, JSON format, file sizes, Python style) and a packed bundle that trains after unpacking
+elsewhere. The zoo's checks of inference.json, run as its CI runs them, are in tests/test_zoo_cli.py."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import torch
 
-from coronary_calcium.networks import create_network
 from coronary_calcium.report.tensorboard import read_scalars
 from coronary_calcium.train.bundle import BUNDLE_ROOT
 from coronary_calcium.zoo import REQUIRED_FILES, bundle_files, check_bundle, missing_properties, pack_bundle
@@ -78,62 +76,16 @@ def test_bundle_properties(tiny_manifest, tmp_path, tiny_bundle):
         **tiny_bundle,
     }
     assert props("train", "train.json", **train) == []
-    assert (CONFIGS / "inference.json").is_file(), "bundle/configs/inference.json is a required zoo file"
-    # inference.json takes the network from the trained checkpoint's thresholds.json; name it here instead
-    infer = {
-        "network_name": "tiny_cnn",
-        "in_channels": 2,
-        "output_dir": str(tmp_path / "infer"),
-        "model": None,
-        "finalize": [],
-    }
-    assert props("infer", "inference.json", **infer) == []
+    assert missing_properties([CONFIGS / "inference.json"], "infer") == []  # resolved by tests/test_zoo_cli.py
 
 
-@pytest.mark.parametrize("config", ["train.json", "inference.json"])
-def test_verify_net_in_out(config):
-    """The metadata's 2 x 256 x 256 input gives 2 outputs with the bundle's default network (Inception v3)."""
+def test_verify_net_in_out_of_the_training_config():
+    """The metadata's 2 x 160 x 160 input gives 2 outputs with train.json's default network (Inception v3); the zoo
+    checks inference.json's the same way (tests/test_zoo_cli.py)."""
     from monai.bundle import verify_net_in_out
 
-    # inference.json takes the network's name from the trained checkpoint's thresholds.json: name it here
-    override = {"network_name": "inception_v3_scratch", "in_channels": 2} if config == "inference.json" else {}
-    verify_net_in_out(
-        net_id="network_def",
-        meta_file=str(META),
-        config_file=str(CONFIGS / config),
-        device="cpu",
-        bundle_root=str(BUNDLE_ROOT),
-        **override,
-    )
-
-
-def test_ckpt_export_torchscript_matches_eager(tmp_path):
-    from monai.bundle import ckpt_export
-
-    torch.manual_seed(0)
-    net = create_network("tiny_cnn").eval()
-    ckpt = tmp_path / "models" / "model.pt"
-    ckpt.parent.mkdir()
-    torch.save(net.state_dict(), ckpt)  # what the bundle's CheckpointSaver writes: the raw state dict
-    ts = tmp_path / "models" / "model.ts"
-    config = CONFIGS / ("inference.json" if (CONFIGS / "inference.json").is_file() else "train.json")
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(ts),
-        ckpt_file=str(ckpt),
-        meta_file=str(META),
-        config_file=str(config),
-        bundle_root=str(tmp_path),
-        network_name="tiny_cnn",
-        in_channels=1,
-    )
-    extra = {"metadata.json": "", f"{config.stem}.json": ""}
-    loaded = torch.jit.load(str(ts), map_location="cpu", _extra_files=extra)
-    assert json.loads(extra["metadata.json"])["version"] == json.loads(META.read_text())["version"]
-    assert json.loads(extra[f"{config.stem}.json"])["network_def"]["_target_"].endswith("create_network")
-    x = torch.rand(3, 1, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), net(x))
+    verify_net_in_out(net_id="network_def", meta_file=str(META), config_file=str(CONFIGS / "train.json"),
+                      device="cpu", bundle_root=str(BUNDLE_ROOT))
 
 
 def test_check_bundle_passes_on_the_bundle(schema):

@@ -196,11 +196,14 @@ def test_discovery_of_inputs(tmp_path, tiny_manifest):
         discover_inputs(tmp_path / "empty")
 
 
-def test_monai_bundle_cli_runs_inference(tiny_manifest, ckpt_dir, tmp_path):
+def test_monai_bundle_cli_runs_inference(tiny_manifest, ckpt_dir, manifest_run, tmp_path):
+    """inference.json's own network and preprocessing, set to the tiny checkpoint's, give the slice probabilities
+    of the Python path (`load_model` building both from thresholds.json)."""
     out = tmp_path / "cli"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundle/configs/inference.json",
            "--bundle_root", "bundle", "--input", str(tiny_manifest), "--output_dir", str(out),
-           "--ckpt_dir", str(ckpt_dir), "--split", "test", "--progress", "False", "--rule", "slice-cam"]
+           "--ckpt_dir", str(ckpt_dir), "--split", "test", "--progress", "False", "--rule", "slice-cam",
+           "--network_name", "tiny_cnn", "--image_size", "[32,32]"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -208,8 +211,31 @@ def test_monai_bundle_cli_runs_inference(tiny_manifest, ckpt_dir, tmp_path):
     test_scans = manifest.split("test")
     _check_outputs(out, [s.scan_id for s in test_scans], {s.scan_id: s.image for s in test_scans})
     assert (out / "agreement.json").is_file()
-    result = json.loads((out / test_scans[0].scan_id / "result.json").read_text())
-    assert result["model"]["decision"] == "slice and CAM thresholds"  # --rule reached the model
+    for scan in test_scans:
+        result = json.loads((out / scan.scan_id / "result.json").read_text())
+        assert result["model"]["decision"] == "slice and CAM thresholds"  # --rule reached the model
+        python_path = json.loads((manifest_run.output_dir / scan.scan_id / "result.json").read_text())
+        assert result["slice_probabilities"] == python_path["slice_probabilities"]
+
+
+def test_inference_config_built_for_another_checkpoint_is_refused(ckpt_dir):
+    """inference.json's defaults (Inception v3 at 160 x 160) against the tiny checkpoint: each mismatch is named,
+    with the settings that fix it."""
+    from monai.bundle import ConfigParser
+
+    from coronary_calcium.inference import load_model
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_ROOT / "configs" / "inference.json"))
+    built_with = parser.get_parsed_content("evaluator#built_with")
+    expected = (r"network_name inception_v3_scratch \(the checkpoint's: tiny_cnn\); image_size \[160,160\] \(the "
+                r"checkpoint's: \[32,32\]\).*--network_name tiny_cnn --image_size \[32,32\]")
+    with pytest.raises(InputError, match=expected):
+        load_model(ckpt_dir, built_with=built_with, device="cpu")
+    with pytest.raises(InputError, match="unknown keys"):
+        load_model(ckpt_dir, built_with={"cam_layer": "layer2"}, device="cpu")
+    load_model(ckpt_dir, built_with={**built_with, "network_name": "tiny_cnn", "image_size": [32, 32]},
+               device="cpu").close()
 
 
 def test_agreement_read_back_from_the_output_folder(manifest_run, tiny_manifest):

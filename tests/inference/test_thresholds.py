@@ -190,24 +190,35 @@ def test_save_and_load_round_trip(tmp_path):
     assert back.to_dict() == t.to_dict()
 
 
-def test_preprocessing_equals_the_training_pipeline():
-    """Slices-as-channels preprocessing gives each slice exactly what train.json's deterministic transforms give:
-    max-pooled HU, then one [0, 1] channel per HU window; with a field of view, cropped / padded first."""
+def _config_preprocessing(config: str, size, fov):
     from monai.bundle import ConfigParser
 
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_ROOT / "configs" / config))
+    parser["image_size"] = list(size)
+    parser["field_of_view_mm"] = fov
+    return parser.get_parsed_content("validate#preprocessing" if config == "train.json" else "preprocessing")
+
+
+@pytest.mark.parametrize("source", ["build_preprocessing", "inference.json"])
+def test_preprocessing_equals_the_training_pipeline(source):
+    """Slices-as-channels preprocessing (inference.json's, and `build_preprocessing`'s without a config) gives each
+    slice exactly what train.json's deterministic transforms give: max-pooled HU, then one [0, 1] channel per HU
+    window; with a field of view, cropped / padded first."""
     rng = np.random.default_rng(3)
     hu = rng.normal(0, 400, size=(3, 50, 30)).astype(np.int16).astype(np.float32)
     windows = ((-250.0, 950.0), (130.0, 630.0))
     # 30 mm at 0.8 mm: 38 rows of 50 kept, 30 columns padded; centred on the image, or on a point (the heart's)
     for fov, size, centre in ((None, (40, 24), None), (30.0, (24, 24), None), (30.0, (24, 24), [12.0, 20.0])):
-        parser = ConfigParser()
-        parser.read_config(str(BUNDLE_ROOT / "configs" / "train.json"))
-        parser["image_size"] = list(size)
-        parser["field_of_view_mm"] = fov
-        train_pipeline = parser.get_parsed_content("validate#preprocessing")
+        train_pipeline = _config_preprocessing("train.json", size, fov)
+        if source == "inference.json":
+            pipeline = _config_preprocessing("inference.json", size, fov)
+        else:
+            pipeline = build_preprocessing(windows, size, fov)
         sample = {"image": hu, "pixel_spacing": [0.8, 0.8], "fov_centre": centre}
-        ours = build_preprocessing(windows, size, fov)(sample)["image"]
-        assert ours.shape == (3, 2, *size)
+        ours = pipeline(sample)["image"]
+        assert ours.shape == (3 * 2, *size)  # each slice's windows together
+        ours = ours.reshape(3, 2, *size)
         for k in range(3):
             ref = train_pipeline({"image": hu[k][None].astype(np.int16).astype(np.float32),
                                   "mask": np.zeros((1, 50, 30), np.uint8), "pixel_spacing": [0.8, 0.8],

@@ -24,11 +24,12 @@ import errno
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import nn
 from tqdm.auto import tqdm
 
 from coronary_calcium.errors import InputError
@@ -271,13 +272,17 @@ def run_inference(
     evaluate: bool = True,
     rule: str | None = None,
     dicom_out: bool = False,
+    network: nn.Module | None = None,
+    preprocessing: Callable[[dict], dict] | None = None,
+    built_with: Mapping[str, Any] | None = None,
 ) -> RunResult:
     """Score every scan of ``input_path`` into ``output_dir`` (see the module docstring); return the `RunResult`.
 
     The model is ``model`` (from `load_model`) or ``<ckpt_dir>/<checkpoint>`` with its thresholds.json. Writes
     ``<scan_id>/result.json``, ``<scan_id>/lesions.nii.gz``, ``<scan_id>/slices/*.png``, ``summary.csv``,
     ``report.html`` and, for a manifest whose scans have references (and ``evaluate``), ``agreement.json``.
-    ``rule`` ("classifier", "slice-cam" or None for the thresholds file's own) applies when the model is loaded here.
+    ``rule`` ("classifier", "slice-cam" or None for the thresholds file's own) applies when the model is loaded here,
+    as do ``network``, ``preprocessing`` and ``built_with`` (an inference config's; see `load_model`).
     ``dicom_out``: also ``<scan_id>/calcium_seg.dcm`` and ``<scan_id>/calcium_sr.dcm`` per scored DICOM series.
     Raises `InputError` before any work when results exist and ``overwrite`` is False, and after writing the
     summary when no scan could be scored.
@@ -297,8 +302,8 @@ def run_inference(
                     dicom_out)
     if ckpt_dir is None:
         raise InputError("ckpt_dir", "give the checkpoint folder (holding model.pt and thresholds.json)")
-    model = load_model(ckpt_dir, checkpoint=checkpoint, device=device, precision=precision, batch_size=batch_size,
-                       rule=rule)
+    model = load_model(ckpt_dir, checkpoint=checkpoint, network=network, preprocessing=preprocessing,
+                       built_with=built_with, device=device, precision=precision, batch_size=batch_size, rule=rule)
     try:
         return _run(scans, manifest, model, output_dir, input_path, progress, overlays, report, with_agreement,
                     dicom_out)
@@ -360,8 +365,10 @@ def _report_payload(payload: dict[str, Any]) -> dict[str, Any]:
 class InferenceRunner:
     """The inference bundle's `evaluator`: `run()` scores every scan of `input_path` with `run_inference`.
 
-    MONAI's infer workflow expects an object with `run()`; building this one loads nothing, so the Model Zoo's
-    property check can construct it without a trained checkpoint.
+    Keyword arguments go to `run_inference`: inference.json passes its ``network`` and ``preprocessing``, and
+    ``built_with`` (the network name, channels, HU windows, image size and field of view it built them with), which
+    must match the checkpoint's thresholds.json. MONAI's infer workflow expects an object with `run()`; building
+    this one loads nothing, so the Model Zoo's property check can construct it without a trained checkpoint.
     """
 
     def __init__(self, input_path: str | Path | None, output_dir: str | Path, **kwargs: Any) -> None:

@@ -610,10 +610,11 @@ def calibrate(
     manifest: Manifest | str | Path,
     output_dir: str | Path | None = None,
     network_name: str | None = None,
+    config: CalibrationConfig | None = None,
     *,
     ckpt_dir: str | Path | None = None,
     checkpoint: str = CHECKPOINT_FILE,
-    split: str = "validation",
+    split: str | None = None,
     **kwargs: Any,
 ) -> Thresholds:
     """Load ``<ckpt_dir>/model.pt``, fit its lesion classifier on the manifest's training and validation splits and
@@ -621,10 +622,11 @@ def calibrate(
     ``<ckpt_dir>/thresholds.json``; return the thresholds.
 
     ckpt_dir: defaults to ``<output_dir>/models`` (the training bundle's layout); give one of the two.
-    network_name: defaults to train.json's ``network_name``. Other keyword arguments go to `choose_thresholds`
-    (hu_windows, image_size, in_channels, field_of_view_mm, field_of_view_centre, cam_layer, cam_method,
-    cam_gate_layer, cam_score, cam_pooling, scoring, device, precision, ...):
-    pass the values the model was trained with when they differ from train.json's.
+    network_name: defaults to train.json's ``network_name``. ``config`` (a `CalibrationConfig`, as evaluate.json's
+    ``calibration_config`` builds it) and the keyword arguments, which override its fields (``split``: the validation
+    split; hu_windows, image_size, in_channels, field_of_view_mm, field_of_view_centre, cam_layer, cam_method,
+    cam_gate_layer, cam_score, cam_pooling, scoring, device, precision, ...), go to `choose_thresholds`: pass the
+    values the model was trained with when they differ from train.json's.
     """
     if ckpt_dir is None:
         if output_dir is None:
@@ -636,12 +638,13 @@ def calibrate(
         raise InputError(ckpt, "checkpoint not found (train the model first)")
     network_name = network_name or training_defaults()["network_name"]
     spec = network_spec(network_name)
-    windows = kwargs.get("hu_windows")
-    in_channels = int(kwargs.get("in_channels") or (len(windows) if windows else training_defaults()["in_channels"]))
+    c = _calibration_config(config, {**kwargs, "checkpoint": ckpt, **({"split": split} if split else {})})
+    windows = c.hu_windows
+    in_channels = int(c.in_channels or (len(windows) if windows else training_defaults()["in_channels"]))
     network = create_network(spec.name, in_channels=in_channels, num_classes=2, for_checkpoint=True)
     load_checkpoint_weights(network, ckpt, spec.name)
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
-    thresholds = choose_thresholds(network, spec.name, manifest, split=split, checkpoint=ckpt, **kwargs)
+    thresholds = choose_thresholds(network, spec.name, manifest, c)
     save_thresholds(thresholds, ckpt_dir / THRESHOLDS_FILE)
     return thresholds

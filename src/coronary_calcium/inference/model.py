@@ -1,19 +1,22 @@
 """A trained slice classifier ready for inference: preprocessing, batched slice probabilities and CAM maps.
 
 The preprocessing is the training pipeline's deterministic part (``bundle/configs/train.json``,
-``deterministic_transforms`` and ``window_transforms``): ``EnsureTyped`` (float32), ``FieldOfViewd`` (crop / pad to
-a field of view in mm, centred on the image or on the heart, when the model was trained with one),
-``MaxPoolResized`` and the HU windows as channels (``HUWindows``), with the parameters saved in
-``thresholds.json``. A whole volume goes through them at once with its slices as channels: every transform acts
-per slice, so each slice comes out exactly as the
-training pipeline makes it (a test checks this against train.json).
+``deterministic_transforms`` and ``window_transforms``, the same transform classes in the same order):
+``EnsureTyped`` (float32), ``FieldOfViewd`` (crop / pad to a field of view in mm, centred on the image or on the
+heart, when the model was trained with one), ``MaxPoolResized`` and ``HUWindowsd`` (the HU windows as channels). The
+inference bundle (``inference.json``) builds it as ``preprocessing``; without a config `build_preprocessing` builds
+it from the parameters saved in ``thresholds.json``. A whole volume goes through it at once with its slices as
+channels: every transform acts per slice, so each slice comes out exactly as the training pipeline makes it (a test
+checks this against train.json).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +29,8 @@ from torch import nn
 from coronary_calcium.data.transforms import (
     AIR_HU,
     FieldOfViewd,
+    HUWindowsd,
     MaxPoolResized,
-    apply_hu_windows,
     check_centred_field,
     check_hu_windows,
     field_of_view_box,
@@ -52,19 +55,49 @@ POSITIVE_CLASS = 1
 def build_preprocessing(
     hu_windows: tuple[tuple[float, float], ...], image_size: tuple[int, int], field_of_view_mm: float | None = None
 ) -> Any:
-    """The training pipeline's deterministic transforms for key "image": (Z, H, W) HU slices -> (Z, n_windows,
-    *image_size) network input. With a field of view the sample also needs "pixel_spacing" (row, column mm), and
-    "fov_centre" ((row, column) pixels, or None for the image centre)."""
-    from monai.transforms import Compose, EnsureTyped, Lambdad
+    """train.json's deterministic and window transforms for key "image": (Z, H, W) HU slices -> (Z * n_windows,
+    *image_size), each slice's windows together (as `HUWindows` stacks them; `SliceAnalyzer.preprocess` regroups them
+    per slice). With a field of view the sample also needs "pixel_spacing" (row, column mm), and "fov_centre" ((row,
+    column) pixels, or None for the image centre)."""
+    from monai.transforms import Compose, EnsureTyped
 
-    windows = check_hu_windows(hu_windows)
     return Compose([
         EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
         FieldOfViewd(keys="image", field_of_view_mm=field_of_view_mm, values=AIR_HU),
         MaxPoolResized(keys="image", spatial_size=tuple(int(s) for s in image_size)),
-        # slices stand in the channel axis here: each gets its own window channels
-        Lambdad(keys="image", func=lambda x: apply_hu_windows(x.unsqueeze(1), windows, dim=1)),
+        HUWindowsd(keys="image", windows=check_hu_windows(hu_windows)),
+        EnsureTyped(keys="image", track_meta=False),
     ])
+
+
+#: What an inference config builds its network and preprocessing with: each must be the checkpoint's.
+BUILT_WITH = ("network_name", "in_channels", "hu_windows", "image_size", "field_of_view_mm", "field_of_view_centre")
+
+
+def _cli_value(value: Any) -> str:
+    value = json.loads(json.dumps(value))  # tuples -> lists
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, list) else str(value)
+
+
+def check_built_with(thresholds: Thresholds, built_with: Mapping[str, Any], source: str | Path) -> None:
+    """Raise `InputError` naming each value of ``built_with`` (keys of `BUILT_WITH`: what a config built the network
+    and preprocessing with) that differs from the checkpoint's ``thresholds`` (read from ``source``)."""
+    unknown = sorted(set(built_with) - set(BUILT_WITH))
+    if unknown:
+        raise InputError("built_with", f"unknown keys {unknown}; known: {list(BUILT_WITH)}")
+    if "network_name" in built_with:
+        network_spec(built_with["network_name"])  # an unknown name: the valid ones listed
+    try:
+        config = dataclasses.replace(thresholds, **built_with)  # normalised and checked as the file's own values are
+    except InputError as exc:
+        raise InputError("inference config", str(exc)) from None
+    wrong = [k for k in built_with if getattr(config, k) != getattr(thresholds, k)]
+    if wrong:
+        found = "; ".join(f"{k} {_cli_value(getattr(config, k))} (the checkpoint's: "
+                          f"{_cli_value(getattr(thresholds, k))})" for k in wrong)
+        fix = " ".join(f"--{k} {_cli_value(getattr(thresholds, k))}" for k in wrong)
+        raise InputError(source, f"the inference config builds the network and preprocessing with {found}: not "
+                         f"what this checkpoint was trained with; set the checkpoint's values (e.g. {fix})")
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -83,7 +116,9 @@ class SliceAnalyzer:
     normalised (``cam_score="normalised"``) or raw. With ``field_of_view_centre="heart"`` the field is centred on
     the ``centre`` the caller passes (the heart's, from `find_anatomy`; None: the image centre). Batches of
     ``batch_size`` slices run under autocast at ``precision`` ("bf16" on CPUs/GPUs that support it, see
-    `default_precision`), channels_last when asked.
+    `default_precision`), channels_last when asked. ``preprocessing``: the transform of a sample dict (e.g. an
+    inference config's ``preprocessing``); None: `build_preprocessing` of ``hu_windows``, ``image_size`` and
+    ``field_of_view_mm``.
     """
 
     network: nn.Module
@@ -100,6 +135,7 @@ class SliceAnalyzer:
     precision: str = "fp32"
     channels_last: bool = False
     batch_size: int = 16
+    preprocessing: Callable[[dict], dict] | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -131,13 +167,20 @@ class SliceAnalyzer:
         """(Z, H, W) HU -> (Z, n_windows, *image_size) float32 network input (a plain tensor), on the CPU.
         ``pixel_spacing`` (row, column mm; a (z, row, column) spacing works too) is needed with a field of view;
         ``centre`` ((row, column) pixels) centres it, None on the image."""
-        sample = {"image": np.asarray(hu, dtype=np.float32), "pixel_spacing": self._spacing(pixel_spacing),
-                  "fov_centre": centre}
-        out = build_preprocessing(self.hu_windows, self.image_size, self.field_of_view_mm)(sample)
-        x = out["image"]
+        image = np.asarray(hu, dtype=np.float32)
+        sample = {"image": image, "pixel_spacing": self._spacing(pixel_spacing), "fov_centre": centre}
+        transform = self.preprocessing
+        if transform is None:
+            transform = build_preprocessing(self.hu_windows, self.image_size, self.field_of_view_mm)
+        x = transform(sample)["image"]
         if hasattr(x, "as_tensor"):  # a MetaTensor would route every network op through MONAI's meta handling
             x = x.as_tensor()
-        return torch.as_tensor(x).float()
+        x = torch.as_tensor(x).float()
+        shape = (image.shape[0], len(self.hu_windows), *self.image_size)
+        if x.numel() != np.prod(shape) or tuple(x.shape[-2:]) != self.image_size:
+            raise InputError("preprocessing", f"gives {tuple(x.shape)} for {shape[0]} slices; the network takes "
+                             f"{shape[1]} HU windows of {self.image_size} per slice")
+        return x.reshape(shape)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         dtype = PRECISIONS[self.precision]
@@ -287,6 +330,8 @@ def load_model(
     *,
     checkpoint: str | Path = CHECKPOINT_FILE,
     network: nn.Module | None = None,
+    preprocessing: Callable[[dict], dict] | None = None,
+    built_with: Mapping[str, Any] | None = None,
     device: str | torch.device | None = None,
     precision: str | None = None,
     channels_last: bool | None = None,
@@ -297,8 +342,10 @@ def load_model(
 
     ``rule``: "classifier" or "slice-cam" to choose the decision rule (`Thresholds.with_rule`); None: the file's.
 
-    ``network``: an already built network of the thresholds' architecture (e.g. a bundle's ``network_def``); its
-    weights are replaced by the checkpoint's. ``precision`` defaults to `default_precision` of the device
+    ``network`` / ``preprocessing``: an already built network of the thresholds' architecture and the preprocessing
+    (an inference config's ``network`` and ``preprocessing``); the network's weights are replaced by the checkpoint's.
+    ``built_with``: the values they were built with (`BUILT_WITH`), each checked against thresholds.json
+    (`check_built_with`). ``precision`` defaults to `default_precision` of the device
     ("bf16" where supported), ``channels_last`` to True (oneDNN's convolutions run faster on NHWC, in bf16 and in
     fp32 alike: Inception v3's forward pass 1.4x on a 2-core AVX2 CPU).
     """
@@ -310,6 +357,8 @@ def load_model(
         raise InputError(ckpt, "checkpoint not found (train the model first)")
     tfile = thresholds_path(ckpt_dir if ckpt_dir.is_dir() else ckpt.parent)
     thresholds = load_thresholds(tfile, ckpt).with_rule(rule)
+    if built_with:
+        check_built_with(thresholds, built_with, tfile)
     spec = network_spec(thresholds.network_name)
     if network is None:
         network = create_network(spec.name, in_channels=thresholds.in_channels, num_classes=2, for_checkpoint=True)
@@ -331,6 +380,7 @@ def load_model(
         precision=precision,
         channels_last=True if channels_last is None else bool(channels_last),
         batch_size=batch_size,
+        preprocessing=preprocessing,
     )
     return InferenceModel(analyzer=analyzer, thresholds=thresholds, checkpoint=ckpt.resolve(),
                           thresholds_file=tfile.resolve())
