@@ -200,8 +200,8 @@ def _open_gas(coarse: np.ndarray, core: np.ndarray, body: np.ndarray) -> np.ndar
     touches = np.bincount(lab[outside & pocket], minlength=n + 1) > 0
     gas = np.bincount(lab[pocket & (coarse < GAS_HU)], minlength=n + 1)
     size = np.bincount(lab[pocket], minlength=n + 1)
-    lut = touches & (gas >= GAS_SHARE * np.maximum(size, 1))
-    lut[0] = False
+    lut = touches & (gas >= GAS_SHARE * size)
+    lut[0] = False  # not a pocket
     return lut[lab]
 
 

@@ -52,8 +52,13 @@ class Decision:
     t_lesion: float | None = None
     lesion_probabilities: np.ndarray | None = None
     component_probabilities: np.ndarray | None = None
-    anatomy_ok: np.ndarray | None = None  # None: no anatomy features (the slice-and-CAM rule)
-    anatomy_broken: np.ndarray | None = None  # per candidate, the index into ANATOMY_REASONS it broke, -1: none
+    anatomy_broken: np.ndarray | None = None  # per candidate, the ANATOMY_REASONS index it broke, -1: none;
+    # None: no anatomy features (the slice-and-CAM rule)
+
+    @property
+    def anatomy_ok(self) -> np.ndarray | None:
+        """Per candidate, whether anatomy allows it (None under the slice-and-CAM rule)."""
+        return None if self.anatomy_broken is None else self.anatomy_broken < 0
 
     def reason(self, i: int) -> str:
         """Why candidate ``i`` was not kept: the first rule it failed."""
@@ -83,20 +88,19 @@ def decide(candidates: Candidates, thresholds: Thresholds) -> Decision:
         pooled = pool_probabilities(lesion, candidates.components, candidates.areas)
     decided_by = lesion if pooled is None else pooled
     broken = anatomy_rule(candidates.feature_columns(ANATOMY_RULE_FEATURES))
-    anatomy_ok = broken < 0
-    kept = on_positive & (decided_by >= t.t_lesion) & anatomy_ok
-    return Decision(kept, slice_p, t.t_slice, t.t_cam, t.t_lesion, lesion, pooled, anatomy_ok, broken)
+    kept = on_positive & (decided_by >= t.t_lesion) & (broken < 0)
+    return Decision(kept, slice_p, t.t_slice, t.t_cam, t.t_lesion, lesion, pooled, broken)
 
 
 def anatomy_rule(columns: np.ndarray) -> np.ndarray:
     """Per candidate, from its `ANATOMY_RULE_FEATURES` columns: the index into `ANATOMY_REASONS` of the first part
     of the anatomy rule it breaks, -1 when anatomy allows it to be coronary calcium."""
     depth, bone, behind, dx, dy, dz = np.asarray(columns, dtype=np.float64).reshape(-1, len(ANATOMY_RULE_FEATURES)).T
+    parts = ((depth < MIN_BODY_DEPTH_MM) | (bone >= 0.5), behind >= MAX_BEHIND_LUNG,
+             (np.hypot(dx, dy) > MAX_HEART_RADII_IN_PLANE) | (np.abs(dz) > MAX_HEART_RADII_ALONG_Z))
     broken = np.full(depth.shape, -1, dtype=np.int64)
-    far = (np.hypot(dx, dy) > MAX_HEART_RADII_IN_PLANE) | (np.abs(dz) > MAX_HEART_RADII_ALONG_Z)
-    for code, breaks in reversed(list(enumerate(((depth < MIN_BODY_DEPTH_MM) | (bone >= 0.5),
-                                                 behind >= MAX_BEHIND_LUNG, far)))):
-        broken[breaks] = code  # the first part broken wins: written last
+    for code, breaks in enumerate(parts):  # in ANATOMY_REASONS' order: the first part broken is named
+        broken[(broken < 0) & breaks] = code
     return broken
 
 

@@ -813,16 +813,12 @@ def _ostial_segments_in_fat(flat: np.ndarray, grid: Grid, an: _Anatomy) -> None:
     near = [a <= art.ostial_mm for art, a in zip(an.arteries, arc)]
     pts = np.concatenate([art.pts[m] for art, m in zip(an.arteries, near)])
     idx = _sphere_voxels(grid, pts, np.concatenate([art.radius[m] for art, m in zip(an.arteries, near)]) + 2.5)
-    idx = np.unique(idx[flat[idx] == BLOOD])
-    if idx.size == 0:
-        return
-    k, rest = np.divmod(idx, grid.ny * grid.nx)
-    j, i = np.divmod(rest, grid.nx)
-    p = np.stack([grid.x0 + grid.ps * i, grid.y0 + grid.ps * j, grid.z0 + grid.dz * k], axis=1)
-    a, d = an.root, an.asc_top - an.root
-    t = np.clip((p - a) @ d / float(d @ d), 0.0, 1.0)
-    outside_aorta = np.linalg.norm(p - (a + t[:, None] * d), axis=1) > an.asc_r
-    flat[idx[outside_aorta]] = EPICARDIAL_FAT
+    idx = idx[flat[idx] == BLOOD]
+    box, d2 = _capsule_dist2(grid, an.root, an.asc_top, an.asc_r)  # the aorta as `_paint_vessels_and_airways` paints it
+    aorta = np.zeros(grid.shape, dtype=bool)
+    if box is not None:
+        aorta[box] = d2 < an.asc_r**2
+    flat[idx[~aorta.reshape(-1)[idx]]] = EPICARDIAL_FAT
 
 
 # --- calcium --------------------------------------------------------------------------------------------------
