@@ -36,8 +36,15 @@ def test_kept_lesions_follow_the_rule_and_sum_to_the_totals(tiny_model, test_sca
     ids = np.array([components.reshape(-1)[c.voxels[0]] for c in result.candidates])
     areas = np.array([c.total_area_mm2 for c in result.candidates])
     anatomy = result.decision.anatomy_ok  # see test_anatomy_rule_rejects_bone_and_the_body_wall
+    # features (and probabilities) only for the candidates the classifier judges, with the rest of their components
+    judged = (result.candidates.slice_probabilities >= t.t_slice) & anatomy
+    computed = result.candidates.computed
+    assert np.array_equal(computed, np.isin(ids, ids[judged])) and not computed.all()
     for c, (lesion, i, kept, pooled) in enumerate(zip(result.candidates, ids, result.kept,
                                                       result.component_probabilities)):
+        if not computed[c]:
+            assert np.isnan(pooled) and np.isnan(result.lesion_probabilities[c]) and not kept
+            continue
         same = ids == i
         expected = float(np.sum(result.lesion_probabilities[same] * areas[same]) / np.sum(areas[same]))
         assert pooled == pytest.approx(expected, abs=1e-12)
@@ -51,6 +58,9 @@ def test_kept_lesions_follow_the_rule_and_sum_to_the_totals(tiny_model, test_sca
         below = (f"slice probability < {t.t_slice:g}" if rej["slice_probability"] < t.t_slice
                  else f"component probability < {t.t_lesion:g}")
         assert rej["reason"] == below or rej["reason"].startswith("in bone or within")
+        if rej["lesion_probability"] is None:  # not judged by the classifier: rejected by the rules before it
+            assert rej["component_probability"] is None and rej["reason"] != f"component probability < {t.t_lesion:g}"
+    assert any(rej["lesion_probability"] is None for rej in d["rejected_candidates"])
     assert d["model"]["decision"] == "lesion classifier" and d["model"]["t_lesion"] == t.t_lesion
     assert d["model"]["lesion_pooling"] == "component"
     assert len(d["lesions"]) == int(result.kept.sum()) == d["totals"]["n_lesions"]

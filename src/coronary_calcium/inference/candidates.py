@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from coronary_calcium.errors import InputError
-from coronary_calcium.anatomy import Anatomy, find_anatomy
+from coronary_calcium.anatomy import ANATOMY_FEATURES, Anatomy, anatomy_features, find_anatomy
 from coronary_calcium.inference.lesion_features import (
     LESION_FEATURES,
     candidate_components,
@@ -27,7 +27,11 @@ from coronary_calcium.inference.model import SliceAnalyzer
 from coronary_calcium.inference.thresholds import CAM_POOLINGS
 from coronary_calcium.scoring.agatston import Lesion, ScoringConfig, find_lesions
 
-__all__ = ["Candidates", "candidate_cam_scores", "find_candidates"]
+__all__ = ["Candidates", "PRELIMINARY_FEATURES", "candidate_cam_scores", "find_candidates"]
+
+#: The `LESION_FEATURES` columns `find_candidates` fills for every candidate, before a ``feature_subset`` chooses
+#: whose other features to compute: cheap, and all the anatomy rule reads.
+PRELIMINARY_FEATURES: tuple[str, ...] = ("slice_probability", *ANATOMY_FEATURES)
 
 
 @dataclass
@@ -39,6 +43,8 @@ class Candidates:
     or mean over its pixels (None where its slice has no map). features / components: per candidate, its
     `lesion_features` row and 3D component id (None unless asked for). notes: what the anatomy finder could not
     find, and what the features fell back to. heart_found: whether `find_anatomy` found a heart (None: not run).
+    computed: per candidate, whether its whole features row was computed (None: every row, or no features); a row
+    not computed holds only the `PRELIMINARY_FEATURES`, NaN elsewhere.
     """
 
     lesions: list[Lesion]
@@ -50,6 +56,7 @@ class Candidates:
     components: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
     heart_found: bool | None = None
+    computed: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.lesions)
@@ -120,6 +127,7 @@ def find_candidates(
     cam_slices: Sequence[int] | Callable[[np.ndarray], Sequence[int]] | None = None,
     slice_thickness: float | None = None,
     features: bool = False,
+    feature_subset: Callable[[Candidates], np.ndarray] | None = None,
 ) -> Candidates:
     """Slice probabilities, candidate lesions, and CAM maps / scores on ``cam_slices``.
 
@@ -128,7 +136,15 @@ def find_candidates(
     the probabilities); only the chosen slices' maps are resized to the original matrix and kept. With
     ``features`` the candidates' `lesion_features` and 3D components are computed too (the CAM is then mapped
     back on every candidate slice, so ``cam_slices`` may hold more slices than asked).
+
+    ``feature_subset`` (inference only; needs ``features``): given the candidates with their components and only
+    the `PRELIMINARY_FEATURES` columns filled, the boolean mask of those whose full features are needed (e.g. the
+    ones the anatomy rule allows). The others keep NaN in the other columns (``Candidates.computed`` is False for
+    them), and only the slices holding a computed candidate get their maps for the features. The computed rows are
+    the rows computing every candidate gives, to the last bit.
     """
+    if feature_subset is not None and not features:
+        raise InputError("feature_subset", "choosing whose lesion features to compute needs features=True")
     anatomy = find_anatomy(hu, spacing) if features or analyzer.field_of_view_centre == "heart" else None
     centre, notes = _network_centre(analyzer, anatomy)
     probs, small = analyzer.probabilities_and_cams(hu, pixel_spacing=spacing, centre=centre)
@@ -138,18 +154,54 @@ def find_candidates(
     candidate_slices = {int(les.slices[0]) for les in lesions}
     if cam_slices is None:
         cam_slices = candidate_slices
-    cam_slices = sorted({int(k) for k in cam_slices} | (candidate_slices if features else set()))
-    maps = analyzer.to_original(small[cam_slices], np.shape(hu), spacing, centre)
+    heart_found = None if anatomy is None else bool(anatomy.found.get("heart"))
     if not features:
+        cam_slices = sorted({int(k) for k in cam_slices})
+        maps = analyzer.to_original(small[cam_slices], np.shape(hu), spacing, centre)
         scores = candidate_cam_scores(lesions, np.shape(hu), maps, cam_slices, analyzer.cam_pooling)
-        return Candidates(lesions, probs, cam_slices, maps, scores, notes=notes,
-                          heart_found=None if anatomy is None else bool(anatomy.found.get("heart")))
+        return Candidates(lesions, probs, cam_slices, maps, scores, notes=notes, heart_found=heart_found)
     components = dense_components(hu, config)
-    table = lesion_features(hu, spacing, lesions, probs, maps, cam_slices, config, components, anatomy)
-    # the features hold each candidate's CAM mean and maximum already
+    found = Candidates(lesions, probs, [], small[:0], [None] * len(lesions), None,
+                       candidate_components(components, lesions), notes, heart_found)
+    computed = np.ones(len(lesions), dtype=bool)
+    if feature_subset is not None:
+        found.features = _preliminary_features(lesions, probs, spacing, anatomy)
+        computed = np.asarray(feature_subset(found), dtype=bool).reshape(-1)
+        if computed.shape != (len(lesions),):
+            raise InputError("feature_subset", f"must give one boolean per candidate ({len(lesions)}), "
+                             f"got {computed.shape}")
+        found.computed = computed
+    chosen = [les for les, c in zip(lesions, computed) if c]
+    found.cam_slices = sorted({int(k) for k in cam_slices} | {int(les.slices[0]) for les in chosen})
+    found.cam_maps = analyzer.to_original(small[found.cam_slices], np.shape(hu), spacing, centre)
+    table = lesion_features(hu, spacing, chosen, probs, found.cam_maps, found.cam_slices, config, components,
+                            anatomy)
+    # the features hold each computed candidate's CAM mean and maximum already; the others get theirs from the maps
     column = LESION_FEATURES.index("cam_mean" if analyzer.cam_pooling == "mean" else "cam_max")
-    return Candidates(lesions, probs, cam_slices, maps, [float(v) for v in table[:, column]], table,
-                      candidate_components(components, lesions), notes, bool(anatomy.found.get("heart")))
+    scores = [float(v) for v in table[:, column]]
+    if found.features is None:
+        found.features, found.cam_scores = table, scores
+        return found
+    found.features[computed] = table
+    found.cam_scores = candidate_cam_scores(lesions, np.shape(hu), found.cam_maps, found.cam_slices,
+                                            analyzer.cam_pooling)
+    for i, score in zip(np.flatnonzero(computed), scores):
+        found.cam_scores[i] = score
+    return found
+
+
+def _preliminary_features(lesions: Sequence[Lesion], probabilities: np.ndarray, spacing: Sequence[float],
+                          anatomy: Anatomy) -> np.ndarray:
+    """(n, len(LESION_FEATURES)) features with only the `PRELIMINARY_FEATURES` columns filled (NaN elsewhere):
+    what is cheap to know of every candidate before choosing whose full features to compute."""
+    table = np.full((len(lesions), len(LESION_FEATURES)), np.nan)
+    if not lesions:
+        return table
+    k = np.array([int(les.slices[0]) for les in lesions])
+    table[:, LESION_FEATURES.index("slice_probability")] = np.asarray(probabilities, dtype=np.float64)[k]
+    first = LESION_FEATURES.index(ANATOMY_FEATURES[0])
+    table[:, first : first + len(ANATOMY_FEATURES)] = anatomy_features(anatomy, lesions, spacing)
+    return table
 
 
 def _network_centre(analyzer: SliceAnalyzer, anatomy: Anatomy | None) -> tuple[tuple[float, float] | None, list[str]]:

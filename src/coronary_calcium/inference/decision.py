@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from coronary_calcium.errors import InputError
 from coronary_calcium.inference.candidates import Candidates
 from coronary_calcium.inference.lesion_classifier import pool_probabilities
 from coronary_calcium.inference.thresholds import Thresholds
@@ -74,7 +75,9 @@ class Decision:
 
 
 def decide(candidates: Candidates, thresholds: Thresholds) -> Decision:
-    """Apply ``thresholds``' rule to ``candidates`` (which need their features when there is a lesion classifier)."""
+    """Apply ``thresholds``' rule to ``candidates`` (which need their features when there is a lesion classifier:
+    of every candidate, or of those on positive slices that anatomy allows and, with component pooling, of the rest
+    of their 3D components; the others get NaN probabilities)."""
     t = thresholds
     slice_p = candidates.slice_probabilities
     on_positive = slice_p >= t.t_slice
@@ -82,13 +85,25 @@ def decide(candidates: Candidates, thresholds: Thresholds) -> Decision:
     if classifier is None:
         cam_ok = np.array([cam is not None and cam >= t.t_cam for cam in candidates.cam_scores], dtype=bool)
         return Decision(on_positive & cam_ok, slice_p, t.t_slice, t.t_cam)
-    lesion = classifier.predict_proba(candidates.feature_columns(classifier.features))
+    broken = anatomy_rule(candidates.feature_columns(ANATOMY_RULE_FEATURES))
+    # Candidates whose features were not computed (`find_candidates`' feature_subset) get no probability (NaN);
+    # the subset must hold every candidate the slice and anatomy rules leave to the classifier.
+    rows = np.ones(len(candidates), dtype=bool) if candidates.computed is None else candidates.computed
+    if (on_positive & (broken < 0) & ~rows).any():
+        raise InputError("candidates", "lesion features missing for candidates on positive slices that anatomy "
+                         "allows: the classifier must judge them")
+    if t.lesion_pooling == "component" and np.isin(candidates.components[~rows], candidates.components[rows]).any():
+        raise InputError("candidates", "lesion features missing for part of a 3D component: component pooling "
+                         "needs all of it")
+    lesion = np.full(len(candidates), np.nan)
+    lesion[rows] = classifier.predict_proba(candidates.feature_columns(classifier.features)[rows])
     pooled = None
     if t.lesion_pooling == "component":
-        pooled = pool_probabilities(lesion, candidates.components, candidates.areas)
+        pooled = np.full(len(candidates), np.nan)
+        pooled[rows] = pool_probabilities(lesion[rows], candidates.components[rows], candidates.areas[rows])
     decided_by = lesion if pooled is None else pooled
-    broken = anatomy_rule(candidates.feature_columns(ANATOMY_RULE_FEATURES))
-    kept = on_positive & (decided_by >= t.t_lesion) & (broken < 0)
+    kept = on_positive & (broken < 0) & rows
+    kept[kept] = decided_by[kept] >= t.t_lesion
     return Decision(kept, slice_p, t.t_slice, t.t_cam, t.t_lesion, lesion, pooled, broken)
 
 

@@ -9,7 +9,7 @@ found twice). The `ScanResult` holds all of it; the writers (`outputs`) and the 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,9 +17,10 @@ import numpy as np
 
 from coronary_calcium.errors import InputError
 from coronary_calcium.inference.arteries import ArteryModel
-from coronary_calcium.inference.candidates import Candidates, find_candidates
-from coronary_calcium.inference.decision import Decision, decide, describe_rule
+from coronary_calcium.inference.candidates import PRELIMINARY_FEATURES, Candidates, find_candidates
+from coronary_calcium.inference.decision import ANATOMY_RULE_FEATURES, Decision, anatomy_rule, decide, describe_rule
 from coronary_calcium.inference.model import InferenceModel
+from coronary_calcium.inference.thresholds import Thresholds
 from coronary_calcium.io.volume import CTVolume, check_ct_volume
 from coronary_calcium.labels import CORONARY_LABELS, LABEL_NAMES, majority_label
 from coronary_calcium.scoring.agatston import DEFAULT_RISK_SCHEME, UNKNOWN_ARTERY, Lesion, ScanScore, score_lesions
@@ -109,10 +110,10 @@ class ScanResult:
         out: dict[str, Any] = {
             "slice_probability": round(float(self.probabilities[int(self.candidates[c].slices[0])]), 6),
             "cam_score": None if cam is None else round(float(cam), 6),
-            "lesion_probability": None if lesion is None else round(float(lesion[c]), 6),
+            "lesion_probability": None if lesion is None else _rounded(lesion[c]),
         }
         if d.component_probabilities is not None:
-            out["component_probability"] = round(float(d.component_probabilities[c]), 6)
+            out["component_probability"] = _rounded(d.component_probabilities[c])
         return out
 
     def lesion_records(self) -> list[dict[str, Any]]:
@@ -199,6 +200,11 @@ class ScanResult:
         return self
 
 
+def _rounded(value: float) -> float | None:
+    """A probability for JSON: None where it was not computed (NaN)."""
+    return None if np.isnan(value) else round(float(value), 6)
+
+
 def _geometry(volume: CTVolume) -> dict[str, Any]:
     return {
         "shape_zyx": [int(s) for s in volume.shape],
@@ -236,9 +242,11 @@ def infer_scan(
         raise InputError("labels", f"shape {np.shape(labels)} differs from the volume's {volume.shape}")
     t = model.thresholds
     config = t.scoring_config()
+    with_classifier = t.lesion_classifier is not None
     candidates = find_candidates(volume.hu, volume.spacing, model.analyzer, config,
                                  cam_slices=lambda p: np.flatnonzero(p >= t.t_slice),
-                                 slice_thickness=volume.slice_thickness, features=t.lesion_classifier is not None)
+                                 slice_thickness=volume.slice_thickness, features=with_classifier,
+                                 feature_subset=_judged_by_classifier(t) if with_classifier else None)
     decision = decide(candidates, t)
     kept = [les for les, keep in zip(candidates, decision.kept) if keep]
     reference_labels = None if labels is None else _reference_labels(kept, np.asarray(labels))
@@ -271,6 +279,23 @@ def infer_scan(
         lesion_reference_labels=reference_labels,
         artery_probabilities=artery_probabilities,
     )
+
+
+def _judged_by_classifier(t: Thresholds) -> Callable[[Candidates], np.ndarray]:
+    """Which candidates need their lesion features: those on positive slices that the anatomy rule allows (the
+    others are rejected whatever the classifier says) and, with component pooling, the rest of their 3D components.
+    Every candidate when the rule reads a feature that is not known before (`PRELIMINARY_FEATURES`)."""
+
+    def judged(found: Candidates) -> np.ndarray:
+        if not set(ANATOMY_RULE_FEATURES) <= set(PRELIMINARY_FEATURES):
+            return np.ones(len(found), dtype=bool)
+        allowed = anatomy_rule(found.feature_columns(ANATOMY_RULE_FEATURES)) < 0
+        judged = (found.slice_probabilities >= t.t_slice) & allowed
+        if t.lesion_pooling == "component":
+            judged = np.isin(found.components, found.components[judged])
+        return judged
+
+    return judged
 
 
 def _reference_labels(lesions: list[Lesion], labels: np.ndarray) -> list[str]:
