@@ -16,8 +16,9 @@ import base64
 import datetime as _dt
 import functools
 import html
-import io
+import struct
 import time
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,12 +56,23 @@ EMBED_BUDGET_BYTES = 20 * 1024 * 1024
 REPORT_MAX_LESIONS = 20
 
 
-def _png_bytes(rgb: np.ndarray) -> bytes:
-    from PIL import Image
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+
+def _png_bytes(rgb: np.ndarray) -> bytes:
+    """An (H, W, 3) [0, 1] image as an 8-bit RGB PNG.
+
+    Written by hand: rows without a PNG filter and zlib level 1 encode an overlay (flat panels, a smooth heat map)
+    in half the time Pillow's adaptive filters take, into a file no larger.
+    """
+    image = np.clip(np.rint(np.asarray(rgb) * 255), 0, 255).astype(np.uint8)
+    h, w = image.shape[:2]
+    rows = np.zeros((h, 1 + 3 * w), dtype=np.uint8)  # each row: filter type 0 (none), then its pixels
+    rows[:, 1:] = image.reshape(h, 3 * w)
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits per channel, RGB, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 1)) + _png_chunk(b"IEND", b""))
 
 
 def _ring(mask: np.ndarray) -> np.ndarray:
