@@ -4,15 +4,19 @@ Usage: python benchmarks/inference_speed.py [--quick] [--threads N] [--network i
 
 A synthetic chest-like volume (body, lungs, spine, calcium specks) is written as a DICOM series; the network has
 random weights (timing only) and a temporary thresholds.json with a lesion classifier of the usual size (5 x 150
-trees of 31 leaves, fitted on random features; so every candidate's features are computed and classified). Two
-cases bracket real scans:
+trees of 31 leaves, fitted on random features). As in any inference, the lesion features are computed and
+classified only for the candidates the classifier judges (on positive slices, where the anatomy rule allows them:
+here the calcium specks on the heart; the bone and noise specks are rejected by the rule first). Two cases bracket
+real scans:
 - "all positive": t_slice = 0, so every slice gets a CAM, candidate scores and a PNG overlay (the upper bound);
 - "none positive": t_slice = 1, so (but for saturated probabilities) the run is read + classify + score + write
   (the lower bound).
 Each is timed through `run_inference` (model loaded once, outside the timing; the first scan of a run, model load
 included, is reported apart), and compared with a bare forward pass over the same preprocessed slices at the same
-precision and the training's field of view (train.json: 160 mm on the heart). Prints a short table, then as the
-LAST line one JSON object with the figures.
+precision and the training's field of view (train.json: 160 mm on the heart). Stage timings (one pass each):
+read, anatomy, preprocess, forward, CAM of every slice, lesion features of the judged candidates (and, for
+comparison, of every candidate, as calibration computes them), the classifier, and the written outputs. Prints a
+short table, then as the LAST line one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ import numpy as np
 import torch
 
 from coronary_calcium.anatomy import find_anatomy
-from coronary_calcium.inference import load_model, run_inference
+from coronary_calcium.inference import infer_scan, load_model, run_inference
 from coronary_calcium.inference.calibration import training_defaults
 from coronary_calcium.inference.candidates import find_candidates
 from coronary_calcium.inference.lesion_classifier import LesionClassifier, fit_lesion_classifier
 from coronary_calcium.inference.lesion_features import LESION_FEATURES, lesion_features
+from coronary_calcium.inference.outputs import write_scan_outputs
 from coronary_calcium.inference.thresholds import Thresholds, file_sha256, save_thresholds
 from coronary_calcium.io.dicom import read_dicom_series, write_dicom_series
 from coronary_calcium.io.volume import CTVolume
@@ -160,15 +165,27 @@ def main() -> None:
         t0 = time.perf_counter()
         analyzer.cam_maps(volume.hu, range(volume.shape[0]), x, volume.spacing, centre)
         cam_s = time.perf_counter() - t0
-        found = find_candidates(volume.hu, volume.spacing, analyzer, model.thresholds.scoring_config(),
-                                slice_thickness=volume.slice_thickness)
+        config = model.thresholds.scoring_config()
+        found = find_candidates(volume.hu, volume.spacing, analyzer, config, slice_thickness=volume.slice_thickness)
+        judged = infer_scan(volume, model).candidates.computed  # the candidates inference computes features for
+        anatomy = find_anatomy(volume.hu, volume.spacing)
+
+        def features_of(rows) -> float:
+            t0 = time.perf_counter()
+            lesion_features(volume.hu, volume.spacing, [les for les, r in zip(found, rows) if r],
+                            found.probabilities, found.cam_maps, found.cam_slices, config, anatomy=anatomy)
+            return time.perf_counter() - t0
+
+        features_s, features_all_s = features_of(judged), features_of(np.ones(len(found), dtype=bool))
+        features = lesion_features(volume.hu, volume.spacing, found.lesions, found.probabilities, found.cam_maps,
+                                   found.cam_slices, config, anatomy=anatomy)
         t0 = time.perf_counter()
-        features = lesion_features(volume.hu, volume.spacing, found.lesions, found.probabilities,
-                                   found.cam_maps, found.cam_slices, model.thresholds.scoring_config())
-        features_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        classifier.predict_proba(features)
+        classifier.predict_proba(features[judged])
         classify_s = time.perf_counter() - t0
+        result = infer_scan(volume, model)
+        t0 = time.perf_counter()
+        write_scan_outputs(result, volume, tmp / "outputs_stage")
+        write_s = time.perf_counter() - t0
         accuracy = {}
         if not args.quick and analyzer.precision != "fp32":
             fp32 = load_model(models, device="cpu", precision="fp32")
@@ -203,8 +220,11 @@ def main() -> None:
         "stages_seconds": {"read_dicom": round(read_s, 3), "anatomy": round(anatomy_s, 3),
                            "preprocess": round(preprocess_s, 3),
                            "forward": round(forward_s, 3), "cam_all_slices": round(cam_s, 3),
-                           "lesion_features": round(features_s, 3), "lesion_classifier": round(classify_s, 3)},
+                           "lesion_features": round(features_s, 3), "lesion_classifier": round(classify_s, 3),
+                           "write_outputs": round(write_s, 3)},
+        "lesion_features_all_candidates_seconds": round(features_all_s, 3),
         "n_candidates": len(found),
+        "n_candidates_judged": int(np.sum(judged)),
         "cases": figures,
         **accuracy,
         "goal_seconds": GOAL_S,

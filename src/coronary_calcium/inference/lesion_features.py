@@ -10,8 +10,11 @@ between the lungs, away from bone and the body wall; `anatomy`), and the tissue 
 epicardial fat, aortic and valve calcium against blood, bone against marrow and bone).
 
 Everything is computed from the HU volume, the slice probabilities and the CAM maps on the original matrix, in
-vectorised passes (integral images for the neighbourhood shares), about 2.2 s for a 512 x 512 x 48 scan on this
-project's 2-core CPU (`benchmarks/inference_speed.py`).
+vectorised passes (integral images for the neighbourhood shares), about 2.2 s for all the candidates of a
+512 x 512 x 48 scan on this project's 2-core CPU (`benchmarks/inference_speed.py`); the per-slice passes run only on
+the slices holding the candidates asked for, so inference, which asks only for those its classifier judges
+(`find_candidates`' feature_subset), spends a fraction of that. A candidate's row does not depend on which others
+are computed with it.
 """
 
 from __future__ import annotations
