@@ -1,7 +1,8 @@
 """Inference on one CT volume, one way: candidates -> decision -> score -> result.
 
 `infer_scan` checks the volume, makes its `Candidates` once (`find_candidates`: slice probabilities, CAMs,
-candidate lesions, their CAM scores and lesion features), applies the thresholds' rule (`decide`), names arteries
+candidate lesions, their CAM scores, and the lesion features of the candidates the classifier judges: on
+positive slices, where the anatomy rule allows them), applies the thresholds' rule (`decide`), names arteries
 from reference labels when given, and scores the kept candidates as they were found (`score_lesions`: nothing is
 found twice). The `ScanResult` holds all of it; the writers (`outputs`) and the agreement report take it.
 """
@@ -144,7 +145,8 @@ class ScanResult:
         return records
 
     def rejected_records(self) -> list[dict[str, Any]]:
-        """Candidates not counted, with the reason (a probability or CAM score below its threshold)."""
+        """Candidates not counted, with the reason (a probability or CAM score below its threshold, or the part of
+        the anatomy rule broken); lesion_probability None where the classifier did not judge the candidate."""
         out = []
         for c in np.flatnonzero(~self.kept):
             lesion = self.candidates[int(c)]
