@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from coronary_calcium.errors import InputError
-from coronary_calcium.inference.calibration import cross_fit_lesion_classifier
+from coronary_calcium.inference.calibration import CLASSIFIER_FEATURES, cross_fit_lesion_classifier
 from coronary_calcium.inference.lesion_classifier import (
     DEFAULT_SEEDS,
     DEFAULT_TREE_PARAMS,
@@ -65,7 +65,9 @@ def test_cross_fitting_scores_each_validation_patient_with_trees_that_never_saw_
     # 5 validation scans of 4 patients, the first patient's two scans first: folds (in order) A, B, C, then D
     fit, val = _collected(4, 150, seed=0), _collected(5, 60, seed=1, patients=["A", "A", "B", "C", "D"])
     small = {**DEFAULT_TREE_PARAMS, "max_iter": 20}  # few trees: fast; the folds are what is tested
-    classifier, p, folds = cross_fit_lesion_classifier(fit, val, folds=3, tree_params=small, data=("tr", "va"))
+    every = LESION_FEATURES
+    classifier, p, folds = cross_fit_lesion_classifier(fit, val, folds=3, tree_params=small, data=("tr", "va"),
+                                                       features=every)
     assert folds == 3 and classifier.fitted_on["n_candidates"] == 600 + 300
     assert classifier.fitted_on["data"] == ["tr", "va"] and classifier.fitted_on["n_scans"] == 4 + 5
     held = np.isin(val["patient"], ["A", "D"])  # fold 0: both scans of A, and D
@@ -75,7 +77,8 @@ def test_cross_fitting_scores_each_validation_patient_with_trees_that_never_saw_
     np.testing.assert_allclose(p[held], alone.predict_proba(val["features"][held]), rtol=1e-12)
     # the final classifier was fitted on the validation candidates too: on them it differs from the out-of-fold one
     assert np.abs(classifier.predict_proba(val["features"]) - p).max() > 0.01
-    only_fit, p0, folds0 = cross_fit_lesion_classifier(fit, val, folds=0, tree_params=small, data=("tr", "va"))
+    only_fit, p0, folds0 = cross_fit_lesion_classifier(fit, val, folds=0, tree_params=small, data=("tr", "va"),
+                                                       features=every)
     assert folds0 == 0 and only_fit.fitted_on["n_candidates"] == 600 and only_fit.fitted_on["data"] == "tr"
     np.testing.assert_array_equal(p0, only_fit.predict_proba(val["features"]))
     two_patients = _collected(3, 60, seed=2, patients=["A", "B", "B"])
@@ -85,6 +88,19 @@ def test_cross_fitting_scores_each_validation_patient_with_trees_that_never_saw_
     for bad in (1, 2.5, True, -1):
         with pytest.raises(InputError, match="validation_folds: must be 0"):
             cross_fit_lesion_classifier(fit, val, folds=bad)
+
+
+def test_the_classifier_reads_its_feature_subset_and_refuses_unknown_names():
+    fit, val = _collected(4, 150, seed=0), _collected(3, 60, seed=1)
+    small = {**DEFAULT_TREE_PARAMS, "max_iter": 20}
+    classifier, p, _ = cross_fit_lesion_classifier(fit, val, folds=0, tree_params=small)
+    assert classifier.features == CLASSIFIER_FEATURES and "heart_depth_mm" not in classifier.features
+    columns = [LESION_FEATURES.index(f) for f in CLASSIFIER_FEATURES]
+    alone = fit_lesion_classifier(fit["features"][:, columns], fit["coronary"], CLASSIFIER_FEATURES, small)
+    np.testing.assert_array_equal(p, alone.predict_proba(val["features"][:, columns]))
+    for bad in (("no_such_feature",), ("log_area_mm2", "log_area_mm2"), ()):
+        with pytest.raises(InputError, match="classifier_features: must be distinct names of LESION_FEATURES"):
+            cross_fit_lesion_classifier(fit, val, folds=0, tree_params=small, features=bad)
 
 
 def test_bad_classifier_input_is_refused():

@@ -68,7 +68,7 @@ from coronary_calcium.scoring.agatston import ScoringConfig, find_lesions
 from coronary_calcium.scoring.agreement import match_lesions
 from coronary_calcium.train.precision import default_precision
 
-__all__ = ["CalibrationConfig", "calibrate", "choose_thresholds", "cross_fit_lesion_classifier", "training_defaults",
+__all__ = ["CLASSIFIER_FEATURES", "CalibrationConfig", "calibrate", "choose_thresholds", "cross_fit_lesion_classifier", "training_defaults",
            "DEFAULT_SLICE_GRID", "DEFAULT_CAM_GRID"]
 
 DEFAULT_SLICE_GRID = tuple(round(v, 4) for v in np.linspace(0.0, 1.0, 21))
@@ -91,6 +91,14 @@ VALIDATION_FOLDS = 3
 # candidate kept one by one rejected).
 LESION_POOLING = "component"
 FROM_TRAINING = "train.json"  # field of view defaults: train.json's values (None itself means "no crop")
+# What the lesion classifier reads: what is measured on the scan itself (size, density, 3D extent, place in the
+# anatomy, surrounding tissue), not the slice network's outputs (slice probabilities, CAM): those are learnt from the
+# synthetic slices and only restate, less reliably on other scanners, what the measured features say (the
+# validation record of docs/results_0.10.0 compares both). Nor the depth inside the heart region: that region is
+# the soft tissue between the lungs, so where its edge runs depends on the lung shapes and the field of view rather
+# than on the heart; the position relative to the heart centre, in heart radii, stays.
+SLICE_NETWORK_FEATURES = ("slice_probability", "neighbour_probability", "cam_mean", "cam_max")
+CLASSIFIER_FEATURES = tuple(f for f in LESION_FEATURES if f not in (*SLICE_NETWORK_FEATURES, "heart_depth_mm"))
 
 
 def training_defaults(train_config: str | Path | None = None) -> dict[str, Any]:
@@ -299,7 +307,7 @@ def _artery_name(label: int) -> str:
 
 def _fit_arteries(sets: Sequence[dict[str, Any]], data: Sequence[str]) -> ArteryModel | None:
     """The artery model fitted on the coronary candidates (matched to a reference lesion) of the collected sets."""
-    rows = [(c["features"][:, [LESION_FEATURES.index(f) for f in ARTERY_FEATURES]], c["artery"], c["coronary"])
+    rows = [(_columns(c["features"], ARTERY_FEATURES), c["artery"], c["coronary"])
             for c in sets]
     x = np.concatenate([f[m & (a != "")] for f, a, m in rows])
     y = np.concatenate([a[m & (a != "")] for _, a, m in rows])
@@ -318,11 +326,25 @@ def _check_patients(patients: Sequence[str], folds: int, described: str) -> None
                          f"{len(set(patients))}: use validation_folds=0 (evaluate.json: inference_validation_folds)")
 
 
+def _columns(table: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """The ``names`` columns of a `LESION_FEATURES` table."""
+    return table[:, [LESION_FEATURES.index(name) for name in names]]
+
+
+def _check_classifier_features(names: Sequence[str]) -> tuple[str, ...]:
+    names = tuple(str(n) for n in names)
+    unknown = sorted(set(names) - set(LESION_FEATURES))
+    if not names or unknown or len(set(names)) != len(names):
+        raise InputError("classifier_features", f"must be distinct names of LESION_FEATURES; unknown: {unknown}")
+    return names
+
+
 def _fit_classifier(parts: Sequence[tuple[dict[str, Any], np.ndarray]], tree_params: Mapping[str, Any] | None,
-                    hard_negative_weight: float, data: Sequence[str] | None = None) -> LesionClassifier:
-    """The lesion classifier fitted on the candidates selected (boolean mask) from each collected set; with
-    ``data`` (a description per set), its ``fitted_on`` says what it was fitted on."""
-    x = np.concatenate([c["features"][m] for c, m in parts])
+                    hard_negative_weight: float, data: Sequence[str] | None = None,
+                    features: Sequence[str] = CLASSIFIER_FEATURES) -> LesionClassifier:
+    """The lesion classifier on ``features`` fitted on the candidates selected (boolean mask) from each collected
+    set; with ``data`` (a description per set), its ``fitted_on`` says what it was fitted on."""
+    x = np.concatenate([_columns(c["features"][m], features) for c, m in parts])
     y = np.concatenate([c["coronary"][m] for c, m in parts])
     weight = None
     if hard_negative_weight != 1.0:
@@ -334,7 +356,7 @@ def _fit_classifier(parts: Sequence[tuple[dict[str, Any], np.ndarray]], tree_par
                      "n_reference_lesions": sum(c["n_ref"] for c, _ in parts),
                      "n_aortic_or_valve": sum(int(c["non_coronary"].sum()) for c, _ in parts),
                      "aortic_or_valve_weight": float(hard_negative_weight)}
-    return fit_lesion_classifier(x, y, LESION_FEATURES, tree_params, fitted_on=fitted_on, sample_weight=weight)
+    return fit_lesion_classifier(x, y, features, tree_params, fitted_on=fitted_on, sample_weight=weight)
 
 
 def cross_fit_lesion_classifier(
@@ -344,18 +366,21 @@ def cross_fit_lesion_classifier(
     tree_params: Mapping[str, Any] | None = None,
     hard_negative_weight: float = HARD_NEGATIVE_WEIGHT,
     data: Sequence[str] = ("fit data", "validation data"),
+    features: Sequence[str] = CLASSIFIER_FEATURES,
 ) -> tuple[LesionClassifier, np.ndarray, int]:
     """The lesion classifier fitted on the ``fit`` and ``val`` candidates (as collected by `_collect`), and
     out-of-fold probabilities for the ``val`` candidates: validation patients are dealt into ``folds`` folds in
     order of appearance (one per patient when there are fewer), and each fold is scored by trees fitted on ``fit``
     and the other folds, so no patient's scans are on both sides. ``folds=0``: fitted on ``fit`` only, the ``val``
-    probabilities come from that classifier. ``data``: descriptions of the two sets, for ``fitted_on``.
-    Returns (classifier, validation probabilities, folds used)."""
+    probabilities come from that classifier. ``data``: descriptions of the two sets, for ``fitted_on``;
+    ``features``: the `LESION_FEATURES` the trees read. Returns (classifier, validation probabilities, folds used)."""
     folds = _check_folds(folds)
+    features = _check_classifier_features(features)
+    val_x = _columns(val["features"], features)
     everything = [np.ones(c["patient"].size, dtype=bool) for c in (fit, val)]
     if folds == 0:
-        classifier = _fit_classifier([(fit, everything[0])], tree_params, hard_negative_weight, data[:1])
-        return classifier, classifier.predict_proba(val["features"]), 0
+        classifier = _fit_classifier([(fit, everything[0])], tree_params, hard_negative_weight, data[:1], features)
+        return classifier, classifier.predict_proba(val_x), 0
     _, first, group = np.unique(val["patient"], return_index=True, return_inverse=True)
     _check_patients(val["patient"], folds, "validation data")
     folds = min(folds, first.size)
@@ -363,10 +388,11 @@ def cross_fit_lesion_classifier(
     out_of_fold = np.zeros(fold.size)
     for k in range(folds):
         held = fold == k
-        trees = _fit_classifier([(fit, everything[0]), (val, ~held)], tree_params, hard_negative_weight)
-        out_of_fold[held] = trees.predict_proba(val["features"][held])
+        trees = _fit_classifier([(fit, everything[0]), (val, ~held)], tree_params, hard_negative_weight,
+                                features=features)
+        out_of_fold[held] = trees.predict_proba(val_x[held])
     classifier = _fit_classifier([(fit, everything[0]), (val, everything[1])], tree_params, hard_negative_weight,
-                                 data)
+                                 data, features)
     return classifier, out_of_fold, folds
 
 
@@ -383,6 +409,7 @@ class CalibrationConfig:
     ``cam_gate_layer`` (gate by this shallow layer's LayerCAM; None: not), ``cam_score``, ``cam_pooling`` (a
     candidate's CAM score: the "max" or "mean" of the map over its pixels).
     Lesion classifier: ``lesion_classifier`` (fit one; False: the slice-and-CAM rule decides), ``tree_params``,
+    ``classifier_features`` (the `LESION_FEATURES` the trees read; default `CLASSIFIER_FEATURES`),
     ``hard_negative_weight`` (weight of aortic / valve candidates, see HARD_NEGATIVE_WEIGHT), ``validation_folds``
     (cross-fitting folds of the validation patients; 0 fits on ``fit_data`` only), ``lesion_pooling``
     ("component": a candidate is judged by its 3D component's area-weighted mean probability; "candidate": alone).
@@ -409,6 +436,7 @@ class CalibrationConfig:
     fit_data: Manifest | str | Path | Sequence[Any] | None = None
     fit_split: str = "train"
     tree_params: Mapping[str, Any] | None = None
+    classifier_features: Sequence[str] = CLASSIFIER_FEATURES
     hard_negative_weight: float = HARD_NEGATIVE_WEIGHT
     validation_folds: int = VALIDATION_FOLDS
     f1_slack_lesions: float | None = 1.0
@@ -466,6 +494,7 @@ def _probe(network: nn.Module, network_name: str, c: CalibrationConfig) -> Thres
     check_lesion_pooling(c.lesion_pooling)
     if c.lesion_classifier:
         _check_folds(c.validation_folds)
+        _check_classifier_features(c.classifier_features)
     slack = c.f1_slack_lesions
     if slack is not None and (isinstance(slack, bool) or not isinstance(slack, numbers.Real)
                               or not 0 <= slack < float("inf")):
@@ -531,8 +560,7 @@ def _lesion_rule(val: dict[str, Any], p_lesion: np.ndarray, used_folds: int, c: 
     """(t_slice, t_lesion) chosen jointly on the pooled out-of-fold lesion probabilities, by the same grid search."""
     p_lesion = pool_probabilities(p_lesion, val["component"], val["area"], c.lesion_pooling)
     # the anatomy rule of `decide` holds here too: what it rejects is never kept, whatever its probability
-    columns = [LESION_FEATURES.index(name) for name in ANATOMY_RULE_FEATURES]
-    p_lesion = np.where(anatomy_allows(val["features"][:, columns]), p_lesion, -np.inf)
+    p_lesion = np.where(anatomy_allows(_columns(val["features"], ANATOMY_RULE_FEATURES)), p_lesion, -np.inf)
     found = grid_search(val["probability"], p_lesion, val["pairs"], val["n_ref"], slice_grid,
                         c.lesion_grid if c.lesion_grid is not None else DEFAULT_LESION_GRID, val["non_coronary"],
                         slack)
@@ -589,7 +617,8 @@ def choose_thresholds(
     chosen, extra, classifier, artery_model = rule, {}, None, None
     if fit is not None:
         classifier, p_lesion, used_folds = cross_fit_lesion_classifier(
-            fit, val, c.validation_folds, c.tree_params, c.hard_negative_weight, data=(fit_described, described))
+            fit, val, c.validation_folds, c.tree_params, c.hard_negative_weight, data=(fit_described, described),
+            features=c.classifier_features)
         artery_model = _fit_arteries((fit, val), (fit_described, described))
         chosen = _lesion_rule(val, p_lesion, used_folds, c, slice_grid, slack)
         # the slice-and-CAM rule, for comparison and for `Thresholds.with_rule("slice-cam")`
