@@ -985,40 +985,6 @@ def _ostial_aortic(rng: np.random.Generator, an: _Anatomy, lm_plaque: Plaque) ->
     return Plaque(AORTIC, centre, np.stack([axis, radial, circ]), fwhm, u(400.0, 1200.0))
 
 
-LARGE_AORTIC_SHARE = 0.35  # aortic wall calcification is heavy-tailed: specks, and plaques of centimetres
-
-
-def _aortic_wall_plaque(rng: np.random.Generator, an: _Anatomy, grid: Grid) -> list[Plaque]:
-    """One aortic wall calcification (label 5) on the root and ascending aorta (from the sinuses, where the left
-    main and the RCA leave it, upwards) or on the descending aorta: a patch on the wall, or, for a
-    `LARGE_AORTIC_SHARE` of them, a plaque of 3-7 patches in an arc around the wall, up to ~3 cm along it and
-    denser, as calcified aortic roots are in older patients; empty when the segment misses the scan."""
-    u = rng.uniform
-    if rng.random() < 0.5:
-        a, b, r = an.root, an.asc_top, an.asc_r
-    else:
-        a, b, r = an.desc
-    z_lo, z_hi = max(grid.z0 + 3.0, min(a[2], b[2])), min(grid.z[-1] - 3.0, max(a[2], b[2]))
-    if z_lo >= z_hi:
-        return []
-    axis = _unit(b - a)
-    large = rng.random() < LARGE_AORTIC_SHARE
-    n, ang0 = (int(rng.integers(3, 8)) if large else 1), u(0, 2 * math.pi)
-    fw_axis, zt = (u(5.0, 18.0) if large else u(1.5, 5.0)), u(z_lo, z_hi)
-    density = u(600.0, 1600.0) if large else u(300.0, 1300.0)
-    out = []
-    for k in range(n):
-        p = a + axis * (zt + u(-1.5, 1.5) - a[2]) / axis[2]
-        ang = ang0 + k * 5.0 / r  # neighbouring patches ~5 mm apart around the wall
-        radial = _unit(np.cross(axis, np.array([math.cos(ang), math.sin(ang), 0.0])))
-        radial = _unit(radial - (radial @ axis) * axis)
-        fw = np.array([fw_axis * u(0.8, 1.2), u(1.0, 2.2) if large else u(0.8, 1.6), u(4.0, 8.0) if large
-                       else u(2.0, 10.0)])
-        out.append(Plaque(AORTIC, p + radial * (r - 1.0), np.stack([axis, radial, np.cross(axis, radial)]), fw,
-                          density * u(0.85, 1.15)))
-    return out
-
-
 def _draw_noncoronary(
     rng: np.random.Generator, config: SynthConfig, an: _Anatomy, grid: Grid, category: int, kernel: np.ndarray,
     special: list[Plaque] = (),
@@ -1030,7 +996,22 @@ def _draw_noncoronary(
     u = rng.uniform
     if rng.random() < min(1.0, config.aortic_calcification_prob * boost):
         for _ in range(int(rng.integers(1, 7))):
-            out.extend(_aortic_wall_plaque(rng, an, grid))
+            if rng.random() < 0.5:
+                a, b, r = an.root + np.array([0.0, 0.0, 15.0]), an.asc_top, an.asc_r
+            else:
+                a, b, r = an.desc
+            z_lo, z_hi = max(grid.z0 + 3.0, min(a[2], b[2])), min(grid.z[-1] - 3.0, max(a[2], b[2]))
+            if z_lo >= z_hi:
+                continue
+            zt = u(z_lo, z_hi)
+            axis = _unit(b - a)
+            p = a + axis * (zt - a[2]) / axis[2]
+            ang = u(0, 2 * math.pi)
+            radial = _unit(np.cross(axis, np.array([math.cos(ang), math.sin(ang), 0.0])))
+            radial = _unit(radial - (radial @ axis) * axis)
+            circ = np.cross(axis, radial)
+            fw = np.array([u(1.5, 5.0), u(0.8, 1.6), u(2.0, 10.0)])
+            out.append(Plaque(AORTIC, p + radial * (r - 1.0), np.stack([axis, radial, circ]), fw, u(300.0, 1300.0)))
     if rng.random() < min(1.0, config.valve_calcification_prob * boost):
         v = an.ventricles
         e1 = v.rot[:, 0]
