@@ -49,7 +49,7 @@ from coronary_calcium.inference.lesion_classifier import (
     fit_lesion_classifier,
     pool_probabilities,
 )
-from coronary_calcium.inference.lesion_features import LESION_FEATURES
+from coronary_calcium.inference.lesion_features import LESION_FEATURES, feature_columns
 from coronary_calcium.inference.model import SliceAnalyzer, _device
 from coronary_calcium.inference.thresholds import (
     CAM_SCORES,
@@ -68,8 +68,8 @@ from coronary_calcium.scoring.agatston import ScoringConfig, find_lesions
 from coronary_calcium.scoring.agreement import match_lesions
 from coronary_calcium.train.precision import default_precision
 
-__all__ = ["CLASSIFIER_FEATURES", "CalibrationConfig", "calibrate", "choose_thresholds", "cross_fit_lesion_classifier", "training_defaults",
-           "DEFAULT_SLICE_GRID", "DEFAULT_CAM_GRID"]
+__all__ = ["CLASSIFIER_FEATURES", "CalibrationConfig", "calibrate", "choose_thresholds", "cross_fit_lesion_classifier",
+           "training_defaults", "DEFAULT_SLICE_GRID", "DEFAULT_CAM_GRID"]
 
 DEFAULT_SLICE_GRID = tuple(round(v, 4) for v in np.linspace(0.0, 1.0, 21))
 DEFAULT_CAM_GRID = tuple(round(v, 4) for v in np.linspace(0.0, 1.0, 21))
@@ -307,7 +307,7 @@ def _artery_name(label: int) -> str:
 
 def _fit_arteries(sets: Sequence[dict[str, Any]], data: Sequence[str]) -> ArteryModel | None:
     """The artery model fitted on the coronary candidates (matched to a reference lesion) of the collected sets."""
-    rows = [(_columns(c["features"], ARTERY_FEATURES), c["artery"], c["coronary"])
+    rows = [(feature_columns(c["features"], ARTERY_FEATURES), c["artery"], c["coronary"])
             for c in sets]
     x = np.concatenate([f[m & (a != "")] for f, a, m in rows])
     y = np.concatenate([a[m & (a != "")] for _, a, m in rows])
@@ -326,16 +326,13 @@ def _check_patients(patients: Sequence[str], folds: int, described: str) -> None
                          f"{len(set(patients))}: use validation_folds=0 (evaluate.json: inference_validation_folds)")
 
 
-def _columns(table: np.ndarray, names: Sequence[str]) -> np.ndarray:
-    """The ``names`` columns of a `LESION_FEATURES` table."""
-    return table[:, [LESION_FEATURES.index(name) for name in names]]
-
-
 def _check_classifier_features(names: Sequence[str]) -> tuple[str, ...]:
     names = tuple(str(n) for n in names)
     unknown = sorted(set(names) - set(LESION_FEATURES))
-    if not names or unknown or len(set(names)) != len(names):
-        raise InputError("classifier_features", f"must be distinct names of LESION_FEATURES; unknown: {unknown}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if not names or unknown or repeated:
+        raise InputError("classifier_features", f"must be distinct names of LESION_FEATURES, at least one; got "
+                         f"{len(names)}, unknown {unknown}, repeated {repeated}")
     return names
 
 
@@ -344,7 +341,7 @@ def _fit_classifier(parts: Sequence[tuple[dict[str, Any], np.ndarray]], tree_par
                     features: Sequence[str] = CLASSIFIER_FEATURES) -> LesionClassifier:
     """The lesion classifier on ``features`` fitted on the candidates selected (boolean mask) from each collected
     set; with ``data`` (a description per set), its ``fitted_on`` says what it was fitted on."""
-    x = np.concatenate([_columns(c["features"][m], features) for c, m in parts])
+    x = np.concatenate([feature_columns(c["features"][m], features) for c, m in parts])
     y = np.concatenate([c["coronary"][m] for c, m in parts])
     weight = None
     if hard_negative_weight != 1.0:
@@ -376,7 +373,7 @@ def cross_fit_lesion_classifier(
     ``features``: the `LESION_FEATURES` the trees read. Returns (classifier, validation probabilities, folds used)."""
     folds = _check_folds(folds)
     features = _check_classifier_features(features)
-    val_x = _columns(val["features"], features)
+    val_x = feature_columns(val["features"], features)
     everything = [np.ones(c["patient"].size, dtype=bool) for c in (fit, val)]
     if folds == 0:
         classifier = _fit_classifier([(fit, everything[0])], tree_params, hard_negative_weight, data[:1], features)
@@ -560,7 +557,7 @@ def _lesion_rule(val: dict[str, Any], p_lesion: np.ndarray, used_folds: int, c: 
     """(t_slice, t_lesion) chosen jointly on the pooled out-of-fold lesion probabilities, by the same grid search."""
     p_lesion = pool_probabilities(p_lesion, val["component"], val["area"], c.lesion_pooling)
     # the anatomy rule of `decide` holds here too: what it rejects is never kept, whatever its probability
-    p_lesion = np.where(anatomy_allows(_columns(val["features"], ANATOMY_RULE_FEATURES)), p_lesion, -np.inf)
+    p_lesion = np.where(anatomy_allows(feature_columns(val["features"], ANATOMY_RULE_FEATURES)), p_lesion, -np.inf)
     found = grid_search(val["probability"], p_lesion, val["pairs"], val["n_ref"], slice_grid,
                         c.lesion_grid if c.lesion_grid is not None else DEFAULT_LESION_GRID, val["non_coronary"],
                         slack)

@@ -20,6 +20,7 @@ from coronary_calcium.anatomy import ANATOMY_FEATURES, Anatomy, anatomy_features
 from coronary_calcium.inference.lesion_features import (
     LESION_FEATURES,
     candidate_components,
+    feature_columns,
     dense_components,
     lesion_features,
 )
@@ -86,7 +87,7 @@ class Candidates:
         """The features named, in that order (a lesion classifier's columns)."""
         if self.features is None:
             raise InputError("candidates", "lesion features were not computed (find_candidates(features=True))")
-        return self.features[:, [LESION_FEATURES.index(name) for name in names]]
+        return feature_columns(self.features, names)
 
     def drop_voxels(self, keep: np.ndarray | None = None) -> None:
         """Forget the CAM maps and the voxel indices of the candidates not in ``keep`` (a boolean mask), to keep a

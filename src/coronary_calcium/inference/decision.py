@@ -134,10 +134,9 @@ def describe_rule(t: Thresholds, cam_key: str) -> str:
                 f"({t.cam_pooling} of the {t.cam_score} {t.cam_method} at {cam_key}) is >= {t.t_cam:g}; "
                 "non-coronary calcium is excluded by the model alone")
     pooled = ", averaged over its 3D component weighted by area," if t.lesion_pooling == "component" else ""
-    reads = [f"{t.cam_method} at {cam_key}"] if {"cam_mean", "cam_max"} & set(classifier.features) else []
-    if "slice_probability" in classifier.features:
-        reads.insert(0, "slice probability")
-    reads += ["size, density, 3D extent, place in the anatomy, surrounding tissue"]
+    reads = (["slice probability"] * ("slice_probability" in classifier.features)
+             + [f"{t.cam_method} at {cam_key}"] * bool({"cam_mean", "cam_max"} & set(classifier.features))
+             + ["size, density, 3D extent, place in the anatomy, surrounding tissue"])
     lumen = ", bordering lumen" if "lumen_mm" in classifier.features else ""
     return (f"coronary calcium = {found} on slices with probability >= {t.t_slice:g} whose lesion-classifier "
             f"probability (boosted trees on {len(classifier.features)} features: {', '.join(reads)}{lumen})"

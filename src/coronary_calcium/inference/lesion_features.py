@@ -10,11 +10,10 @@ between the lungs, away from bone and the body wall; `anatomy`), and the tissue 
 epicardial fat, aortic and valve calcium against blood, bone against marrow and bone).
 
 Everything is computed from the HU volume, the slice probabilities and the CAM maps on the original matrix, in
-vectorised passes (integral images for the neighbourhood shares), about 2.2 s for all the candidates of a
-512 x 512 x 48 scan on this project's 2-core CPU (`benchmarks/inference_speed.py`); the per-slice passes run only on
-the slices holding the candidates asked for, so inference, which asks only for those its classifier judges
-(`find_candidates`' feature_subset), spends a fraction of that. A candidate's row does not depend on which others
-are computed with it.
+vectorised passes (integral images for the neighbourhood shares; `benchmarks/inference_speed.py` times them). The
+per-slice passes run only on the slices holding the candidates asked for, so inference, which asks only for those its
+classifier judges (`find_candidates`' feature_subset), pays for a few slices. A candidate's row does not depend on
+which others are computed with it.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from coronary_calcium.anatomy import ANATOMY_FEATURES, Anatomy, anatomy_features
 from coronary_calcium.scoring.agatston import Lesion, ScoringConfig
 
 __all__ = ["LESION_FEATURES", "NEIGHBOURHOOD_MM", "TISSUES", "candidate_components", "dense_components",
-           "lesion_features", "pixel_noise_hu"]
+           "feature_columns", "lesion_features", "pixel_noise_hu"]
 
 # HU ranges of the tissues whose share around a candidate is a feature: [low, high)
 TISSUES = {"lung": (-np.inf, -500.0), "fat": (-200.0, -30.0), "soft": (-30.0, 130.0), "dense": (130.0, np.inf)}
@@ -57,10 +56,15 @@ LESION_FEATURES: tuple[str, ...] = (
     *(f"{tissue}_{int(r)}mm" for r in NEIGHBOURHOOD_MM for tissue in TISSUES),
     *(f"mean_hu_{int(r)}mm" for r in NEIGHBOURHOOD_MM),  # mean HU (clipped to [-1000, 1500]) in the squares
 )
-HU_CLIP = (-1000.0, 1500.0)
+HU_CLIP = (-1000.0, 1500.0)  # a metal or a -3024 HU padding value must not swamp a neighbourhood's mean
 NOISE_TISSUE_HU = (-250.0, 150.0)  # fat, muscle, blood and room for their noise: differences there are noise
 MAX_PEAK_OVER_NOISE = 50.0
-NOISE_ROW_STEP = 4  # every 4th row is plenty for a median over a volume  # a metal or a -3024 HU padding value must not swamp a neighbourhood's mean
+NOISE_ROW_STEP = 4  # every 4th row is plenty for a median over a volume
+
+
+def feature_columns(table: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """The ``names`` columns, in that order, of a (n, len(LESION_FEATURES)) `lesion_features` table."""
+    return table[:, [LESION_FEATURES.index(name) for name in names]]
 
 
 def _box_mean(integral: np.ndarray, z: np.ndarray, y: np.ndarray, x: np.ndarray, half: int) -> np.ndarray:
