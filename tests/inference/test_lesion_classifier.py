@@ -101,6 +101,8 @@ def test_the_classifier_reads_its_feature_subset_and_refuses_unknown_names():
     for bad in (("no_such_feature",), ("log_area_mm2", "log_area_mm2"), ()):
         with pytest.raises(InputError, match="classifier_features: must be distinct names of LESION_FEATURES"):
             cross_fit_lesion_classifier(fit, val, folds=0, tree_params=small, features=bad)
+    with pytest.raises(InputError, match=r"unknown \['no_such_feature'\], repeated \['log_area_mm2'\]"):
+        cross_fit_lesion_classifier(fit, val, folds=0, features=("no_such_feature", "log_area_mm2", "log_area_mm2"))
 
 
 def test_bad_classifier_input_is_refused():
