@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from coronary_calcium.cli import main
+from coronary_calcium.report.files import sigint_held
 from coronary_calcium.synth.config import SynthConfig
 
 
@@ -105,3 +106,21 @@ def test_sigint_during_synth_leaves_no_partial_set(tmp_path):
     assert status == 130, err[-2000:]
     assert "Traceback" not in err, err[-2000:]
     assert not out.exists() and not list(tmp_path.glob(".set.*"))
+
+
+def test_ctrl_c_held_back_by_sigint_held_arrives_after_the_block():
+    """What the overlay writer starts its thread pool under: a Ctrl-C inside the block does not cut it, and is
+    raised once the block has run."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background shell job ignores SIGINT
+    finished = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with sigint_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                finished.append("block")
+            time.sleep(0.05)
+            finished.append("after")  # not reached: the held Ctrl-C is raised as the block ends
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert finished == ["block"]

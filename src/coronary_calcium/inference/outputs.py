@@ -34,7 +34,7 @@ from coronary_calcium.inference.scan import ScanResult
 from coronary_calcium.io.images import write_nifti
 from coronary_calcium.io.volume import CTVolume
 from coronary_calcium.labels import ARTERY_NAMES
-from coronary_calcium.report.files import atomic_path, uninterrupted, write_csv, write_json
+from coronary_calcium.report.files import atomic_path, sigint_held, uninterrupted, write_csv, write_json
 
 RESULT_FILE = "result.json"
 LESION_MASK_FILE = "lesions.nii.gz"
@@ -215,11 +215,15 @@ def _write_overlays(result: ScanResult, volume: CTVolume, scan_dir: Path) -> lis
         return name
 
     # PNG encoding (zlib) and numpy release the GIL: two threads overlap rendering and encoding.
-    pool = ThreadPoolExecutor(max_workers=OVERLAY_THREADS)
+    pool = None
     try:
-        written = list(pool.map(one, range(len(result.cam_slices)), result.cam_slices))
+        with sigint_held():  # every thread the pool starts is one it joins
+            pool = ThreadPoolExecutor(max_workers=OVERLAY_THREADS)
+            done = pool.map(one, range(len(result.cam_slices)), result.cam_slices)
+        written = list(done)
     finally:  # on an interrupt, no thread may go on writing into a result folder that is being removed
-        uninterrupted(pool.shutdown, wait=True, cancel_futures=True)
+        if pool is not None:
+            uninterrupted(pool.shutdown, wait=True, cancel_futures=True)
     for old in folder.glob("slice_*.png"):  # overlays of an earlier run that this one has not rewritten
         if f"{SLICES_DIR}/{old.name}" not in written:
             old.unlink()

@@ -8,7 +8,9 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -76,6 +78,25 @@ def atomic_folder(path: str | Path, *, replace: bool = False, last: Sequence[str
         raise OSError(e.errno, e.strerror, str(path / Path(name).relative_to(tmp))) from e
     finally:  # gone already when renamed into place; removed even when Ctrl-C lands in the clean-up
         uninterrupted(shutil.rmtree, tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def sigint_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back while the block runs, then deliver it: for a step that must not be cut half way,
+    such as a thread pool starting its threads (a thread started but not yet registered would escape the pool's
+    shutdown and go on writing into a result folder being removed). Python runs signal handlers in the main thread
+    only, so elsewhere the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)  # as the restored handler would have had it
 
 
 def uninterrupted(cleanup: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
