@@ -61,12 +61,13 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def _png_bytes(rgb: np.ndarray) -> bytes:
-    """An (H, W, 3) [0, 1] image as an 8-bit RGB PNG.
+    """An (H, W, 3) image, uint8 or [0, 1] floats, as an 8-bit RGB PNG.
 
     Written by hand because Pillow has no option to leave out its adaptive row filters, which cost more than they
     save on an overlay (flat panels, a smooth heat map): rows without a filter, zlib level 1.
     """
-    image = np.clip(np.rint(np.asarray(rgb) * 255), 0, 255).astype(np.uint8)
+    rgb = np.asarray(rgb)
+    image = rgb if rgb.dtype == np.uint8 else np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
     h, w = image.shape[:2]
     rows = np.zeros((h, 1 + 3 * w), dtype=np.uint8)  # each row: filter type 0 (none), then its pixels
     rows[:, 1:] = image.reshape(h, 3 * w)
@@ -77,7 +78,12 @@ def _png_bytes(rgb: np.ndarray) -> bytes:
 
 def _ring(mask: np.ndarray) -> np.ndarray:
     """The pixels just outside ``mask`` (its outline, leaving the calcium itself visible)."""
-    return ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool)) & ~mask
+    ring = np.zeros_like(mask, dtype=bool)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size:  # dilated within the mask's bounding box grown by one pixel, not over the whole slice
+        box = (slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
+        ring[box] = ndimage.binary_dilation(mask[box], structure=np.ones((3, 3), bool)) & ~mask[box]
+    return ring
 
 
 @functools.lru_cache(maxsize=4)
@@ -85,7 +91,7 @@ def _lut(cmap: str) -> np.ndarray:
     """The colormap's 256 RGB entries (matplotlib quantises a colormap to 256 levels too)."""
     import matplotlib
 
-    return matplotlib.colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3].astype(np.float32)
+    return np.rint(matplotlib.colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.float32)
 
 
 def render_overlay(
@@ -97,10 +103,11 @@ def render_overlay(
     alpha: float = 0.5,
     cmap: str = "jet",
 ) -> np.ndarray:
-    """RGB float image (H, 2W + 4, 3): CT with outlines | CT with CAM heat and outlines (small slices upscaled).
+    """RGB uint8 image (H, 2W + 4, 3): CT with outlines | CT with CAM heat and outlines (small slices upscaled).
 
     The heat panel blends like `coronary_calcium.explain.handlers.overlay`: weight ``alpha * heat`` per pixel, so a
-    weak map leaves the slice visible.
+    weak map leaves the slice visible. Computed on one (H, W) plane at a time and written once into the 8-bit
+    image (a 512 x 512 slice for every positive slice of a scan).
     """
     hu = np.asarray(hu, dtype=np.float32)
     scale = max(1, int(np.ceil(MIN_PANEL_PX / max(hu.shape))))
@@ -109,16 +116,20 @@ def render_overlay(
         hu, kept = up(hu), up(kept.astype(np.uint8)) > 0
         rejected = None if rejected is None else up(rejected.astype(np.uint8)) > 0
         cam = None if cam is None else up(np.asarray(cam, dtype=np.float32))
+    h, w = hu.shape
     lo, hi = float(window[0]), float(window[1])
-    gray = np.clip((hu - lo) / (hi - lo), 0.0, 1.0)[..., None]
-    left = np.repeat(gray, 3, axis=2)
+    gray = np.clip((hu - lo) * np.float32(255.0 / (hi - lo)), 0.0, 255.0)
+    out = np.full((h, 2 * w + 4, 3), 255, dtype=np.uint8)  # the 4-pixel gap stays white
+    left, right = out[:, :w], out[:, w + 4:]
+    left[...] = np.rint(gray)[..., None]
     if cam is None:
-        right = left.copy()
+        right[...] = left
     else:
         heat = np.clip(np.asarray(cam, dtype=np.float32), 0.0, 1.0)
         colour = _lut(cmap)[np.rint(heat * 255).astype(np.uint8)]
-        w = (alpha * heat)[..., None]
-        right = (1 - w) * gray + w * colour
+        weight = np.float32(alpha) * heat
+        for c in range(3):
+            right[..., c] = np.rint(gray + weight * (colour[..., c] - gray))
     rings = []
     if rejected is not None and rejected.any():
         rings.append((_ring(rejected), REJECTED_RGB))
@@ -126,9 +137,8 @@ def render_overlay(
         rings.append((_ring(kept), KEPT_RGB))
     for panel in (left, right):
         for ring, rgb in rings:
-            panel[ring] = rgb
-    gap = np.ones((hu.shape[0], 4, 3), dtype=np.float32)
-    return np.concatenate([left, gap, right], axis=1)
+            panel[ring] = np.rint(np.asarray(rgb) * 255).astype(np.uint8)
+    return out
 
 
 def write_scan_outputs(
