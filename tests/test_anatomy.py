@@ -214,6 +214,35 @@ def test_air_opening_to_the_image_edge_is_outside_a_lung_cut_off_by_it_is_not():
     assert skin < 5.0 and beside_lung > 30.0
 
 
+def test_a_lung_cut_off_at_a_corner_is_inside_and_the_heart_region_lies_between_both_lungs():
+    """A gated image can cut a lung at a corner: its rows and its columns both end in lung, so neither fill reaches
+    it. It is lung all the same (parenchyma, not gas): inside the body, found as lung, and the region between the
+    lungs is the heart's, not a band in front of it; tissue beside it is deep."""
+    hu = np.full((8, 128, 128), 40.0, dtype=np.float32)
+    hu[:, 50:, :36] = -850.0  # the patient's right lung, cut by the left and bottom edges
+    hu[:, 40:110, 92:118] = -850.0  # the left lung, inside the image
+    hu[:, :14, :] = -1000.0  # room air above the chest
+    _speck(hu, 4, 80, 40)  # beside the cut lung
+    anatomy, lesions, x = _analyse(hu, (3.0, 1.5, 1.5))
+    assert anatomy.found["both_lungs"] and anatomy.body[:, 100 // 2, 10 // 2].all()
+    assert anatomy.lungs[:, 100 // 2, 10 // 2].all() and not anatomy.body[:, 2, 32].any()
+    rows = np.flatnonzero(anatomy.heart[4].any(axis=1)) * anatomy.factor
+    assert rows.min() < 55 and rows.max() > 100  # from the front to the back of the lungs, not a band
+    assert _col(x, "body_depth_mm")[0] > 30.0
+
+
+def test_the_table_under_a_whole_body_is_not_lung():
+    """A full-chest image shows the whole outline: the table's foam under it (air-like, not pure gas, touching the
+    image's side edges and the shell the body lies on) stays outside."""
+    hu = np.full((8, 128, 128), -1000.0, dtype=np.float32)
+    yy, xx = np.mgrid[:128, :128]
+    hu[:, ((yy - 55) / 45.0) ** 2 + ((xx - 64) / 58.0) ** 2 <= 1] = 40.0
+    hu[:, 100:103, :] = 200.0  # the table's shell, under the back
+    hu[:, 103:112, :] = -750.0  # its foam core, across the whole image
+    anatomy = find_anatomy(hu, (3.0, 1.5, 1.5))
+    assert not anatomy.body[:, 106 // 2, :].any()
+
+
 def test_cut_off_body_is_still_body():
     """A body filling the whole image (a heavy patient in a small field of view): no outline, depth capped."""
     hu = np.full((8, 96, 96), 40.0, dtype=np.float32)

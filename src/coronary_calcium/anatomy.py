@@ -16,7 +16,9 @@ How each structure is found, and why that holds on real scans:
   fill keeps the air in the corners of a gated image outside, while a lung cut off by the image edge still lies
   between the anterior and posterior body wall in its column; the image border is never an outline. Gas pockets
   the fill closed although they open to the outside (air between the breasts, at the edge of a gated image) are
-  outside again: they are pure gas (below `GAS_HU`), a lung is not.
+  outside again: they are pure gas (below `GAS_HU`), a lung is not. A lung the image cuts off at a corner (its rows
+  and its columns both end in lung) is inside again: air outside the body that touches the image border and the
+  body, is mostly not pure gas and lies in part inside the body's convex hull (`_lung_cut_by_edge`).
 - lungs: 3D components (6-connected) of blocks at or below `AIR_HU` at least `WALL_MM` inside the body, whose core
   (in-plane opening) holds >= `MIN_LUNG_ML` and a tenth of the largest one's, and with less than `GAS_SHARE` of
   pure-gas blocks (below `GAS_HU`). Lung parenchyma with its vessels averages -950..-600 HU over 2 mm blocks; the
@@ -49,7 +51,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import cKDTree
+from scipy.spatial import ConvexHull, cKDTree
 
 from coronary_calcium.errors import InputError
 
@@ -70,6 +72,7 @@ MIN_BODY_ML = 20.0
 BONE_MIN_MM3 = 2000.0  # above any coronary plaque's dense volume (<= ~1,500 mm^3)
 BONE_MIN_EXTENT_MM = 60.0  # ribs run far in-plane, plaques do not
 BONE_MIN_Z_MM = 40.0  # spine and sternum run through the scan; a plaque spans <= ~7 slices
+HULL_SHARE = 0.2  # a lung cut off by the image edge: 0.28-0.48 of it in the body's hull; room air <= 0.14
 BEHIND_SHARE = 0.5  # a dense component with at least this share behind lung is extra-cardiac
 SECTOR_DEG = 5.0
 CAP_MM = 100.0  # distances are capped here (a structure farther away, or missing, reads as this)
@@ -185,7 +188,8 @@ def _find_body(coarse: np.ndarray, field_: np.ndarray, voxel_mm3: float) -> np.n
         return np.zeros_like(core)
     body = _fill_between(core)
     body = ndimage.binary_fill_holes(body, structure=_PLANE) & field_
-    return body & ~_open_gas(coarse, core, body)
+    body &= ~_open_gas(coarse, core, body)
+    return body | _lung_cut_by_edge(coarse, field_, body)
 
 
 def _open_gas(coarse: np.ndarray, core: np.ndarray, body: np.ndarray) -> np.ndarray:
@@ -203,6 +207,46 @@ def _open_gas(coarse: np.ndarray, core: np.ndarray, body: np.ndarray) -> np.ndar
     lut = touches & (gas >= GAS_SHARE * size)
     lut[0] = False  # not a pocket
     return lut[lab]
+
+
+def _lung_cut_by_edge(coarse: np.ndarray, field_: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """Air the fill left outside although it is lung: 3D components of air blocks outside ``body`` that touch the
+    image border, border the body, are mostly not pure gas and lie in part (`HULL_SHARE`) inside the body's
+    convex hull on their slices. A gated image can cut a lung off at a corner (its row and its column both end
+    in lung), and then neither fill reaches it; the chest wall and mediastinum wrap around it, so much of it lies
+    in the body's hull. Air outside a body lies beyond its convex skin (outside a real phantom it averaged -800 HU
+    over a block, so the gas share alone does not tell), and so does the table's foam under it."""
+    edge = np.zeros_like(body)
+    edge[:, [0, -1], :] = True
+    edge[:, :, [0, -1]] = True
+    air = (coarse <= AIR_HU) & field_ & ~body
+    lab, n = ndimage.label(air)
+    if n == 0:
+        return np.zeros_like(body)
+    touches_edge = np.bincount(lab[edge & air], minlength=n + 1) > 0
+    touches_body = np.bincount(lab[ndimage.binary_dilation(body, structure=_PLANE) & air], minlength=n + 1) > 0
+    gas = np.bincount(lab[air & (coarse < GAS_HU)], minlength=n + 1)
+    size = np.bincount(lab[air], minlength=n + 1)
+    maybe = touches_edge & touches_body & (gas < GAS_SHARE * size)
+    maybe[0] = False
+    if not maybe.any():
+        return np.zeros_like(body)
+    inside = np.zeros(n + 1)
+    for k in np.flatnonzero(maybe[lab].any(axis=(1, 2))):
+        here = maybe[lab[k]]
+        inside += np.bincount(lab[k][here], weights=_in_hull(body[k], here), minlength=n + 1)
+    lut = maybe & (inside >= HULL_SHARE * size)
+    return lut[lab]
+
+
+def _in_hull(mask: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """For the pixels of ``where``: 1.0 inside the convex hull of ``mask``'s pixels (half a pixel of slack), else 0."""
+    points = np.argwhere(mask)
+    if len(points) < 3 or np.linalg.matrix_rank(points - points[0]) < 2:
+        return np.zeros(int(where.sum()))
+    hull = ConvexHull(points)
+    query = np.argwhere(where)
+    return ((query @ hull.equations[:, :2].T + hull.equations[:, 2]) <= 0.5).all(axis=1).astype(np.float64)
 
 
 def _find_lungs(coarse: np.ndarray, body: np.ndarray, voxel_mm3: float, spacing_yx: float) -> np.ndarray:
