@@ -41,4 +41,3 @@ def test_overlay_panels_blend_and_outline():
     assert np.abs(hot - (np.array([127.5] * 3) + 0.5 * (np.array([128, 0, 0]) - 127.5))).max() <= 1
     ring = (left == [0, 255, 0]).all(axis=2)
     assert ring.any() and not ring[6 * scale, 6 * scale] and ring[5 * scale - 1, 6 * scale]
-
