@@ -59,16 +59,9 @@ for sn, X in {
     "oracle root": R,
     "xyz+root": np.c_[xyz, R],
     "frame+root": np.c_[O, R],
+    "xyz+root_xy": np.c_[xyz, R[:, :2]],
+    "xyz+root_z": np.c_[xyz, R[:, 2:]],
 }.items():
-    pred = np.empty_like(y)
-    for tr, te in GroupKFold(6).split(X, y, g):
-        pred[te] = mk().fit(X[tr], y[tr]).predict(X[te])
-    print(
-        sn,
-        round(w[pred == y].sum() / w.sum(), 3),
-        [round(w[(y == n) & (pred == n)].sum() / w[y == n].sum(), 3) for n in names],
-    )
-for sn, X in {"xyz+root_xy": np.c_[xyz, R[:, :2]], "xyz+root_z": np.c_[xyz, R[:, 2:]]}.items():
     pred = np.empty_like(y)
     for tr, te in GroupKFold(6).split(X, y, g):
         pred[te] = mk().fit(X[tr], y[tr]).predict(X[te])
