@@ -60,7 +60,6 @@ HU_CLIP = (-1000.0, 1500.0)  # a metal or a -3024 HU padding value must not swam
 NOISE_TISSUE_HU = (-250.0, 150.0)  # fat, muscle, blood and room for their noise: differences there are noise
 MAX_PEAK_OVER_NOISE = 50.0
 NOISE_ROW_STEP = 4  # every 4th row is plenty for a median over a volume
-FEW_COMPONENTS = 32  # up to this many 3D components are counted in their boxes, more by one bincount
 
 
 def feature_columns(table: np.ndarray, names: Sequence[str]) -> np.ndarray:
@@ -216,14 +215,10 @@ def _component_features(out: np.ndarray, col: dict[str, int], components: np.nda
     sz, sy, sx = spacing
     comp = candidate_components(components, candidates)
     boxes = ndimage.find_objects(components)
-    needed = np.unique(comp)
-    if needed.size <= FEW_COMPONENTS:  # inference's few judged candidates: count inside each component's box
-        counts = [np.count_nonzero(components[boxes[c - 1]] == c) for c in needed.tolist()]
-        voxels = np.zeros(len(boxes) + 1, dtype=np.int64)
-        voxels[needed] = counts
-    else:
-        voxels = np.bincount(components.ravel())
-    out[:, col["log_component_mm3"]] = np.log(voxels[comp] * sz * sy * sx)
+    # each needed component counted inside its own box: cheaper than a bincount over the whole volume
+    counts = {c: np.count_nonzero(components[boxes[c - 1]] == c) for c in np.unique(comp).tolist()}
+    voxels = np.array([counts[c] for c in comp.tolist()], dtype=np.float64)
+    out[:, col["log_component_mm3"]] = np.log(voxels * sz * sy * sx)
     for name, axis, step in (("component_z_mm", 0, sz), ("component_y_mm", 1, sy), ("component_x_mm", 2, sx)):
         out[:, col[name]] = [(boxes[c - 1][axis].stop - boxes[c - 1][axis].start) * step for c in comp]
 
