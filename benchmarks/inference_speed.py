@@ -1,6 +1,7 @@
 """Seconds per 512 x 512 x 48 scan end to end (read DICOM, classify, CAM, score, write), default network.
 
 Usage: python benchmarks/inference_speed.py [--quick] [--threads N] [--network inception_v3_scratch]
+                                            [--device cpu|cuda] [--precision bf16|fp32]
 
 A synthetic chest-like volume (body, lungs, spine, calcium specks) is written as a DICOM series; the network has
 random weights (timing only) and a temporary thresholds.json with a lesion classifier of the usual size (5 x 150
@@ -15,8 +16,9 @@ Each is timed through `run_inference` (model loaded once, outside the timing; th
 included, is reported apart), and compared with a bare forward pass over the same preprocessed slices at the same
 precision and the training's field of view (train.json: 160 mm on the heart). Stage timings (one pass each):
 read, anatomy, preprocess, forward, CAM of every slice, lesion features of the judged candidates (and, for
-comparison, of every candidate, as calibration computes them), the classifier, and the written outputs. Prints a
-short table, then as the LAST line one JSON object with the figures.
+comparison, of every candidate, as calibration computes them), the classifier, and the written outputs.
+``--device`` defaults to the GPU when one is present (the network and its CAM run there; the rest stays on the CPU).
+Prints a short table, then as the LAST line one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from host import cpu
 
 from coronary_calcium.anatomy import find_anatomy
 from coronary_calcium.inference import infer_scan, load_model, run_inference
@@ -106,6 +109,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--network", default="inception_v3_scratch")
     parser.add_argument("--precision", default=None, help="fp32 / bf16 (default: default_precision)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,7 +132,7 @@ def main() -> None:
         for name, t_slice in cases:
             _thresholds(models / "model.pt", args.network, t_slice, layer, classifier)
             t0 = time.perf_counter()
-            model = load_model(models, device="cpu", precision=args.precision)
+            model = load_model(models, device=args.device, precision=args.precision)
             out = tmp / f"out_{name}"
             run_inference(series, out, model=model, progress=False, overwrite=True)  # warm-up
             first_s = time.perf_counter() - t0
@@ -154,11 +158,14 @@ def main() -> None:
         t0 = time.perf_counter()
         x = analyzer.preprocess(volume.hu, volume.spacing, centre)
         preprocess_s = time.perf_counter() - t0
+        x_device = x.to(analyzer.device)
 
         def forward() -> None:
             with torch.inference_mode():
                 for i in range(0, x.shape[0], analyzer.batch_size):
-                    analyzer._inferer(x[i : i + analyzer.batch_size], analyzer.network)
+                    analyzer._inferer(x_device[i : i + analyzer.batch_size], analyzer.network)
+            if analyzer.device.type == "cuda":
+                torch.cuda.synchronize(analyzer.device)  # CUDA runs asynchronously
 
         forward()  # warm-up
         forward_s, _ = _median_time(forward, reps)
@@ -188,13 +195,12 @@ def main() -> None:
         write_s = time.perf_counter() - t0
         accuracy = {}
         if not args.quick and analyzer.precision != "fp32":
-            fp32 = load_model(models, device="cpu", precision="fp32")
+            fp32 = load_model(models, device=args.device, precision="fp32")
             p32 = fp32.analyzer.probabilities(volume.hu, pixel_spacing=volume.spacing)
             plow = analyzer.probabilities(volume.hu, pixel_spacing=volume.spacing)
             with torch.inference_mode():  # random weights saturate the softmax: compare the logits as well
-                x32 = fp32.analyzer.preprocess(volume.hu, volume.spacing)
-                l32 = fp32.analyzer._inferer(x32, fp32.analyzer.network)
-                llow = analyzer._inferer(x, analyzer.network)
+                l32 = fp32.analyzer._inferer(x_device, fp32.analyzer.network)  # the same preprocessed slices
+                llow = analyzer._inferer(x_device, analyzer.network)
             accuracy = {"max_abs_probability_difference_vs_fp32": float(np.abs(p32 - plow).max()),
                         "max_logit_difference_vs_fp32_relative": float((l32 - llow).abs().max() / l32.abs().max())}
             fp32.close()
@@ -210,6 +216,9 @@ def main() -> None:
         "precision": analyzer.precision,
         "channels_last": analyzer.channels_last,
         "threads": torch.get_num_threads(),
+        "device": str(analyzer.device),
+        "gpu": torch.cuda.get_device_name(analyzer.device) if analyzer.device.type == "cuda" else None,
+        "cpu": cpu(),
         "cam_layer": layer,
         "seconds_per_scan": round(e2e, 3),
         "seconds_per_scan_none_positive": round(figures["none_positive"]["seconds"], 3) if "none_positive" in figures

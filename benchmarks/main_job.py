@@ -15,31 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from host import cpu
+
 REPO = Path(__file__).resolve().parents[1]
 GOAL_MINUTES, GOAL_ACCURACY, GOAL_PRECISION = 20.0, 0.97, 0.95
-
-
-def cpu() -> dict:
-    """The CPU's model name and the instruction sets that decide the precision (from /proc/cpuinfo on Linux)."""
-    info = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())  # the first processor's lines
-    except OSError:
-        pass
-    flags = set(info.get("flags", "").split())
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return {"model": info.get("model name", platform.machine()), "cores": os.cpu_count(),
-            "flags": [f for f in wanted if f in flags]}
 
 
 def _stage(name: str, args: list[str], log) -> float:
@@ -90,7 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
               ("infer", ["infer", "data_manifest.json", "--split", "test", "--network", args.network,
                          "--out", str(run / "inference"), "--overwrite"])]
     seconds = {}
-    with open(REPO / "bundle" / "runs" / f"main_job_{args.network}.log", "w") as log:
+    run.parent.mkdir(parents=True, exist_ok=True)  # a fresh clone has no bundle/runs yet
+    with open(run.parent / f"main_job_{args.network}.log", "w") as log:
         for name, stage_args in stages:
             seconds[name] = round(_stage(name, stage_args, log), 1)
     total_min = sum(seconds.values()) / 60.0

@@ -246,8 +246,9 @@ def test_profiles_and_cli_parsing():
         assert PROFILES["test"].overrides(name)["image_size"][0] >= 75  # Inception v3's minimum
     assert (
         PROFILES["cpu"].overrides("vgg16_scratch")["max_epochs"]
-        < PROFILES["cpu"].overrides("inception_v3_last")["max_epochs"]
+        < PROFILES["cpu"].overrides("inception_v3_scratch")["max_epochs"]
     )
+    assert "image_size" not in PROFILES["cpu"].overrides("inception_v3_scratch")  # the main job's (train.json)
     assert parse_networks(None) == list(paper_network_names())
     import argparse
 

@@ -21,6 +21,7 @@ from coronary_calcium.networks import (
     FrozenStatsBatchNormAct2d,
     count_parameters,
     create_network,
+    fuse_batch_norm,
     layer_strides,
     load_checkpoint_weights,
     network_spec,
@@ -410,3 +411,39 @@ def test_pretrained_spec_built_for_a_checkpoint_needs_no_imagenet_file(tmp_path,
     model = load_checkpoint_weights(create_network("xception_last", for_checkpoint=True), path, "xception_last")
     assert all(torch.equal(v, trained.state_dict()[k]) for k, v in model.state_dict().items())
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"fc.weight", "fc.bias"}
+
+
+@pytest.mark.parametrize("name", ["inception_v3_scratch", "xception_last4", "tiny_cnn"])
+def test_folding_batch_norm_keeps_outputs_layers_and_cams(name, weights_for):
+    from coronary_calcium.explain.cam import CAM
+
+    model = create_network(name, pretrained_weights=weights_for(name))
+    gen = torch.Generator().manual_seed(2)
+    for m in model.modules():  # statistics and affine terms far from identity, so folding them is tested
+        if isinstance(m, _BatchNorm):
+            m.running_mean.normal_(0, 0.5, generator=gen)
+            m.running_var.uniform_(0.5, 2.0, generator=gen)
+            m.weight.data.uniform_(0.5, 1.5, generator=gen)
+            m.bias.data.normal_(0, 0.2, generator=gen)
+    model.eval()
+    folded = fuse_batch_norm(copy.deepcopy(model))
+    n_bn = sum(isinstance(m, _BatchNorm) for m in model.modules())
+    left = sum(isinstance(m, _BatchNorm) for m in folded.modules())
+    if name != "xception_last4":  # Xception's norms follow separable convolutions and stay
+        assert left == 0 < n_bn
+    assert [n for n, _ in folded.named_modules() if n in NETWORKS[name].cam_layers] == list(NETWORKS[name].cam_layers)
+    x, _ = _batch(name, 2)
+    with torch.no_grad():
+        a, b = model(x), folded(x)
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
+    layer = NETWORKS[name].cam_layers[0]
+    with CAM(model, [layer]) as cam_a, CAM(folded, [layer]) as cam_b:
+        ma = cam_a(x.clone().requires_grad_(True), 1)[layer].normalised
+        mb = cam_b(x.clone().requires_grad_(True), 1)[layer].normalised
+    assert float((ma - mb).abs().max()) < 1e-3
+
+
+def test_folding_batch_norm_refuses_a_training_model():
+    model = create_network("tiny_cnn")
+    with pytest.raises(InputError, match="eval"):
+        fuse_batch_norm(model.train())

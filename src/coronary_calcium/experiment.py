@@ -19,8 +19,8 @@ Rules:
 
 Profiles (:data:`PROFILES`) set the bundle ids that differ from ``train.json``; ``overrides`` win over them:
 
-* ``cpu``: the whole experiment in about an hour on a 2-core CPU with bf16 (AMX): 256 px, batch 16, 3-4 epochs, VGG16
-  (~4 img/s in training at 256 px) at 192 px for 2 epochs.
+* ``cpu``: the main job's pipeline and schedule (160 px on a 160 mm heart-centred field, 4 epochs, batch 16); VGG16
+  2 epochs.
 * ``gpu``: the paper's schedule: 15 epochs, 256 px, batch 32.
 * ``test``: tiny, for tests: 80 px (Inception v3 needs >= 75), 1 epoch, batch 8, fp32.
 """
@@ -90,17 +90,14 @@ PROFILES: dict[str, Profile] = {
         Profile(
             name="cpu",
             description=(
-                "All five configurations in about an hour on a 2-core CPU (bf16 autocast + channels_last where the "
-                "CPU has AMX/AVX512-BF16, else fp32): 256 px, batch 16, 3 epochs (4 for the frozen Inception v3, "
-                "whose training costs little more than inference); VGG16 trains at ~4 img/s at 256 px, so it gets "
-                "192 px and 2 epochs. Precision, the class balance (oversampling, as the paper) and the learning "
-                "rate are the bundle's defaults."
+                "All five configurations on a 2-core CPU with the main job's input pipeline and schedule (train.json: "
+                "a 160 mm field of view on the heart at 160 px, two HU windows; 4 epochs, batch 16); VGG16, about five "
+                "times Inception v3's cost per image, gets 2 epochs. Precision (bf16 autocast where the CPU has "
+                "AMX / AVX512-BF16, else fp32), the class balance (oversampling, as the paper) and the learning rate "
+                "are the bundle's defaults."
             ),
-            common={"image_size": [256, 256], "batch_size": 16, "max_epochs": 3},
-            per_network={
-                "inception_v3_last": {"max_epochs": 4},
-                "vgg16_scratch": {"image_size": [192, 192], "max_epochs": 2},
-            },
+            common={"batch_size": 16, "max_epochs": 4},
+            per_network={"vgg16_scratch": {"max_epochs": 2}},
         ),
         Profile(
             name="gpu",
@@ -587,7 +584,7 @@ def add_experiment_arguments(p: argparse.ArgumentParser) -> None:
         "--profile",
         choices=list(PROFILES),
         default="cpu",
-        help="cpu: ~1 hour on 2 cores; gpu: the paper's 15 epochs, 256 px, batch 32; test: tiny",
+        help="cpu: the main job's pipeline, 4 epochs (VGG16 2); gpu: the paper's 15 epochs, 256 px; test: tiny",
     )
     p.add_argument(
         "--networks",

@@ -45,7 +45,7 @@ from coronary_calcium.inference.thresholds import (
     load_thresholds,
     thresholds_path,
 )
-from coronary_calcium.networks import create_network, load_checkpoint_weights, network_spec
+from coronary_calcium.networks import create_network, fuse_batch_norm, load_checkpoint_weights, network_spec
 from coronary_calcium.train.precision import PRECISIONS, PrecisionInferer, default_precision, prepare_network
 
 POSITIVE_CLASS = 1
@@ -347,7 +347,8 @@ def load_model(
     ``built_with``: the values they were built with (`BUILT_WITH`), each checked against thresholds.json
     (`check_built_with`). ``precision`` defaults to `default_precision` of the device
     ("bf16" where supported), ``channels_last`` to True (oneDNN's convolutions run faster on NHWC, in bf16 and in
-    fp32 alike: Inception v3's forward pass 1.4x on a 2-core AVX2 CPU).
+    fp32 alike: Inception v3's forward pass 1.4x on a 2-core AVX2 CPU). Its BatchNorm layers are folded into the
+    convolutions (`fuse_batch_norm`).
     """
     ckpt_dir = Path(ckpt_dir)
     ckpt = Path(checkpoint)
@@ -363,6 +364,7 @@ def load_model(
     if network is None:
         network = create_network(spec.name, in_channels=thresholds.in_channels, num_classes=2, for_checkpoint=True)
     load_checkpoint_weights(network, ckpt, spec.name)
+    fuse_batch_norm(network.eval())
     dev = _device(device)
     precision = precision or default_precision(dev)
     analyzer = SliceAnalyzer(
