@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 
 from coronary_calcium.errors import InputError
 from coronary_calcium.inference import discover_inputs, run_inference
+from coronary_calcium.inference.outputs import MIN_PANEL_PX
 from coronary_calcium.io.dicom import write_dicom_series
 from coronary_calcium.io.images import read_image, write_nifti
 from coronary_calcium.io.manifest import load_manifest
@@ -65,8 +67,11 @@ def _check_outputs(out: Path, scan_ids: list[str], images: dict[str, Path]) -> N
         assert len(result["slice_probabilities"]) == volume.shape[0]
         positive = result["positive_slices"]
         assert result["files"]["overlays"] == [f"slices/slice_{k:03d}.png" for k in positive]
+        (r0, r1), (c0, c1) = result["files"]["overlay_window"]
+        scale = max(1, -(-MIN_PANEL_PX // max(r1 - r0, c1 - c0)))  # small slices are upscaled
         for png in result["files"]["overlays"]:
             assert (out / row["scan_id"] / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert Image.open(out / row["scan_id"] / png).size == (2 * (c1 - c0) * scale + 4, (r1 - r0) * scale)
         assert result["model"]["network_name"] == "tiny_cnn" and "t_cam" in result["model"]
     html = (out / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and all(sid in html for sid in scan_ids)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
 
-from coronary_calcium.inference.outputs import _png_bytes, render_overlay
+from coronary_calcium.inference.outputs import OVERLAY_MARGIN_PX, _png_bytes, overlay_window, render_overlay
 
 
 def test_png_bytes_decode_to_the_image():
@@ -41,3 +42,16 @@ def test_overlay_panels_blend_and_outline():
     assert np.abs(hot - (np.array([127.5] * 3) + 0.5 * (np.array([128, 0, 0]) - 127.5))).max() <= 1
     ring = (left == [0, 255, 0]).all(axis=2)
     assert ring.any() and not ring[6 * scale, 6 * scale] and ring[5 * scale - 1, 6 * scale]
+
+
+def test_overlay_window_is_the_field_of_view_grown_to_hold_every_kept_lesion():
+    mask = np.zeros((4, 100, 120), np.uint16)
+    result = SimpleNamespace(candidates=SimpleNamespace(field_window=((20, 70), (30, 90))))
+    assert overlay_window(result, mask) == (slice(20, 70), slice(30, 90))
+    mask[2, 80:83, 10:12] = 1  # a kept lesion below and left of the field
+    m = OVERLAY_MARGIN_PX
+    assert overlay_window(result, mask) == (slice(20, 83 + m), slice(10 - m, 90))
+    mask[1, 0:2, 118:120] = 2  # at the slice's corner: the window stops at the slice
+    assert overlay_window(result, mask) == (slice(0, 83 + m), slice(10 - m, 120))
+    whole = SimpleNamespace(candidates=SimpleNamespace(field_window=None))  # a network without a field of view
+    assert overlay_window(whole, mask) == (slice(0, 100), slice(0, 120))

@@ -45,7 +45,8 @@ class Candidates:
     `lesion_features` row and 3D component id (None unless asked for). notes: what the anatomy finder could not
     find, and what the features fell back to. heart_found: whether `find_anatomy` found a heart (None: not run).
     computed: per candidate, whether its whole features row was computed (None: every row, or no features); a row
-    not computed holds only the `PRELIMINARY_FEATURES`, NaN elsewhere.
+    not computed holds only the `PRELIMINARY_FEATURES`, NaN elsewhere. field_window: the network's field of view on
+    the slices ((first row, stop), (first column, stop); `SliceAnalyzer.field_window`), None for the whole slice.
     """
 
     lesions: list[Lesion]
@@ -58,6 +59,7 @@ class Candidates:
     notes: list[str] = field(default_factory=list)
     heart_found: bool | None = None
     computed: np.ndarray | None = None
+    field_window: tuple[tuple[int, int], tuple[int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.lesions)
@@ -156,14 +158,16 @@ def find_candidates(
     if cam_slices is None:
         cam_slices = candidate_slices
     heart_found = None if anatomy is None else bool(anatomy.found.get("heart"))
+    window = analyzer.field_window(np.shape(hu), spacing, centre)
     if not features:
         cam_slices = sorted({int(k) for k in cam_slices})
         maps = analyzer.to_original(small[cam_slices], np.shape(hu), spacing, centre)
         scores = candidate_cam_scores(lesions, np.shape(hu), maps, cam_slices, analyzer.cam_pooling)
-        return Candidates(lesions, probs, cam_slices, maps, scores, notes=notes, heart_found=heart_found)
+        return Candidates(lesions, probs, cam_slices, maps, scores, notes=notes, heart_found=heart_found,
+                          field_window=window)
     components = dense_components(hu, config)
     found = Candidates(lesions, probs, [], small[:0], [None] * len(lesions), None,
-                       candidate_components(components, lesions), notes, heart_found)
+                       candidate_components(components, lesions), notes, heart_found, field_window=window)
     computed = np.ones(len(lesions), dtype=bool)
     if feature_subset is not None:
         found.features = _preliminary_features(lesions, probs, spacing, anatomy)
@@ -175,8 +179,10 @@ def find_candidates(
     chosen = [les for les, c in zip(lesions, computed) if c]
     found.cam_slices = sorted({int(k) for k in cam_slices} | {int(les.slices[0]) for les in chosen})
     found.cam_maps = analyzer.to_original(small[found.cam_slices], np.shape(hu), spacing, centre)
+    first = LESION_FEATURES.index(ANATOMY_FEATURES[0])  # the subset's anatomy features are made already
+    rows = None if found.features is None else found.features[computed, first : first + len(ANATOMY_FEATURES)]
     table = lesion_features(hu, spacing, chosen, probs, found.cam_maps, found.cam_slices, config, components,
-                            anatomy)
+                            anatomy, rows)
     # the features hold each computed candidate's CAM mean and maximum already; the others get theirs from the maps
     column = LESION_FEATURES.index("cam_mean" if analyzer.cam_pooling == "mean" else "cam_max")
     scores = [float(v) for v in table[:, column]]

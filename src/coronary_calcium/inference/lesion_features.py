@@ -99,13 +99,14 @@ def lesion_features(
     config: ScoringConfig,
     components: np.ndarray | None = None,
     anatomy: Anatomy | None = None,
+    anatomy_rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """(n_candidates, len(LESION_FEATURES)) float64 features of 2D ``candidates`` of the (Z, Y, X) ``hu`` volume.
 
     probabilities: per slice; cam_maps: (len(cam_slices), Y, X) CAM maps on the original matrix, one per slice in
     ``cam_slices``, which must hold every candidate's slice. ``config``: the rules the candidates were found with
     (its HU threshold defines the 3D components). components: the volume's `dense_components`, when already made;
-    anatomy: its `find_anatomy`, likewise.
+    anatomy: its `find_anatomy`, likewise; anatomy_rows: the candidates' `anatomy_features`, likewise.
     """
     hu = np.asarray(hu)
     n = len(candidates)
@@ -139,10 +140,12 @@ def lesion_features(
     elif np.shape(components) != hu.shape:
         raise InputError("components", f"shape {np.shape(components)} differs from the volume's {hu.shape}")
     _component_features(out, col, components, candidates, (sz, sy, sx))
-    if anatomy is None:
-        anatomy = find_anatomy(hu, spacing)
+    if anatomy_rows is None:
+        anatomy_rows = anatomy_features(find_anatomy(hu, spacing) if anatomy is None else anatomy, candidates, spacing)
+    elif np.shape(anatomy_rows) != (n, len(ANATOMY_FEATURES)):
+        raise InputError("anatomy_rows", f"must be ({n}, {len(ANATOMY_FEATURES)}), got {np.shape(anatomy_rows)}")
     first = col[ANATOMY_FEATURES[0]]
-    out[:, first : first + len(ANATOMY_FEATURES)] = anatomy_features(anatomy, candidates, spacing)
+    out[:, first : first + len(ANATOMY_FEATURES)] = anatomy_rows
 
     slices = np.unique(k)
     stack = hu[slices].astype(np.float32, copy=False)

@@ -252,6 +252,17 @@ class SliceAnalyzer:
             maps.append(m[:, 0].float().cpu())
         return torch.cat(probs).double().numpy(), torch.cat(maps).numpy().astype(np.float32, copy=False)
 
+    def field_window(self, shape: Sequence[int], pixel_spacing: Sequence[float] | None = None,
+                     centre: Sequence[float] | None = None) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """The network's field of view on an (H, W) slice as ((first row, last row + 1), (first column, last column
+        + 1)), clipped to the slice: where `to_original` places the maps. None without a field of view."""
+        spacing = self._spacing(pixel_spacing)
+        if spacing is None:
+            return None
+        h, w = int(shape[-2]), int(shape[-1])
+        (nr, orr), (nc, oc) = field_of_view_box((h, w), spacing, self.field_of_view_mm, centre)
+        return (max(orr, 0), min(orr + nr, h)), (max(oc, 0), min(oc + nc, w))
+
     def to_original(self, maps: np.ndarray, shape: Sequence[int], pixel_spacing: Sequence[float] | None = None,
                     centre: Sequence[float] | None = None) -> np.ndarray:
         """Maps at the network's input size resized (bilinear) to the field of view's grid (centred as in

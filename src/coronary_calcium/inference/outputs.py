@@ -50,6 +50,7 @@ SUMMARY_COLUMNS = ("scan_id", "status", "reason", *ARTERY_COLUMNS, "agatston", "
 KEPT_RGB = (0.0, 1.0, 0.0)
 REJECTED_RGB = (1.0, 0.55, 0.0)
 MIN_PANEL_PX = 256
+OVERLAY_MARGIN_PX = 8  # around a kept lesion outside the network's field of view, so its outline shows
 OVERLAY_THREADS = 2
 # report.html embeds key images up to this many bytes in all, and links the rest.
 EMBED_BUDGET_BYTES = 20 * 1024 * 1024
@@ -162,8 +163,9 @@ def write_scan_outputs(
     lesion_mask = result.lesion_mask()
     write_nifti(lesion_mask, volume, scan_dir / LESION_MASK_FILE)
     pngs: list[str] = []
+    shown = overlay_window(result, lesion_mask)
     if overlays and result.cam_maps is not None:
-        pngs = _write_overlays(result, volume, scan_dir)
+        pngs = _write_overlays(result, volume, scan_dir, lesion_mask > 0, shown)
     payload = result.to_dict()
     if started is not None:
         result.seconds = time.perf_counter() - started
@@ -173,7 +175,10 @@ def write_scan_outputs(
         "lesion_mask_values": "lesion id (1..n, as in 'lesions'); 0 elsewhere",
         "overlays": pngs,
         "overlay_legend": "left: CT with kept (coronary) lesions outlined in green, rejected candidates in orange; "
-        "right: the same with the CAM of the positive class",
+        "right: the same with the CAM of the positive class; the part of each slice shown is overlay_window",
+        "overlay_window": [[shown[0].start, shown[0].stop], [shown[1].start, shown[1].stop]],
+        "overlay_window_axes": "rows, columns of the slice (first, last + 1): the network's field of view, grown to "
+        "hold every kept lesion",
     }
     payload["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     payload["software"] = {"coronary_calcium": __version__}
@@ -200,11 +205,28 @@ def _add_dicom_outputs(result: ScanResult, payload: dict[str, Any], lesion_mask:
     payload["notes"].append(note)
 
 
-def _write_overlays(result: ScanResult, volume: CTVolume, scan_dir: Path) -> list[str]:
+def overlay_window(result: ScanResult, lesion_mask: np.ndarray) -> tuple[slice, slice]:
+    """The rows and columns of the slices that the overlays show: the network's field of view (where its CAM is
+    defined: 160 mm on the heart for the default network), grown by a margin to hold every kept lesion
+    (``lesion_mask`` > 0); the whole slice for a network without a field of view. One window for every slice of a
+    scan, so the overlays page through as a stack."""
+    ny, nx = np.shape(lesion_mask)[1:]
+    window = result.candidates.field_window
+    if window is None:
+        return slice(0, ny), slice(0, nx)
+    (r0, r1), (c0, c1) = window
+    kept = np.asarray(lesion_mask) > 0
+    rows, cols = np.flatnonzero(kept.any(axis=(0, 2))), np.flatnonzero(kept.any(axis=(0, 1)))
+    if rows.size:
+        r0, r1 = min(r0, rows[0] - OVERLAY_MARGIN_PX), max(r1, rows[-1] + 1 + OVERLAY_MARGIN_PX)
+        c0, c1 = min(c0, cols[0] - OVERLAY_MARGIN_PX), max(c1, cols[-1] + 1 + OVERLAY_MARGIN_PX)
+    return slice(max(int(r0), 0), min(int(r1), ny)), slice(max(int(c0), 0), min(int(c1), nx))
+
+
+def _write_overlays(result: ScanResult, volume: CTVolume, scan_dir: Path, kept_mask: np.ndarray,
+                    shown: tuple[slice, slice]) -> list[str]:
     folder = scan_dir / SLICES_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    ny, nx = volume.shape[1:]
-    kept_mask = result.lesion_mask() > 0
     rejected = np.zeros(volume.shape, dtype=bool)
     flat = rejected.reshape(-1)
     for lesion, keep in zip(result.candidates, result.kept):
@@ -216,9 +238,12 @@ def _write_overlays(result: ScanResult, volume: CTVolume, scan_dir: Path) -> lis
         top = float(maps.max())  # raw strength on one scale per scan: weak maps look weak
         maps = maps / top if top > 0 else maps
 
+    rows, cols = shown
+
     def one(i: int, k: int) -> str:
-        cam = maps[i] if maps is not None else None
-        rgb = render_overlay(volume.hu[k], cam, kept_mask[k], rejected[k], window)  # type: ignore[arg-type]
+        cam = maps[i][rows, cols] if maps is not None else None
+        rgb = render_overlay(volume.hu[k][rows, cols], cam, kept_mask[k][rows, cols], rejected[k][rows, cols],
+                             window)  # type: ignore[arg-type]
         name = f"{SLICES_DIR}/slice_{k:03d}.png"
         with atomic_path(scan_dir / name, make_parents=False) as tmp:
             tmp.write_bytes(_png_bytes(rgb))
