@@ -45,13 +45,13 @@ def test_overlay_panels_blend_and_outline():
 
 
 def test_overlay_window_is_the_field_of_view_grown_to_hold_every_kept_lesion():
-    mask = np.zeros((4, 100, 120), np.uint16)
+    mask = np.zeros((4, 100, 120), bool)
     result = SimpleNamespace(candidates=SimpleNamespace(field_window=((20, 70), (30, 90))))
     assert overlay_window(result, mask) == (slice(20, 70), slice(30, 90))
-    mask[2, 80:83, 10:12] = 1  # a kept lesion below and left of the field
+    mask[2, 80:83, 10:12] = True  # a kept lesion below and left of the field
     m = OVERLAY_MARGIN_PX
     assert overlay_window(result, mask) == (slice(20, 83 + m), slice(10 - m, 90))
-    mask[1, 0:2, 118:120] = 2  # at the slice's corner: the window stops at the slice
+    mask[1, 0:2, 118:120] = True  # at the slice's corner: the window stops at the slice
     assert overlay_window(result, mask) == (slice(0, 83 + m), slice(10 - m, 120))
     whole = SimpleNamespace(candidates=SimpleNamespace(field_window=None))  # a network without a field of view
     assert overlay_window(whole, mask) == (slice(0, 100), slice(0, 120))

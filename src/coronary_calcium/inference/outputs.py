@@ -163,9 +163,11 @@ def write_scan_outputs(
     lesion_mask = result.lesion_mask()
     write_nifti(lesion_mask, volume, scan_dir / LESION_MASK_FILE)
     pngs: list[str] = []
-    shown = overlay_window(result, lesion_mask)
+    shown = None
     if overlays and result.cam_maps is not None:
-        pngs = _write_overlays(result, volume, scan_dir, lesion_mask > 0, shown)
+        kept = lesion_mask > 0
+        shown = overlay_window(result, kept)
+        pngs = _write_overlays(result, volume, scan_dir, kept, shown)
     payload = result.to_dict()
     if started is not None:
         result.seconds = time.perf_counter() - started
@@ -176,7 +178,7 @@ def write_scan_outputs(
         "overlays": pngs,
         "overlay_legend": "left: CT with kept (coronary) lesions outlined in green, rejected candidates in orange; "
         "right: the same with the CAM of the positive class; the part of each slice shown is overlay_window",
-        "overlay_window": [[shown[0].start, shown[0].stop], [shown[1].start, shown[1].stop]],
+        "overlay_window": None if shown is None else [[shown[0].start, shown[0].stop], [shown[1].start, shown[1].stop]],
         "overlay_window_axes": "rows, columns of the slice (first, last + 1): the network's field of view, grown to "
         "hold every kept lesion",
     }
@@ -205,17 +207,16 @@ def _add_dicom_outputs(result: ScanResult, payload: dict[str, Any], lesion_mask:
     payload["notes"].append(note)
 
 
-def overlay_window(result: ScanResult, lesion_mask: np.ndarray) -> tuple[slice, slice]:
+def overlay_window(result: ScanResult, kept: np.ndarray) -> tuple[slice, slice]:
     """The rows and columns of the slices that the overlays show: the network's field of view (where its CAM is
-    defined: 160 mm on the heart for the default network), grown by a margin to hold every kept lesion
-    (``lesion_mask`` > 0); the whole slice for a network without a field of view. One window for every slice of a
-    scan, so the overlays page through as a stack."""
-    ny, nx = np.shape(lesion_mask)[1:]
+    defined: 160 mm on the heart for the default network), grown by a margin to hold every kept lesion (``kept``:
+    the boolean (Z, Y, X) mask of their voxels); the whole slice for a network without a field of view. One window
+    for every slice of a scan, so the overlays page through as a stack."""
+    ny, nx = np.shape(kept)[1:]
     window = result.candidates.field_window
     if window is None:
         return slice(0, ny), slice(0, nx)
     (r0, r1), (c0, c1) = window
-    kept = np.asarray(lesion_mask) > 0
     rows, cols = np.flatnonzero(kept.any(axis=(0, 2))), np.flatnonzero(kept.any(axis=(0, 1)))
     if rows.size:
         r0, r1 = min(r0, rows[0] - OVERLAY_MARGIN_PX), max(r1, rows[-1] + 1 + OVERLAY_MARGIN_PX)
