@@ -174,9 +174,10 @@ def test_calcium_is_small_and_partial_volume(full_patient):
     p = full_patient
     coronary = [les for les in p.truth["lesions"]]
     assert coronary
-    # Lesions are a handful of voxels per slice, with smooth edges (values between 130 and the peak).
+    # Lesions are a handful of voxels per slice (up to ~100 mm^2 in a heavy burden's large plaque), with smooth edges
+    # (values between 130 and the peak).
     for les in coronary:
-        assert min(les["area_mm2"]) >= 1.0 - 1e-9 and max(les["area_mm2"]) < 60
+        assert min(les["area_mm2"]) >= 1.0 - 1e-9 and max(les["area_mm2"]) < 120
     vals = p.volume.hu[np.isin(p.labels, CORONARY_LABELS)]
     assert vals.min() < 200 and vals.max() > vals.min() + 50
 

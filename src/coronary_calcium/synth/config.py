@@ -63,8 +63,9 @@ class SynthConfig:
     """Body size factor (1 = 320 mm wide, 230 mm deep chest); the heart scales with it (plus its own jitter)."""
     subcutaneous_fat_mm: tuple[float, float] = (5.0, 30.0)
     """Subcutaneous fat thickness."""
-    epicardial_fat_mm: tuple[float, float] = (4.0, 9.0)
-    """Epicardial fat thickness between myocardium and pericardium (the coronary arteries run in it)."""
+    epicardial_fat_mm: tuple[float, float] = (2.0, 9.0)
+    """Epicardial fat thickness between myocardium and pericardium (the coronary arteries run in it; in lean patients
+    the arteries bulge the pericardium, a few mm from lung)."""
 
     # --- coronary calcium burden --------------------------------------------------------------------------
     category_weights: tuple[float, float, float, float, float] = (0.15, 0.1, 0.2, 0.2, 0.35)
@@ -87,8 +88,9 @@ class SynthConfig:
     plaque_density_hu: tuple[float, float] = (250.0, 1400.0)
     """Plaque core HU above the vessel before partial volume; observed peaks span ~130 to >1000 HU."""
     large_plaque_prob: float = 0.5
-    """Probability that a patient of category 101-400 or >400 has one large multi-slice plaque (15-30 mm along
-    the vessel, 4.5-8 mm across, 1000-1600 HU core: the 100-1,500 mm^3 plaques of heavy real burdens)."""
+    """Probability that a patient of category 101-400 or >400 has a large multi-slice plaque (15-30 mm along
+    the vessel, 4.5-8 mm across, 1000-2200 HU core: the 100-1,500 mm^3 plaques of heavy real burdens); a >400
+    patient who has one has a second with the same probability."""
     ostial_lm_prob: float = 0.15
     """Probability that a patient with coronary calcium has left-main calcium at the ostium touching calcium of
     the aortic root wall (one 2D component labelled LM and aortic)."""
@@ -240,7 +242,7 @@ def _check_body(c: SynthConfig) -> None:
     _check_range("subcutaneous_fat_mm", c.subcutaneous_fat_mm, min_value=0.0)
     if c.subcutaneous_fat_mm[1] > 60:
         raise InputError("subcutaneous_fat_mm", f"must be <= 60 mm, got {c.subcutaneous_fat_mm!r}")
-    _check_range("epicardial_fat_mm", c.epicardial_fat_mm, min_value=3.0)
+    _check_range("epicardial_fat_mm", c.epicardial_fat_mm, min_value=2.0)
     if c.epicardial_fat_mm[1] > 25:
         raise InputError("epicardial_fat_mm", f"must be <= 25 mm, got {c.epicardial_fat_mm!r}")
 

@@ -279,6 +279,7 @@ class _Anatomy:
     s_region: float
     s_mediastinum: float
     epicardial_fat: float
+    coronary_fat_mm: float  # fat between a coronary artery's wall and the myocardium or lung it runs along
     root: np.ndarray
     root_r: float
     asc_top: np.ndarray
@@ -394,8 +395,10 @@ def _draw_anatomy(rng: np.random.Generator, config: SynthConfig) -> _Anatomy:
                 phase_l=u(0.0, 1.0), phase_r=u(0.0, 1.0), cart=u(0.72, 0.8) * math.pi)
     lung_vessels = _draw_lung_vessels(rng, bs, y_c, vessels["root"])
     arteries = _draw_arteries(rng, heart["ventricles"], vessels["root"], vessels["root_r"], hs)
+    # Epicardial fat around the arteries varies between patients: in lean ones the vessel lies on the myocardium.
+    coronary_fat = u(0.5, 2.5)
     return _Anatomy(hu=hu, **body, **heart, **vessels, **organs, ribs=ribs, lung_vessels=lung_vessels,
-                    arteries=arteries, body_scale=bs, heart_scale=hs)
+                    arteries=arteries, coronary_fat_mm=coronary_fat, body_scale=bs, heart_scale=hs)
 
 
 def _draw_body(rng: np.random.Generator, config: SynthConfig, bs: float) -> dict[str, Any]:
@@ -434,7 +437,7 @@ def _draw_heart(rng: np.random.Generator, config: SynthConfig, bs: float, hs: fl
     s_peri = 1.0 + epi / semi.min()
     s_line = s_peri + 1.0 / semi.min()
     s_region = s_line + 5.0 / semi.min()
-    s_med = s_line + u(3.0, 8.0) / semi.min()
+    s_med = s_line + u(0.5, 8.0) / semi.min()  # mediastinal pleura: on the pericardium in some patients
     centre = np.array([u(15.0, 30.0) * bs, 0.0, 0.0])
     probe = _Ellipsoid(centre, rot, semi)
     centre[1] = y_c - b_c + u(2.0, 12.0) + probe.extent(s_line)[1]
@@ -793,7 +796,7 @@ def _paint_coronaries(tissue: np.ndarray, heart_region: np.ndarray, grid: Grid, 
     flat = tissue.reshape(-1)
     pts = np.concatenate([art.pts for art in an.arteries])
     rad = np.concatenate([art.radius for art in an.arteries])
-    halo = _sphere_voxels(grid, pts, rad + 2.5)
+    halo = _sphere_voxels(grid, pts, rad + an.coronary_fat_mm)
     halo = halo[np.isin(flat[halo], (MYOCARDIUM, PERICARDIUM, EPICARDIAL_FAT, MEDIASTINAL_FAT, LUNG, LUNG_VESSEL))]
     flat[halo] = EPICARDIAL_FAT
     _ostial_segments_in_fat(flat, grid, an)
@@ -812,7 +815,8 @@ def _ostial_segments_in_fat(flat: np.ndarray, grid: Grid, an: _Anatomy) -> None:
     arc = [np.concatenate(([0.0], np.cumsum(np.linalg.norm(np.diff(art.pts, axis=0), axis=1)))) for art in an.arteries]
     near = [a <= art.ostial_mm for art, a in zip(an.arteries, arc)]
     pts = np.concatenate([art.pts[m] for art, m in zip(an.arteries, near)])
-    idx = _sphere_voxels(grid, pts, np.concatenate([art.radius[m] for art, m in zip(an.arteries, near)]) + 2.5)
+    radius = np.concatenate([art.radius[m] for art, m in zip(an.arteries, near)])
+    idx = _sphere_voxels(grid, pts, radius + an.coronary_fat_mm)
     idx = idx[flat[idx] == BLOOD]
     box, d2 = _capsule_dist2(grid, an.root, an.asc_top, an.asc_r)  # the aorta as `_paint_vessels_and_airways` paints it
     aorta = np.zeros(grid.shape, dtype=bool)
@@ -954,7 +958,9 @@ def _special_plaques(rng: np.random.Generator, config: SynthConfig, an: _Anatomy
     101-400 and >400, ``large_plaque_prob``) and left-main calcium at the ostium (``ostial_lm_prob``)."""
     out: list[Plaque] = []
     u = rng.uniform
-    if category >= 3 and rng.random() < config.large_plaque_prob:
+    n_large = int(category >= 3 and rng.random() < config.large_plaque_prob)
+    n_large += int(n_large and category >= 4 and rng.random() < config.large_plaque_prob)
+    for _ in range(n_large):
         w = np.asarray(config.artery_weights[1:], dtype=float)
         art = an.arteries[1 + int(rng.choice(3, p=w / w.sum()))]
         j = int(u(0.05, 0.5) * len(art.pts))
@@ -963,7 +969,7 @@ def _special_plaques(rng: np.random.Generator, config: SynthConfig, an: _Anatomy
         d = u(4.5, 8.0)
         fwhm = np.array([u(15.0, 30.0), d * u(0.6, 0.9), d * u(0.8, 1.0)])
         out.append(Plaque(art.label, art.pts[j] + n * art.radius[j] * u(0.2, 0.6), np.stack([t, n, b]), fwhm,
-                          u(1000.0, 1600.0)))
+                          u(1000.0, 2200.0)))
     if category >= 1 and rng.random() < config.ostial_lm_prob:
         lm = next(a for a in an.arteries if a.label == LM)
         j = int(rng.integers(1, 4))
@@ -996,8 +1002,8 @@ def _draw_noncoronary(
     u = rng.uniform
     if rng.random() < min(1.0, config.aortic_calcification_prob * boost):
         for _ in range(int(rng.integers(1, 7))):
-            if rng.random() < 0.5:
-                a, b, r = an.root + np.array([0.0, 0.0, 15.0]), an.asc_top, an.asc_r
+            if rng.random() < 0.5:  # the ascending aorta from the root (sinuses) up
+                a, b, r = an.root, an.asc_top, an.asc_r
             else:
                 a, b, r = an.desc
             z_lo, z_hi = max(grid.z0 + 3.0, min(a[2], b[2])), min(grid.z[-1] - 3.0, max(a[2], b[2]))
@@ -1006,12 +1012,17 @@ def _draw_noncoronary(
             zt = u(z_lo, z_hi)
             axis = _unit(b - a)
             p = a + axis * (zt - a[2]) / axis[2]
-            ang = u(0, 2 * math.pi)
-            radial = _unit(np.cross(axis, np.array([math.cos(ang), math.sin(ang), 0.0])))
-            radial = _unit(radial - (radial @ axis) * axis)
-            circ = np.cross(axis, radial)
-            fw = np.array([u(1.5, 5.0), u(0.8, 1.6), u(2.0, 10.0)])
-            out.append(Plaque(AORTIC, p + radial * (r - 1.0), np.stack([axis, radial, circ]), fw, u(300.0, 1300.0)))
+            ref = _unit(np.cross(axis, np.array([1.0, 0.0, 0.0])))
+            ref2 = np.cross(axis, ref)
+            # specks to arcs of the wall: 1-4 blobs side by side along the circumference
+            fw = np.array([u(1.5, 8.0), u(0.8, 2.0), u(2.0, 10.0)])
+            density = u(300.0, 1300.0)
+            ang0 = u(0, 2 * math.pi)
+            for k in range(int(rng.integers(1, 5))):
+                ang = ang0 + k * 0.7 * fw[2] / r
+                radial = math.cos(ang) * ref + math.sin(ang) * ref2
+                circ = np.cross(axis, radial)
+                out.append(Plaque(AORTIC, p + radial * (r - 1.0), np.stack([axis, radial, circ]), fw, density))
     if rng.random() < min(1.0, config.valve_calcification_prob * boost):
         v = an.ventricles
         e1 = v.rot[:, 0]
@@ -1203,6 +1214,7 @@ def _anatomy_record(an: _Anatomy, table_z: float) -> dict[str, Any]:
     return {
         "body_semi_axes_mm": [round(an.body[0], 2), round(an.body[1], 2)], "body_scale": round(an.body_scale, 4),
         "subcutaneous_fat_mm": round(an.fat, 2), "epicardial_fat_mm": round(an.epicardial_fat, 2),
+        "coronary_fat_mm": round(an.coronary_fat_mm, 2),
         "heart_centre_mm": [round(float(c), 2) for c in an.ventricles.centre + np.array([0.0, 0.0, table_z])],
         "heart_semi_axes_mm": [round(float(s), 2) for s in an.ventricles.semi],
         "heart_long_axis": [round(float(c), 4) for c in an.ventricles.rot[:, 0]],
