@@ -252,3 +252,17 @@ def test_full_chest_scans_use_their_own_slice_increments():
         SMALL.replace(full_slice_increments_mm=())
     with pytest.raises(InputError, match="large_plaque_prob"):
         SMALL.replace(large_plaque_prob=1.5)
+
+
+def test_lean_hearts_put_coronary_arteries_on_the_myocardium(small_patients):
+    """Epicardial fat around the arteries varies: in lean patients the vessel wall touches the myocardium, in others
+    a fat halo separates them."""
+    fat = np.array([p.truth["generation"]["coronary_fat_mm"] for p in small_patients])
+    assert fat.min() >= 0.5 and fat.max() <= 2.5 and fat.min() < 1.0 < fat.max() - 1.0
+
+    def wall_on_myocardium(p) -> int:
+        wall = p.tissue == CORONARY_WALL
+        return int((ndi.binary_dilation(wall, structure=S2D) & (p.tissue == MYOCARDIUM)).sum())
+
+    lean, thick = small_patients[int(fat.argmin())], small_patients[int(fat.argmax())]
+    assert wall_on_myocardium(lean) > 5 * max(wall_on_myocardium(thick), 1)
