@@ -22,7 +22,8 @@ import numpy as np
 from coronary_calcium.inference import infer_scan, load_model
 from coronary_calcium.io.manifest import load_manifest
 from coronary_calcium.io.scans import read_scan
-from coronary_calcium.labels import AORTIC, CORONARY_LABELS, VALVE
+from coronary_calcium.labels import AORTIC, CORONARY_LABELS, VALVE, majority_label
+from coronary_calcium.scoring.agatston import category_index
 from coronary_calcium.scoring.agreement import icc_2_1
 
 
@@ -35,7 +36,7 @@ def candidate_rows(manifest: str, ckpt_dir: str) -> list[dict]:
         result = infer_scan(volume, model, keep_maps=False)
         flat = labels.ravel()
         for i, lesion in enumerate(result.candidates.lesions):
-            truth = int(np.bincount(flat[np.asarray(lesion.voxels)], minlength=7).argmax())
+            truth = majority_label(flat[np.asarray(lesion.voxels)])
             kept = bool(result.decision.kept[i])
             rows.append({"scan": scan.scan_id, "truth": truth, "kept": kept, "agatston": float(lesion.agatston),
                          "reason": "kept" if kept else result.decision.reason(i)})
@@ -66,9 +67,9 @@ def patient_figures(rows: list[dict]) -> dict[str, float | str]:
         tp, fn, fp = tp + (coronary and r["kept"]), fn + (coronary and not r["kept"]), fp + (r["kept"] and not coronary)
     scans = sorted(truth)
     t, p = np.array([truth[s] for s in scans]), np.array([pred[s] for s in scans])
-    category = lambda x: np.digitize(x, [1e-9, 10.0001, 100.0001, 400.0001])  # noqa: E731  0, 1-10, ..., > 400
     zero, heavy = t == 0, t > 400
-    return {"icc_2_1": round(float(icc_2_1(t, p)), 3), "right_category": round(float(np.mean(category(t) == category(p))), 3),
+    right_class = np.mean([category_index(a) == category_index(b) for a, b in zip(t, p)])
+    return {"icc_2_1": round(float(icc_2_1(t, p)), 3), "right_category": round(float(right_class), 3),
             "candidate_f1": round(2 * tp / max(2 * tp + fn + fp, 1), 3),
             "calcium_free_scored_0": f"{int((p[zero] == 0).sum())} of {int(zero.sum())}",
             "heavy_below_half": f"{int((p[heavy] < t[heavy] / 2).sum())} of {int(heavy.sum())}",

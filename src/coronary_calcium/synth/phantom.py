@@ -14,6 +14,7 @@ y posterior, z superior); arrays are indexed [z, y, x] with slice 0 the most inf
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -991,6 +992,15 @@ def _ostial_aortic(rng: np.random.Generator, an: _Anatomy, lm_plaque: Plaque) ->
     return Plaque(AORTIC, centre, np.stack([axis, radial, circ]), fwhm, u(400.0, 1200.0))
 
 
+def _ring(axis: np.ndarray, angles: np.ndarray, reference: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Unit radial and tangential directions at ``angles`` around ``axis`` (angle 0: axis x ``reference``)."""
+    ref = _unit(np.cross(axis, reference))
+    ref2 = np.cross(axis, ref)
+    for ang in angles:
+        radial = math.cos(ang) * ref + math.sin(ang) * ref2
+        yield radial, np.cross(axis, radial)
+
+
 def _draw_noncoronary(
     rng: np.random.Generator, config: SynthConfig, an: _Anatomy, grid: Grid, category: int, kernel: np.ndarray,
     special: list[Plaque] = (),
@@ -1012,16 +1022,12 @@ def _draw_noncoronary(
             zt = u(z_lo, z_hi)
             axis = _unit(b - a)
             p = a + axis * (zt - a[2]) / axis[2]
-            ref = _unit(np.cross(axis, np.array([1.0, 0.0, 0.0])))
-            ref2 = np.cross(axis, ref)
             # specks to arcs of the wall: 1-4 blobs side by side along the circumference
             fw = np.array([u(1.5, 8.0), u(0.8, 2.0), u(2.0, 10.0)])
             density = u(300.0, 1300.0)
             ang0 = u(0, 2 * math.pi)
-            for k in range(int(rng.integers(1, 5))):
-                ang = ang0 + k * 0.7 * fw[2] / r
-                radial = math.cos(ang) * ref + math.sin(ang) * ref2
-                circ = np.cross(axis, radial)
+            angles = ang0 + np.arange(int(rng.integers(1, 5))) * 0.7 * fw[2] / r
+            for radial, circ in _ring(axis, angles, np.array([1.0, 0.0, 0.0])):
                 out.append(Plaque(AORTIC, p + radial * (r - 1.0), np.stack([axis, radial, circ]), fw, density))
     if rng.random() < min(1.0, config.valve_calcification_prob * boost):
         v = an.ventricles
@@ -1038,11 +1044,7 @@ def _draw_noncoronary(
                 start, span = math.pi + u(-0.6, 0.6), u(math.pi / 3, 10 * math.pi / 9)
                 angles = start - span / 2 + np.arange(0.0, span, 3.5 / radius)
                 sizes = (3.0, 5.5)
-            ref = _unit(np.cross(axis, np.array([0.0, 1.0, 0.0])))
-            ref2 = np.cross(axis, ref)
-            for ang in angles:
-                radial = math.cos(ang) * ref + math.sin(ang) * ref2
-                tang = np.cross(axis, radial)
+            for radial, tang in _ring(axis, angles, np.array([0.0, 1.0, 0.0])):
                 fw = np.array([u(*sizes), u(2.0, 4.0), u(2.0, 4.0)])
                 density = u(300.0, 1800.0)
                 out.append(Plaque(VALVE, centre + radial * radius, np.stack([tang, radial, axis]), fw, density))
