@@ -266,3 +266,5 @@ def test_lean_hearts_put_coronary_arteries_on_the_myocardium(small_patients):
 
     lean, thick = small_patients[int(fat.argmin())], small_patients[int(fat.argmax())]
     assert wall_on_myocardium(lean) > 5 * max(wall_on_myocardium(thick), 1)
+    with pytest.raises(InputError, match="epicardial_fat_mm"):  # thinner than an artery's wall and lumen
+        SMALL.replace(epicardial_fat_mm=(1.0, 9.0))
