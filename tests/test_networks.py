@@ -50,7 +50,7 @@ EXPECTED_STRIDES = {
     "inception_v3_last": {"Mixed_6e": 16, "Mixed_7c": 32},
     "xception_last": {"block11": 16, "act4": 32},
     "xception_last4": {"block11": 16, "act4": 32},
-    "vgg16_scratch": {"features.22": 8, "features.29": 16},
+    "vgg16_scratch": {"features.32": 8, "features.42": 16},
     "tiny_cnn": {"layer2": 8, "layer3": 16},
 }
 

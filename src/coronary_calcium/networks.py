@@ -158,15 +158,18 @@ NETWORKS: dict[str, NetworkSpec] = {
         ),
         NetworkSpec(
             name="vgg16_scratch",
-            timm_name="vgg16",
+            # VGG16 with BatchNorm after each convolution (timm vgg16_bn): the plain VGG16 trained from scratch does
+            # not learn under the bundle's schedule (loss stays at 0.693, every slice negative), not even a toy
+            # task (docs/experiments/vgg16_from_scratch); the layers, widths and head are otherwise VGG16's.
+            timm_name="vgg16_bn",
             pretrained=False,
             trainable="all",
-            # features.22 = ReLU of block4_conv3 (stride 8), features.29 = ReLU of block5_conv3 (stride 16),
+            # features.32 = ReLU of block4_conv3 (stride 8), features.42 = ReLU of block5_conv3 (stride 16),
             # the last conv layer before the final pool and timm's ConvMlp `pre_logits` head.
-            cam_layers=("features.22", "features.29"),
-            gate_layer="features.3",  # ReLU of block1_conv2 (stride 1)
-            description="VGG16 trained from scratch, all layers trainable (shallow baseline; timm head with "
-            "ConvMlp pre_logits).",
+            cam_layers=("features.32", "features.42"),
+            gate_layer="features.5",  # ReLU of block1_conv2 (stride 1)
+            description="VGG16 with BatchNorm (timm vgg16_bn) trained from scratch, all layers trainable (shallow "
+            "baseline; timm head with ConvMlp pre_logits).",
         ),
         NetworkSpec(
             name="tiny_cnn",
