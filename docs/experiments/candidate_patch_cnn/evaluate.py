@@ -39,7 +39,8 @@ def figures(rows, keep) -> dict:
 def rules(rows, model) -> dict:
     p = predict(model, tensors(rows)[0])
     comp, kept = np.array([r["comp"] for r in rows]), np.array([r["kept"] for r in rows])
-    return {"shipped": (kept, None), "veto": (p, kept), "geo": (np.sqrt(p * comp), None)}, p, comp
+    every = np.ones_like(kept)
+    return {"shipped": (kept, every), "veto": (p, kept), "geo": (np.sqrt(p * comp), every)}, p, comp
 
 
 def main(folder: str, *seeds: str) -> None:
@@ -51,7 +52,7 @@ def main(folder: str, *seeds: str) -> None:
     for name, (s, gate) in scores.items():
         if name == "shipped":
             continue
-        best = max((figures(val, (s >= t) & (True if gate is None else gate))["f1"], t)
+        best = max((figures(val, (s >= t) & gate)["f1"], t)
                    for t in np.linspace(0.05, 0.95, 19))
         chosen[name] = best[1]
         print(f"validation {name}: threshold {best[1]:.2f}, candidate F1 {best[0]}")
@@ -63,7 +64,7 @@ def main(folder: str, *seeds: str) -> None:
         print(f"seed {seed}: AUC coronary vs aortic / valve: patch {roc_auc_score(y[hard], p[hard]):.3f}, "
               f"trees {roc_auc_score(y[hard], comp[hard]):.3f}")
         for name, (s, gate) in scores.items():
-            keep = s if name == "shipped" else (s >= chosen[name]) & (True if gate is None else gate)
+            keep = s if name == "shipped" else (s >= chosen[name]) & gate
             print(f"  {name:8s}", figures(rows, keep))
 
 
