@@ -173,6 +173,10 @@ def test_report_commands_reproduce_the_run(experiment):
     assert parse_overrides(args.set) == summary["profile"]["overrides"]
     run = next(r for r in summary["runs"] if r["network"] == "xception_last")
     args = build_parser().parse_args(shlex.split(run["commands"]["train"])[1:])
+    assert "['bundle/configs/train.json','bundle/configs/networks/xception_last.json']" in run["commands"]["monai_train"]
+    assert "bundle/configs/networks/xception_last.json','bundle/configs/evaluate.json']" in run["commands"][
+        "monai_evaluate"
+    ]
     assert args.network == "xception_last" and parse_overrides(args.set) == {
         k: v for k, v in run["settings"].items() if k != "network_name"
     } | {"output_dir": run["output_dir"]}

@@ -127,12 +127,13 @@ def _cmd_montage(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from coronary_calcium.train.bundle import parse_overrides, run_bundle
+    from coronary_calcium.train.bundle import parse_overrides, run_bundle, training_configs
 
     overrides = parse_overrides(args.set)
     overrides.update({k: v for k, v in (("network_name", args.network), ("max_epochs", args.epochs),
                                         ("manifest", args.manifest and str(args.manifest.resolve()))) if v is not None})
-    configs = ["train"] + (["evaluate"] if args.command in ("evaluate", "cam-montage", "calibrate") else [])
+    evaluate = ["evaluate"] if args.command in ("evaluate", "cam-montage", "calibrate") else []
+    configs = training_configs(overrides.get("network_name"), *evaluate)
     if args.command == "calibrate":
         overrides["run"] = ["@calibrate"]
         parser = run_bundle(configs, overrides)

@@ -55,3 +55,22 @@ def test_overlay_freezing(overlay: Path, tmp_path, monkeypatch):
     for n, p in network.named_parameters():
         changed = not torch.equal(before[n], p.detach())
         assert changed == p.requires_grad or (p.requires_grad and p.grad is not None and not p.grad.any()), n
+
+
+def test_training_configs_put_the_network_overlay_between_train_and_evaluate():
+    from coronary_calcium.train.bundle import training_configs
+
+    assert training_configs("vgg16_scratch", "evaluate") == ["train", "networks/vgg16_scratch", "evaluate"]
+    assert training_configs("tiny_cnn") == ["train"]  # a network without an overlay: train.json's defaults
+    assert training_configs(None, "evaluate") == ["train", "evaluate"]
+
+
+@pytest.mark.parametrize(("network", "rate"), [("vgg16_scratch", 1e-4), ("inception_v3_scratch", 5e-4)])
+def test_overlay_sets_the_network_learning_rate(network, rate):
+    """VGG16-BN from scratch learns at 1e-4 but not at train.json's 5e-4 (docs/experiments/vgg16_from_scratch)."""
+    from coronary_calcium.train.bundle import bundle_config_files, training_configs
+
+    parser = ConfigParser()
+    parser.read_config(bundle_config_files(training_configs(network)))
+    assert parser.get_parsed_content("learning_rate") == rate
+    assert parser.get_parsed_content("network_name") == network

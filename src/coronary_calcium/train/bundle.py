@@ -24,6 +24,13 @@ def bundle_config_files(names: Sequence[str], bundle_root: str | Path = BUNDLE_R
     return files
 
 
+def training_configs(network: str | None, *extra: str, bundle_root: str | Path = BUNDLE_ROOT) -> list[str]:
+    """`train`, then the network's overlay (`configs/networks/<network>.json`, where it has one: the network's own
+    defaults, such as VGG16's learning rate), then `extra` (e.g. `evaluate`): the bundle's configs for one network."""
+    overlay = Path(bundle_root) / "configs" / "networks" / f"{network}.json"
+    return ["train", *([f"networks/{network}"] if network and overlay.is_file() else []), *extra]
+
+
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     """`key=value` strings to config overrides; values are JSON where they parse as JSON, else strings."""
     out: dict[str, Any] = {}
