@@ -1,7 +1,7 @@
 """Seconds per 512 x 512 x 48 scan end to end (read DICOM, classify, CAM, score, write), default network.
 
 Usage: python benchmarks/inference_speed.py [--quick] [--threads N] [--network inception_v3_scratch]
-                                            [--device cpu|cuda] [--precision bf16|fp32]
+                                            [--device cpu|cuda] [--precision bf16|fp32] [--profile N]
 
 A synthetic chest-like volume (body, lungs, spine, calcium specks) is written as a DICOM series; the network has
 random weights (timing only) and a temporary thresholds.json with a lesion classifier of the usual size (5 x 150
@@ -18,13 +18,16 @@ precision and the training's field of view (train.json: 160 mm on the heart). St
 read, anatomy, preprocess, forward, CAM of every slice, lesion features of the judged candidates (and, for
 comparison, of every candidate, as calibration computes them), the classifier, and the written outputs.
 ``--device`` defaults to the GPU when one is present (the network and its CAM run there; the rest stays on the CPU).
+``--profile N`` adds one more all-positive run under cProfile and prints its N costliest functions (own time).
 Prints a short table, then as the LAST line one JSON object with the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import statistics
 import tempfile
 import time
@@ -103,6 +106,13 @@ def _median_time(fn, reps: int) -> tuple[float, list[float]]:
     return statistics.median(times), times
 
 
+def _print_profile(fn, n: int) -> None:
+    """Run ``fn`` once under cProfile and print its ``n`` costliest functions by own time (tottime)."""
+    profiler = cProfile.Profile()
+    profiler.runcall(fn)
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(n)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one repetition, all-positive case only")
@@ -110,6 +120,8 @@ def main() -> None:
     parser.add_argument("--network", default="inception_v3_scratch")
     parser.add_argument("--precision", default=None, help="fp32 / bf16 (default: default_precision)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="print the N costliest functions of one more all-positive run (cProfile, own time)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -143,6 +155,9 @@ def main() -> None:
                              "first_scan_with_model_load": round(first_s, 3),
                              "positive_slices": len(result["positive_slices"]), "n_candidates": result["n_candidates"],
                              "overlays": len(result["files"]["overlays"])}
+            if args.profile and name == "all_positive":
+                _print_profile(lambda: run_inference(series, out, model=model, progress=False, overwrite=True),
+                               args.profile)
             if name != cases[-1][0]:
                 model.close()
         assert model is not None

@@ -94,7 +94,7 @@ PROFILES: dict[str, Profile] = {
                 "a 160 mm field of view on the heart at 160 px, two HU windows; 4 epochs, batch 16); VGG16, about five "
                 "times Inception v3's cost per image, gets 2 epochs. Precision (bf16 autocast where the CPU has "
                 "AMX / AVX512-BF16, else fp32), the class balance (oversampling, as the paper) and the learning rate "
-                "are the bundle's defaults (train.json, then the network's overlay: VGG16 1e-4, the others 5e-4)."
+                "are the bundle's defaults (train.json, then the network's overlay: VGG16 1e-4, the others 2e-3)."
             ),
             common={"batch_size": 16, "max_epochs": 4},
             per_network={"vgg16_scratch": {"max_epochs": 2}},
