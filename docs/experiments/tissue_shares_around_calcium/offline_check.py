@@ -18,6 +18,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from coronary_calcium.inference.calibration import CLASSIFIER_FEATURES
 from coronary_calcium.inference.lesion_classifier import DEFAULT_SEEDS, DEFAULT_TREE_PARAMS
 from coronary_calcium.inference.lesion_features import LESION_FEATURES
+from coronary_calcium.scoring.agreement import icc_2_1
 
 RADII = (3, 8, 15)
 AROUND = tuple(f"{t}_around_{r}mm" for r in RADII for t in ("lung", "fat", "soft"))
@@ -40,13 +41,6 @@ def load(path):
             np.array([r["pid"] for r in rows]), np.array([r["agatston"] for r in rows]))
 
 
-def icc21(a, b):
-    y = np.column_stack([a, b]); n, k = y.shape; g = y.mean()
-    msr = k * ((y.mean(1) - g) ** 2).sum() / (n - 1); msc = n * ((y.mean(0) - g) ** 2).sum() / (k - 1)
-    mse = ((y - y.mean(1, keepdims=True) - y.mean(0) + g) ** 2).sum() / ((n - 1) * (k - 1))
-    return (msr - mse) / (msr + (k - 1) * mse + k * (msc - mse) / n)
-
-
 def main(folder, seeds):
     x, y, _, _, _ = load(f"{folder}/syn.pkl")
     shifted = {s: load(f"{folder}/shf{s}.pkl") for s in seeds}
@@ -63,7 +57,7 @@ def main(folder, seeds):
                 est = [ags[(pids == q) & kept].sum() for q in pts]
                 ref = [ags[(pids == q) & ys].sum() for q in pts]
                 line.append(f" seed {s}: AUC {roc_auc_score(ys, p):.3f}, cor/aortic {roc_auc_score(ys[both], p[both]):.3f},"
-                            f" F1 {f1_score(ys, kept):.3f}, ICC {icc21(np.array(est), np.array(ref)):.3f},"
+                            f" F1 {f1_score(ys, kept):.3f}, ICC {icc_2_1(est, ref):.3f},"
                             f" aortic kept {int((aos & kept).sum())} |")
             print("".join(line), flush=True)
 
