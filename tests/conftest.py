@@ -98,9 +98,9 @@ def _tiny_patient(rng: np.random.Generator, n_slices: int = 10, size: int = 48):
             s = int(rng.integers(2, 4))
             hu[k, r : r + s, c : c + s] = rng.uniform(250, 700)
             labels[k, r : r + s, c : c + s] = LAD
-        if rng.random() < 0.2:  # aortic calcium: labelled but not coronary, so the slice stays negative
-            hu[k, 6:9, 6:9] = 500
-            labels[k, 6:9, 6:9] = AORTIC
+        if rng.random() < 0.2:  # aortic calcium: labelled but not coronary, so the slice stays negative; deep enough
+            hu[k, 17:20, 17:20] = 500  # in the body for the anatomy rule to leave it to the lesion classifier
+            labels[k, 17:20, 17:20] = AORTIC
     return CTVolume(hu=np.rint(hu), spacing=(3.0, 1.0, 1.0)), labels
 
 

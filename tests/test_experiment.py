@@ -22,7 +22,7 @@ from coronary_calcium.experiment import (
 )
 from coronary_calcium.io.images import write_nifti
 from coronary_calcium.io.volume import CTVolume
-from coronary_calcium.labels import LAD
+from coronary_calcium.labels import AORTIC, LAD
 from coronary_calcium.networks import TinyCNN, paper_network_names, write_stand_in_imagenet_weights
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -49,6 +49,9 @@ def _patient(rng: np.random.Generator, n_slices: int = 8, size: int = 96) -> tup
         r, c, s = int(rng.integers(20, size - 30)), int(rng.integers(20, size - 24)), int(rng.integers(2, 4))
         hu[k, r : r + s, c : c + s] = rng.uniform(250, 700)
         labels[k, r : r + s, c : c + s] = LAD
+    # aortic calcium inside the body on two odd slices: what the lesion classifier must learn to reject
+    hu[1::4, 46:49, 46:49] = 500
+    labels[1::4, 46:49, 46:49] = AORTIC
     return CTVolume(hu=np.rint(hu), spacing=(3.0, 1.0, 1.0)), labels
 
 

@@ -99,3 +99,58 @@ def test_a_subset_must_hold_what_the_classifier_judges(tiny_model, scans):
     decide(cut, t)  # judged one by one, its features are not needed
     with pytest.raises(InputError, match="3D component"):
         decide(cut, dataclasses.replace(t, lesion_pooling="component"))
+
+
+def test_calibration_fits_the_classifier_on_what_it_is_asked_about_without_the_network(tiny_model, scans):
+    """The fit set's candidates: without the network, the same measured features; whole rows only for those a
+    classifier can judge (anatomy allows them, or their 3D component), which are the rows the fit uses."""
+    from coronary_calcium.inference.calibration import CLASSIFIER_FEATURES, _collect, _reads_network
+    from coronary_calcium.inference.decision import classifier_judges
+    from coronary_calcium.inference.lesion_features import feature_columns
+
+    config = tiny_model.thresholds.scoring_config()
+    assert not _reads_network(CLASSIFIER_FEATURES) and _reads_network(("slice_probability", "log_area_mm2"))
+    volume = scans[0]
+    with_net = find_candidates(volume.hu, volume.spacing, tiny_model.analyzer, config, features=True)
+    without = find_candidates(volume.hu, volume.spacing, tiny_model.analyzer, config, features=True, network=False)
+    assert len(with_net) == len(without) > 0 and np.isnan(without.probabilities).all()
+    assert without.cam_maps.shape[0] == 0 and all(s is None for s in without.cam_scores)
+    assert np.array_equal(feature_columns(without.features, CLASSIFIER_FEATURES),
+                          feature_columns(with_net.features, CLASSIFIER_FEATURES))
+    assert np.isnan(feature_columns(without.features, ("slice_probability", "cam_mean", "cam_max"))).all()
+
+    cases = [(f"P{i}", v.hu, v.spacing, np.zeros(v.shape, np.uint8)) for i, v in enumerate(scans[:3])]
+    every = _collect(cases, len(cases), tiny_model.analyzer, config, "all", False)
+    judged = _collect(cases, len(cases), tiny_model.analyzer, config, "judged", False, network=False,
+                      lesion_pooling="component")
+    assert every["computed"].all() and every["probability"].size == judged["probability"].size
+    assert np.isnan(judged["probability"]).all() and np.isnan(judged["cam"]).all()
+    rows = judged["computed"]
+    assert 0 < rows.sum() < rows.size  # the tiny scans' spine and body-edge noise are never judged
+    assert np.array_equal(feature_columns(judged["features"][rows], CLASSIFIER_FEATURES),
+                          feature_columns(every["features"][rows], CLASSIFIER_FEATURES))
+    assert np.isnan(judged["features"][~rows]).any(axis=1).all()
+    assert np.array_equal(rows[:len(with_net)], classifier_judges(with_net, None, "component"))
+
+
+def test_fit_data_shared_by_worker_processes_gives_the_same_candidates(tiny_model, scans):
+    """Two forked processes collect the fit scans (no network) exactly as one process does, in order; a bad
+    ``workers`` is refused before any image is read."""
+    from coronary_calcium.inference import choose_thresholds
+    from coronary_calcium.inference.calibration import _collect
+
+    config = tiny_model.thresholds.scoring_config()
+    cases = [(f"P{i}", v.hu, v.spacing, np.zeros(v.shape, np.uint8)) for i, v in enumerate(scans)]
+    one = _collect(cases, len(cases), tiny_model.analyzer, config, "one", False, network=False,
+                   lesion_pooling="component", workers=1)
+    two = _collect(iter(cases), len(cases), tiny_model.analyzer, config, "two", False, network=False,
+                   lesion_pooling="component", workers=2)
+    assert one.keys() == two.keys()
+    for key, value in one.items():
+        assert np.array_equal(value, two[key], equal_nan=value.dtype.kind == "f") if isinstance(value, np.ndarray) \
+            else value == two[key], key
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(InputError, match="workers"):
+            choose_thresholds(tiny_model.analyzer.network, "tiny_cnn", [], workers=bad)
+    with pytest.raises(InputError, match="fit_candidates"):
+        choose_thresholds(tiny_model.analyzer.network, "tiny_cnn", [], fit_candidates="some")

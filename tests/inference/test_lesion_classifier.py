@@ -305,3 +305,24 @@ def test_thresholds_keep_the_classifier_and_refuse_unknown_features(tmp_path):
     with pytest.raises(InputError, match="features this version no longer computes"):
         Thresholds(network_name="tiny_cnn", checkpoint="m.pt", checkpoint_sha256="", t_slice=0.5, t_cam=0.5,
                    cam_layer="layer2", lesion_classifier=other, t_lesion=0.5)
+
+
+def test_only_the_computed_candidates_are_fitted_and_scored():
+    """Rows calibration did not compute (``computed`` False: no classifier is asked about them) are neither fitted
+    on nor scored (NaN); a fit set of one class is refused with what to do."""
+    fit, val = _collected(4, 150, seed=0), _collected(3, 60, seed=1)
+    small = {**DEFAULT_TREE_PARAMS, "max_iter": 20}
+    fit["computed"] = np.arange(600) % 3 > 0
+    val["computed"] = np.arange(180) % 2 == 0
+    fit["features"][~fit["computed"]] = np.nan  # what calibration leaves in rows it did not compute
+    classifier, p, _ = cross_fit_lesion_classifier(fit, val, folds=0, tree_params=small)
+    assert classifier.fitted_on["n_candidates"] == int(fit["computed"].sum())
+    assert np.isnan(p[~val["computed"]]).all() and np.isfinite(p[val["computed"]]).all()
+    columns = [LESION_FEATURES.index(f) for f in CLASSIFIER_FEATURES]
+    alone = fit_lesion_classifier(fit["features"][fit["computed"]][:, columns], fit["coronary"][fit["computed"]],
+                                  CLASSIFIER_FEATURES, small)
+    np.testing.assert_array_equal(p[val["computed"]], alone.predict_proba(val["features"][val["computed"]][:, columns]))
+    fit["computed"] = fit["coronary"].copy()
+    val["computed"] = val["coronary"].copy()
+    with pytest.raises(InputError, match="needs coronary and other candidates to learn from.*fit_candidates"):
+        cross_fit_lesion_classifier(fit, val, folds=2, tree_params=small)

@@ -79,15 +79,16 @@ def test_thresholds_of_other_weights_are_refused(ckpt_copy):
     assert MISSING in str(e.value) and "sha256" in str(e.value)
 
 
-def test_grid_search_maximises_f1_with_ties_to_higher_thresholds():
+def test_grid_search_maximises_f1_with_ties_to_the_lower_slice_threshold():
     # candidates: (slice probability, CAM score); 0 and 1 match reference lesions 0 and 1, 2 and 3 are bone
     prob = np.array([0.9, 0.8, 0.9, 0.2])
     cam = np.array([0.8, 0.7, 0.3, 0.9])
     pairs = np.array([[0, 0], [1, 1]])
     best = grid_search(prob, cam, pairs, 2, [0.0, 0.5, 0.7, 0.85], [0.0, 0.25, 0.5, 0.75])
     assert best["f1"] == 1.0
-    # F1 1 holds for t_slice in {0.5, 0.7} x t_cam in {0.5}: the tie goes to the higher t_slice
-    assert (best["t_slice"], best["t_cam"]) == (0.7, 0.5)
+    # F1 1 holds for t_slice in {0.5, 0.7} x t_cam in {0.5}: the tie goes to the lower t_slice (the bone at 0.2
+    # needs t_slice > 0.2)
+    assert (best["t_slice"], best["t_cam"]) == (0.5, 0.5)
     assert best["grid"]["f1"][0][0] == pytest.approx(2 * 1.0 * 0.5 / 1.5)
 
 
@@ -305,3 +306,24 @@ def test_thresholds_fields_of_the_wrong_type_or_value_are_refused_at_load(tmp_pa
     with pytest.raises(InputError, match=MISSING.split(":")[0]) as e:
         load_thresholds(path, ckpt)
     assert message in str(e.value)
+
+
+def test_the_classifier_is_fitted_on_the_candidates_it_can_be_asked_about(tiny_manifest, ckpt_dir):
+    """By default the trees see only what the anatomy rule leaves them (and the rest of those 3D components);
+    fit_candidates="all" fits them on every candidate, as before version 0.15.0."""
+    t = load_thresholds(ckpt_dir)
+    network = load_checkpoint_weights(create_network("tiny_cnn", in_channels=t.in_channels, for_checkpoint=True),
+                                      ckpt_dir / "model.pt", "tiny_cnn")
+    kwargs = dict(image_size=t.image_size, device="cpu", precision=t.validation["precision"], progress=False)
+    every = choose_thresholds(network, "tiny_cnn", tiny_manifest, fit_candidates="all", **kwargs)
+    judged, fitted_all = t.lesion_classifier.fitted_on, every.lesion_classifier.fitted_on
+    assert fitted_all["n_candidates"] > judged["n_candidates"] > 0
+    assert fitted_all["n_coronary"] >= judged["n_coronary"] > 0
+    assert fitted_all["n_candidates"] == every.validation["n_candidates"] + _training_candidates(tiny_manifest, t)
+
+
+def _training_candidates(manifest, t) -> int:
+    from coronary_calcium.scoring.agatston import find_lesions
+
+    cases, _, _ = _cases(load_manifest(manifest), "train")
+    return sum(len(find_lesions(hu, spacing, config=t.scoring_config())) for _, hu, spacing, _ in cases)

@@ -7,28 +7,37 @@ are the coronary Agatston lesions of the label volume (`find_lesions` with label
 it shares a voxel with one (`match_lesions`).
 
 1. The lesion classifier (`fit_lesion_classifier`) is fitted on the candidates of the training and the validation
-   patients. Its threshold is chosen on out-of-fold probabilities: the validation patients are dealt into folds,
-   and each fold's candidates are scored by trees fitted without that fold. Why the validation patients join the
-   fit: the CNN has learnt its training patients, so there its slice probabilities and CAMs are over-confident;
-   on the validation patients they behave as on new scans, and the trees should learn from that behaviour too.
+   patients that it can be asked about at inference (`classifier_judges`: the anatomy rule allows them, or they
+   share a 3D component with one that it allows). Why not every candidate: what the rule rejects (ribs, spine,
+   the body edge) never reaches the trees, and fitted on, it teaches them that large and dense means bone, which
+   rejects large coronary plaques. Its features read nothing of the slice network, so the training patients' scans
+   do not go through it, and worker processes share them. Its threshold is chosen on out-of-fold probabilities:
+   the validation patients are dealt into folds, and each fold's candidates are scored by trees fitted without
+   that fold.
 2. On the validation patients, for every pair of a grid, the candidates passing both thresholds are kept and the
    lesion-level F1 pooled over the split is computed: (t_slice, t_lesion) for the classifier's rule, and
    (t_slice, t_cam) for the older slice-and-CAM rule (recorded for comparison, used when no classifier is fitted).
    Among the pairs whose F1 is within one reference lesion's worth of the best (``f1_slack_lesions / n_ref``),
    the pair keeping the fewest aortic or valve calcium candidates wins, then the highest F1, ties going to the
-   higher t_slice, then the higher second threshold. Why: counting aortic or valve calcium as coronary is the
+   lower t_slice, then the higher second threshold. Why: counting aortic or valve calcium as coronary is the
    error a calcium score must not make, and the pooled F1 is flat near its top (differences of one lesion in a
-   hundred are noise on nine patients), so it alone would trade one for a single more small coronary lesion.
+   hundred are noise on nine patients), so it alone would trade one for a single more small coronary lesion. Why
+   the lower t_slice: a slice gate that buys nothing on validation only adds a dependence on the slice network,
+   the part learnt from the generator's images and the least likely to hold on another scanner.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as _dt
 import json
+import multiprocessing
 import numbers
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+import os
+from collections import defaultdict, deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +51,7 @@ from coronary_calcium.data.transforms import check_hu_windows
 from coronary_calcium.errors import InputError
 from coronary_calcium.inference.arteries import ARTERY_FEATURES, ArteryModel, fit_artery_model
 from coronary_calcium.inference.candidates import find_candidates
-from coronary_calcium.inference.decision import ANATOMY_RULE_FEATURES, anatomy_allows
+from coronary_calcium.inference.decision import ANATOMY_RULE_FEATURES, anatomy_allows, classifier_judges
 from coronary_calcium.inference.lesion_classifier import (
     LesionClassifier,
     check_lesion_pooling,
@@ -90,6 +99,7 @@ VALIDATION_FOLDS = 3
 # default (4 epochs) 0.982 judged one by one, 0.996 pooled (2 more reference lesions found, and the one aortic
 # candidate kept one by one rejected).
 LESION_POOLING = "component"
+FIT_CANDIDATES = ("judged", "all")  # the lesion classifier's fit: what it can be asked about, or every candidate
 FROM_TRAINING = "train.json"  # field of view defaults: train.json's values (None itself means "no crop")
 # What the lesion classifier reads: what is measured on the scan itself (size, density, 3D extent, place in the
 # anatomy, surrounding tissue), not the slice network's outputs (slice probabilities, CAM): those are learnt from the
@@ -204,7 +214,7 @@ def grid_search(
     non_coronary: np.ndarray | None = None,
     f1_slack: float | None = None,
 ) -> dict[str, Any]:
-    """Best (t_slice, t_cam) by pooled lesion-level F1; ties -> higher t_slice, then higher t_cam.
+    """Best (t_slice, t_cam) by pooled lesion-level F1; ties -> lower t_slice, then higher t_cam.
 
     probability / cam: per candidate; pairs: (k, 2) array of (candidate, reference lesion) overlaps; n_ref: the
     number of reference lesions. Returns the chosen pair, its F1 / sensitivity / PPV / counts and the F1 table.
@@ -236,7 +246,7 @@ def grid_search(
                           "n_aortic_or_valve_kept": int((keep & non_coronary).sum())})
     floor = table.max() - f1_slack if preferring else -np.inf
     best = dict(max((c for c in cells if c["f1"] >= floor),
-                    key=lambda c: (-c["n_aortic_or_valve_kept"], round(c["f1"], 12), c["t_slice"], c["t_cam"])))
+                    key=lambda c: (-c["n_aortic_or_valve_kept"], round(c["f1"], 12), -c["t_slice"], c["t_cam"])))
     best["grid"] = {"t_slice": [float(v) for v in slice_grid], "t_cam": [float(v) for v in cam_grid],
                     "f1": table.round(6).tolist()}
     if preferring:
@@ -248,57 +258,102 @@ def grid_search(
 
 
 def _collect(cases: Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], n_cases: int, analyzer: SliceAnalyzer,
-             config: ScoringConfig, desc: str, progress: bool) -> dict[str, Any]:
+             config: ScoringConfig, desc: str, progress: bool, network: bool = True,
+             lesion_pooling: str | None = None, workers: int = 1) -> dict[str, Any]:
     """Per candidate of every case: slice probability, CAM score, lesion features, matched reference lesions, and
     whether it is aortic or valve calcium (touches those labels and no coronary lesion), its patient, its 3D
-    component (ids unique across scans), its area, and its reference artery (majority coronary label of its
-    voxels; "" for none)."""
-    probability: list[float] = []
-    patient: list[str] = []
-    cams: list[float] = []
-    features: list[np.ndarray] = []
-    non_coronary: list[bool] = []
-    components: list[np.ndarray] = []
-    areas: list[float] = []
-    arteries: list[str] = []
-    pairs: list[tuple[int, int]] = []
-    n_ref = n_scans = n_slices = n_positive_slices = n_components = 0
-    for patient_id, hu, spacing, labels in tqdm(cases, total=n_cases, desc=desc, unit="scan", disable=not progress):
-        found = find_candidates(hu, spacing, analyzer, config, features=True)
-        reference = find_lesions(hu, spacing, labels=labels, config=config)
-        offset = len(probability)
-        if len(found):  # component ids made unique across scans
-            components.append(found.components + n_components)
-            n_components += int(found.components.max()) + 1
-        areas.extend(found.areas.tolist())
-        probability.extend(found.slice_probabilities.tolist())
-        patient.extend([patient_id] * len(found))
-        cams.extend(float(s) if s is not None else -np.inf for s in found.cam_scores)
-        features.append(found.features)
-        flat_labels = np.asarray(labels).reshape(-1)
-        non_coronary.extend(bool(np.isin(flat_labels[np.asarray(c.voxels)], NON_CORONARY_LABELS).any())
-                            for c in found)
-        arteries.extend(_artery_name(majority_label(flat_labels[np.asarray(c.voxels)], CORONARY_LABELS))
-                        for c in found)
-        for m in match_lesions(reference, found.lesions)["matches"]:
-            pairs.append((offset + m["pred"], n_ref + m["ref"]))
-        n_ref += len(reference)
-        n_scans += 1
-        n_slices += len(found.probabilities)
-        n_positive_slices += len({int(r.slices[0]) for r in reference})
-    pairs_array = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    coronary = np.zeros(len(probability), dtype=bool)
-    coronary[pairs_array[:, 0]] = True
-    non_coronary = np.asarray(non_coronary, dtype=bool) & ~coronary
+    component (ids unique across scans), its area, its reference artery (majority coronary label of its voxels; ""
+    for none), and whether its whole features row was computed.
+
+    ``lesion_pooling``: compute whole rows only for the candidates a lesion classifier with that pooling can be
+    asked about (`classifier_judges` on any slice; the others hold the anatomy features, NaN elsewhere); None: for
+    every candidate. ``network=False``: the network does not run (probabilities and CAM scores NaN); then
+    ``workers`` > 1 processes share the scans (what remains is single-threaded numpy / scipy), with the same result.
+    """
+    parts = []
+    n_components = 0
+    scans = _scan_parts(cases, analyzer, config, network, lesion_pooling, workers)
+    for part in tqdm(scans, total=n_cases, desc=desc, unit="scan", disable=not progress):
+        part["component"] = part["component"] + n_components  # component ids made unique across scans
+        n_components += int(part["component"].max()) + 1 if part["component"].size else 0
+        parts.append(part)
+    n_before = np.cumsum([0] + [p["area"].size for p in parts])  # candidates, then reference lesions, before each
+    refs_before = np.cumsum([0] + [p["n_ref"] for p in parts])
+    pairs = np.concatenate([np.zeros((0, 2), dtype=np.int64)]
+                           + [p["pairs"] + [n, r] for p, n, r in zip(parts, n_before, refs_before)])
+    joined = {key: np.concatenate([p[key] for p in parts]) if parts else np.zeros(0)
+              for key in ("probability", "cam", "non_coronary", "component", "area", "artery", "patient",
+                          "computed")}
+    coronary = np.zeros(joined["area"].size, dtype=bool)
+    coronary[pairs[:, 0]] = True
     return {
-        "probability": np.asarray(probability), "cam": np.asarray(cams),
-        "features": np.concatenate(features) if features else np.zeros((0, len(LESION_FEATURES))),
-        "pairs": pairs_array, "coronary": coronary, "non_coronary": non_coronary,
-        "component": np.concatenate(components) if components else np.zeros(0, dtype=np.int64),
-        "area": np.asarray(areas, dtype=np.float64), "artery": np.asarray(arteries, dtype=str),
-        "patient": np.asarray(patient, dtype=str), "n_ref": n_ref, "n_scans": n_scans,
-        "n_slices": n_slices, "n_positive_slices": n_positive_slices,
+        **joined, "pairs": pairs, "coronary": coronary, "non_coronary": joined["non_coronary"].astype(bool) & ~coronary,
+        "features": np.concatenate([p["features"] for p in parts]) if parts else np.zeros((0, len(LESION_FEATURES))),
+        "n_ref": int(refs_before[-1]), "n_scans": len(parts), "n_slices": sum(p["n_slices"] for p in parts),
+        "n_positive_slices": sum(p["n_positive_slices"] for p in parts),
     }
+
+
+def _scan_part(case: tuple[str, np.ndarray, tuple, np.ndarray], analyzer: SliceAnalyzer, config: ScoringConfig,
+               network: bool, lesion_pooling: str | None) -> dict[str, Any]:
+    """One case's part of `_collect`: its candidates' values, component ids and (candidate, reference) pairs
+    counted within the scan."""
+    patient_id, hu, spacing, labels = case
+    judged = None if lesion_pooling is None else (lambda found: classifier_judges(found, None, lesion_pooling))
+    found = find_candidates(hu, spacing, analyzer, config, features=True, feature_subset=judged, network=network)
+    reference = find_lesions(hu, spacing, labels=labels, config=config)
+    flat_labels = np.asarray(labels).reshape(-1)
+    voxel_labels = [flat_labels[np.asarray(c.voxels)] for c in found]
+    pairs = [(m["pred"], m["ref"]) for m in match_lesions(reference, found.lesions)["matches"]]
+    return {
+        "probability": found.slice_probabilities.astype(np.float64),
+        "cam": np.array([float(s) if s is not None else (-np.inf if network else np.nan) for s in found.cam_scores],
+                        dtype=np.float64),
+        "features": found.features,
+        "non_coronary": np.array([bool(np.isin(v, NON_CORONARY_LABELS).any()) for v in voxel_labels], dtype=bool),
+        "component": np.asarray(found.components, dtype=np.int64),
+        "area": found.areas,
+        "artery": np.array([_artery_name(majority_label(v, CORONARY_LABELS)) for v in voxel_labels], dtype=str),
+        "patient": np.array([patient_id] * len(found), dtype=str),
+        "computed": np.ones(len(found), dtype=bool) if found.computed is None else np.asarray(found.computed),
+        "pairs": np.asarray(pairs, dtype=np.int64).reshape(-1, 2),
+        "n_ref": len(reference), "n_slices": len(found.probabilities),
+        "n_positive_slices": len({int(r.slices[0]) for r in reference}),
+    }
+
+
+_WORKER_STATE: tuple[Any, ...] = ()  # a worker process's (analyzer, config, network, lesion_pooling)
+
+
+def _init_worker(*state: Any) -> None:
+    global _WORKER_STATE
+    _WORKER_STATE = state
+
+
+def _worker_scan_part(case: tuple[str, np.ndarray, tuple, np.ndarray]) -> dict[str, Any]:
+    return _scan_part(case, *_WORKER_STATE)
+
+
+def _scan_parts(cases: Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], analyzer: SliceAnalyzer,
+                config: ScoringConfig, network: bool, lesion_pooling: str | None, workers: int
+                ) -> Iterator[dict[str, Any]]:
+    """`_scan_part` of each case, in order; with ``workers`` > 1 in that many forked processes, each given the
+    analyzer without its network (they never run it), at most two cases each in flight (scans are large)."""
+    if workers <= 1 or network:
+        yield from (_scan_part(case, analyzer, config, network, lesion_pooling) for case in cases)
+        return
+    light = copy.copy(analyzer)
+    light.network = None  # nothing of the network travels or runs
+    context = multiprocessing.get_context("fork")  # no re-import per worker; the workers use numpy / scipy only
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(light, config, network, lesion_pooling)) as pool:
+        pending: deque = deque()
+        for case in cases:
+            pending.append(pool.submit(_worker_scan_part, case))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _artery_name(label: int) -> str:
@@ -343,15 +398,19 @@ def _fit_classifier(parts: Sequence[tuple[dict[str, Any], np.ndarray]], tree_par
     set; with ``data`` (a description per set), its ``fitted_on`` says what it was fitted on."""
     x = np.concatenate([feature_columns(c["features"][m], features) for c, m in parts])
     y = np.concatenate([c["coronary"][m] for c, m in parts])
+    if y.size and (y.all() or not y.any()):
+        raise InputError("lesion classifier", f"needs coronary and other candidates to learn from, got {int(y.sum())} "
+                         f"of {y.size} coronary among those it is fitted on (fit_candidates 'judged': those the "
+                         "anatomy rule leaves to it; 'all': every candidate); give more training patients")
     weight = None
     if hard_negative_weight != 1.0:
         weight = np.concatenate([np.where(c["non_coronary"][m], float(hard_negative_weight), 1.0) for c, m in parts])
     fitted_on = None
-    if data is not None:  # the final fit: every candidate of each set
+    if data is not None:  # the final fit: every candidate of each set a classifier can be asked about
         fitted_on = {"data": list(data) if len(data) > 1 else data[0],
                      "n_scans": sum(c["n_scans"] for c, _ in parts),
                      "n_reference_lesions": sum(c["n_ref"] for c, _ in parts),
-                     "n_aortic_or_valve": sum(int(c["non_coronary"].sum()) for c, _ in parts),
+                     "n_aortic_or_valve": sum(int(c["non_coronary"][m].sum()) for c, m in parts),
                      "aortic_or_valve_weight": float(hard_negative_weight)}
     return fit_lesion_classifier(x, y, features, tree_params, fitted_on=fitted_on, sample_weight=weight)
 
@@ -369,28 +428,29 @@ def cross_fit_lesion_classifier(
     out-of-fold probabilities for the ``val`` candidates: validation patients are dealt into ``folds`` folds in
     order of appearance (one per patient when there are fewer), and each fold is scored by trees fitted on ``fit``
     and the other folds, so no patient's scans are on both sides. ``folds=0``: fitted on ``fit`` only, the ``val``
-    probabilities come from that classifier. ``data``: descriptions of the two sets, for ``fitted_on``;
+    probabilities come from that classifier. Only the candidates whose rows were computed (``computed``, when a set
+    has it) are fitted on and scored; the others get NaN. ``data``: descriptions of the two sets, for ``fitted_on``;
     ``features``: the `LESION_FEATURES` the trees read. Returns (classifier, validation probabilities, folds used)."""
     folds = _check_folds(folds)
     features = _check_classifier_features(features)
     val_x = feature_columns(val["features"], features)
-    everything = [np.ones(c["patient"].size, dtype=bool) for c in (fit, val)]
+    rows = [c.get("computed", np.ones(c["patient"].size, dtype=bool)) for c in (fit, val)]
+    p_val = np.full(rows[1].size, np.nan)  # NaN for the candidates no classifier is asked about
     if folds == 0:
-        classifier = _fit_classifier([(fit, everything[0])], tree_params, hard_negative_weight, data[:1], features)
-        return classifier, classifier.predict_proba(val_x), 0
+        classifier = _fit_classifier([(fit, rows[0])], tree_params, hard_negative_weight, data[:1], features)
+        p_val[rows[1]] = classifier.predict_proba(val_x[rows[1]])
+        return classifier, p_val, 0
     _, first, group = np.unique(val["patient"], return_index=True, return_inverse=True)
     _check_patients(val["patient"], folds, "validation data")
     folds = min(folds, first.size)
     fold = np.argsort(np.argsort(first))[group] % folds  # patients in order of appearance, dealt in turn
-    out_of_fold = np.zeros(fold.size)
     for k in range(folds):
         held = fold == k
-        trees = _fit_classifier([(fit, everything[0]), (val, ~held)], tree_params, hard_negative_weight,
+        trees = _fit_classifier([(fit, rows[0]), (val, rows[1] & ~held)], tree_params, hard_negative_weight,
                                 features=features)
-        out_of_fold[held] = trees.predict_proba(val_x[held])
-    classifier = _fit_classifier([(fit, everything[0]), (val, everything[1])], tree_params, hard_negative_weight,
-                                 data, features)
-    return classifier, out_of_fold, folds
+        p_val[held & rows[1]] = trees.predict_proba(val_x[held & rows[1]])
+    classifier = _fit_classifier([(fit, rows[0]), (val, rows[1])], tree_params, hard_negative_weight, data, features)
+    return classifier, p_val, folds
 
 
 @dataclass
@@ -407,14 +467,16 @@ class CalibrationConfig:
     candidate's CAM score: the "max" or "mean" of the map over its pixels).
     Lesion classifier: ``lesion_classifier`` (fit one; False: the slice-and-CAM rule decides), ``tree_params``,
     ``classifier_features`` (the `LESION_FEATURES` the trees read; default `CLASSIFIER_FEATURES`),
-    ``hard_negative_weight`` (weight of aortic / valve candidates, see HARD_NEGATIVE_WEIGHT), ``validation_folds``
+    ``hard_negative_weight`` (weight of aortic / valve candidates, see HARD_NEGATIVE_WEIGHT), ``fit_candidates``
+    ("judged": those it can be asked about, `classifier_judges`; "all": every candidate), ``validation_folds``
     (cross-fitting folds of the validation patients; 0 fits on ``fit_data`` only), ``lesion_pooling``
     ("component": a candidate is judged by its 3D component's area-weighted mean probability; "candidate": alone).
     Rule choice: ``f1_slack_lesions`` (rules within this many reference lesions' worth of the best F1 count as
     equal, and the one keeping the fewest aortic / valve candidates wins; None: F1 alone), ``slice_grid``,
     ``cam_grid``, ``lesion_grid``, ``scoring`` (candidate / scoring rules; default: train.json's HU threshold and
     minimum area).
-    Running: ``device``, ``precision``, ``channels_last``, ``batch_size``, ``progress``.
+    Running: ``device``, ``precision``, ``channels_last``, ``batch_size``, ``workers`` (processes sharing the fit
+    data's scans, which do not run the network; None: the CPUs this process may use), ``progress``.
     """
 
     split: str = "validation"
@@ -435,6 +497,7 @@ class CalibrationConfig:
     tree_params: Mapping[str, Any] | None = None
     classifier_features: Sequence[str] = CLASSIFIER_FEATURES
     hard_negative_weight: float = HARD_NEGATIVE_WEIGHT
+    fit_candidates: str = "judged"
     validation_folds: int = VALIDATION_FOLDS
     f1_slack_lesions: float | None = 1.0
     lesion_pooling: str = LESION_POOLING
@@ -446,6 +509,7 @@ class CalibrationConfig:
     precision: str | None = None
     channels_last: bool | None = None
     batch_size: int = 16
+    workers: int | None = None
     progress: bool = True
 
 
@@ -489,7 +553,10 @@ def _probe(network: nn.Module, network_name: str, c: CalibrationConfig) -> Thres
                        field_of_view_centre=c.field_of_view_centre, scoring=c.scoring.to_dict())
     validate_cam_layers(network, [c.cam_layer] + ([c.cam_gate_layer] if c.cam_gate_layer else []))
     check_lesion_pooling(c.lesion_pooling)
+    _workers(c.workers)
     if c.lesion_classifier:
+        if c.fit_candidates not in FIT_CANDIDATES:
+            raise InputError("fit_candidates", f"must be one of {list(FIT_CANDIDATES)}, got {c.fit_candidates!r}")
         _check_folds(c.validation_folds)
         _check_classifier_features(c.classifier_features)
     slack = c.f1_slack_lesions
@@ -527,19 +594,37 @@ def _collect_sets(network: nn.Module, probe: Thresholds, c: CalibrationConfig, d
                              precision=c.precision, channels_last=True if c.channels_last is None
                              else bool(c.channels_last), batch_size=c.batch_size)
     config = c.scoring
+    judged_by = c.lesion_pooling if c.lesion_classifier and c.fit_candidates == "judged" else None
     try:
         cases, patients, described = _cases(data, c.split)
         fit = fit_described = None
         if c.lesion_classifier:
             _check_patients(patients, c.validation_folds, described)  # before reading any image
             fit_cases, fit_patients, fit_described = _cases(fit_data, c.fit_split)
-            fit = _collect(fit_cases, len(fit_patients), analyzer, config, "fitting the lesion classifier", c.progress)
-        val = _collect(cases, len(patients), analyzer, config, "choosing thresholds", c.progress)
+            # the trees read no network output (CLASSIFIER_FEATURES), and only what they can be asked about
+            fit = _collect(fit_cases, len(fit_patients), analyzer, config, "fitting the lesion classifier", c.progress,
+                           network=_reads_network(c.classifier_features), lesion_pooling=judged_by,
+                           workers=_workers(c.workers))
+        val = _collect(cases, len(patients), analyzer, config, "choosing thresholds", c.progress,
+                       lesion_pooling=judged_by)
     finally:
         analyzer.close()
     if val["n_ref"] == 0:
         raise InputError(described, "no reference coronary lesions: thresholds cannot be chosen on this data")
     return fit, val, described, fit_described
+
+
+def _workers(workers: Any) -> int:
+    if workers is None:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
+        raise InputError("workers", f"must be a positive integer or None, got {workers!r}")
+    return int(workers)
+
+
+def _reads_network(features: Sequence[str]) -> bool:
+    """Whether lesion features of these names need the slice network's outputs (probabilities or CAM)."""
+    return bool(set(features) & set(SLICE_NETWORK_FEATURES))
 
 
 def _cam_grid(c: CalibrationConfig, cams: np.ndarray) -> Sequence[float]:
@@ -556,8 +641,10 @@ def _lesion_rule(val: dict[str, Any], p_lesion: np.ndarray, used_folds: int, c: 
                  slice_grid: Sequence[float], slack: float | None) -> dict[str, Any]:
     """(t_slice, t_lesion) chosen jointly on the pooled out-of-fold lesion probabilities, by the same grid search."""
     p_lesion = pool_probabilities(p_lesion, val["component"], val["area"], c.lesion_pooling)
-    # the anatomy rule of `decide` holds here too: what it rejects is never kept, whatever its probability
-    p_lesion = np.where(anatomy_allows(feature_columns(val["features"], ANATOMY_RULE_FEATURES)), p_lesion, -np.inf)
+    # the anatomy rule of `decide` holds here too: what it rejects is never kept, whatever its probability (and
+    # what no classifier was asked about, NaN, is what it rejects)
+    allowed = anatomy_allows(feature_columns(val["features"], ANATOMY_RULE_FEATURES))
+    p_lesion = np.where(allowed & ~np.isnan(p_lesion), p_lesion, -np.inf)
     found = grid_search(val["probability"], p_lesion, val["pairs"], val["n_ref"], slice_grid,
                         c.lesion_grid if c.lesion_grid is not None else DEFAULT_LESION_GRID, val["non_coronary"],
                         slack)
@@ -575,9 +662,10 @@ def _validation_record(val: dict[str, Any], c: CalibrationConfig, described: str
         "data": described, "split": c.split, "n_scans": val["n_scans"], "n_slices": val["n_slices"],
         "n_reference_lesions": val["n_ref"], "n_reference_positive_slices": val["n_positive_slices"],
         "n_candidates": int(val["probability"].size), "precision": c.precision, "decision": decision,
-        "tie_rule": ("highest F1; ties -> higher thresholds" if slack is None else
+        "tie_rule": ("highest F1; ties -> lower t_slice, then higher second threshold" if slack is None else
                      f"among F1 within {c.f1_slack_lesions:g} reference lesion(s) of the best ({slack:.4f}), the "
-                     "fewest aortic / valve candidates kept, then the highest F1; ties -> higher thresholds"),
+                     "fewest aortic / valve candidates kept, then the highest F1; ties -> lower t_slice, then higher "
+                     "second threshold"),
         **chosen, **extra,
     }
 

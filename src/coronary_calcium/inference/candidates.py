@@ -131,6 +131,7 @@ def find_candidates(
     slice_thickness: float | None = None,
     features: bool = False,
     feature_subset: Callable[[Candidates], np.ndarray] | None = None,
+    network: bool = True,
 ) -> Candidates:
     """Slice probabilities, candidate lesions, and CAM maps / scores on ``cam_slices``.
 
@@ -145,29 +146,37 @@ def find_candidates(
     ones the anatomy rule allows). The others keep NaN in the other columns (``Candidates.computed`` is False for
     them), and only the slices holding a computed candidate get their maps for the features. The computed rows are
     the rows computing every candidate gives, to the last bit.
+
+    ``network=False``: the network does not run; slice probabilities and the CAM columns are NaN, no maps are kept.
+    For what reads neither (calibration's fit of a lesion classifier on the training patients).
     """
     if feature_subset is not None and not features:
         raise InputError("feature_subset", "choosing whose lesion features to compute needs features=True")
     anatomy = find_anatomy(hu, spacing) if features or analyzer.field_of_view_centre == "heart" else None
     centre, notes = _network_centre(analyzer, anatomy)
-    probs, small = analyzer.probabilities_and_cams(hu, pixel_spacing=spacing, centre=centre)
+    if network:
+        probs, small = analyzer.probabilities_and_cams(hu, pixel_spacing=spacing, centre=centre)
+    else:
+        probs, small = np.full(np.shape(hu)[0], np.nan), None
     lesions = find_lesions(hu, spacing, slice_thickness=slice_thickness, config=config)
     if callable(cam_slices):
         cam_slices = cam_slices(probs)
     candidate_slices = {int(les.slices[0]) for les in lesions}
-    if cam_slices is None:
+    if small is None:  # no network, no maps
+        cam_slices = ()
+    elif cam_slices is None:
         cam_slices = candidate_slices
     heart_found = None if anatomy is None else bool(anatomy.found.get("heart"))
     window = analyzer.field_window(np.shape(hu), spacing, centre)
     if not features:
         cam_slices = sorted({int(k) for k in cam_slices})
-        maps = analyzer.to_original(small[cam_slices], np.shape(hu), spacing, centre)
+        maps = _original_maps(analyzer, small, cam_slices, np.shape(hu), spacing, centre)
         scores = candidate_cam_scores(lesions, np.shape(hu), maps, cam_slices, analyzer.cam_pooling)
         return Candidates(lesions, probs, cam_slices, maps, scores, notes=notes, heart_found=heart_found,
                           field_window=window)
     components = dense_components(hu, config)
-    found = Candidates(lesions, probs, [], small[:0], [None] * len(lesions), None,
-                       candidate_components(components, lesions), notes, heart_found, field_window=window)
+    found = Candidates(lesions, probs, [], np.zeros((0, *np.shape(hu)[1:]), dtype=np.float32), [None] * len(lesions),
+                       None, candidate_components(components, lesions), notes, heart_found, field_window=window)
     computed = np.ones(len(lesions), dtype=bool)
     if feature_subset is not None:
         found.features = _preliminary_features(lesions, probs, spacing, anatomy)
@@ -177,15 +186,16 @@ def find_candidates(
                              f"got {computed.shape}")
         found.computed = computed
     chosen = [les for les, c in zip(lesions, computed) if c]
-    found.cam_slices = sorted({int(k) for k in cam_slices} | {int(les.slices[0]) for les in chosen})
-    found.cam_maps = analyzer.to_original(small[found.cam_slices], np.shape(hu), spacing, centre)
+    if small is not None:
+        found.cam_slices = sorted({int(k) for k in cam_slices} | {int(les.slices[0]) for les in chosen})
+        found.cam_maps = analyzer.to_original(small[found.cam_slices], np.shape(hu), spacing, centre)
     first = LESION_FEATURES.index(ANATOMY_FEATURES[0])  # the subset's anatomy features are made already
     rows = None if found.features is None else found.features[computed, first : first + len(ANATOMY_FEATURES)]
-    table = lesion_features(hu, spacing, chosen, probs, found.cam_maps, found.cam_slices, config, components,
-                            anatomy, rows)
+    table = lesion_features(hu, spacing, chosen, probs, None if small is None else found.cam_maps, found.cam_slices,
+                            config, components, anatomy, rows)
     # the features hold each computed candidate's CAM mean and maximum already; the others get theirs from the maps
     column = LESION_FEATURES.index("cam_mean" if analyzer.cam_pooling == "mean" else "cam_max")
-    scores = [float(v) for v in table[:, column]]
+    scores = [float(v) if small is not None else None for v in table[:, column]]
     if found.features is None:
         found.features, found.cam_scores = table, scores
         return found
@@ -195,6 +205,14 @@ def find_candidates(
     for i, score in zip(np.flatnonzero(computed), scores):
         found.cam_scores[i] = score
     return found
+
+
+def _original_maps(analyzer: SliceAnalyzer, small: np.ndarray | None, slices: Sequence[int], shape: Sequence[int],
+                   spacing: Sequence[float], centre: tuple[float, float] | None) -> np.ndarray:
+    """The ``slices``' CAM maps on the original matrix; none (an empty stack) where the network did not run."""
+    if small is None:
+        return np.zeros((0, *shape[1:]), dtype=np.float32)
+    return analyzer.to_original(small[list(slices)], shape, spacing, centre)
 
 
 def _preliminary_features(lesions: Sequence[Lesion], probabilities: np.ndarray, spacing: Sequence[float],

@@ -17,8 +17,8 @@ from coronary_calcium.inference.lesion_classifier import pool_probabilities
 from coronary_calcium.inference.thresholds import Thresholds
 
 __all__ = ["ANATOMY_REASONS", "ANATOMY_RULE_FEATURES", "Decision", "MAX_BEHIND_LUNG", "MAX_HEART_RADII_IN_PLANE",
-           "MAX_HEART_RADII_ALONG_Z", "MIN_BODY_DEPTH_MM", "anatomy_allows", "anatomy_rule", "decide",
-           "describe_rule"]
+           "MAX_HEART_RADII_ALONG_Z", "MIN_BODY_DEPTH_MM", "anatomy_allows", "anatomy_rule", "classifier_judges",
+           "decide", "describe_rule"]
 
 # The anatomy rule: what no classifier fitted on other anatomy may overrule (features from anatomy.py).
 # Coronary arteries lie inside the chest, behind a chest wall (skin, fat, muscle, ribs or sternum) thicker than this
@@ -122,6 +122,18 @@ def anatomy_rule(columns: np.ndarray) -> np.ndarray:
 def anatomy_allows(columns: np.ndarray) -> np.ndarray:
     """Per candidate, from its `ANATOMY_RULE_FEATURES` columns: whether anatomy allows it to be coronary calcium."""
     return anatomy_rule(columns) < 0
+
+
+def classifier_judges(candidates: Candidates, on_positive: np.ndarray | None, lesion_pooling: str) -> np.ndarray:
+    """Per candidate, whether a lesion classifier is asked about it: on a positive slice (``on_positive``, a boolean
+    per candidate; None: any slice) and allowed by the anatomy rule, or, with ``lesion_pooling`` "component", in the
+    3D component of such a candidate. Reads only `ANATOMY_RULE_FEATURES` (and the components)."""
+    judged = anatomy_allows(candidates.feature_columns(ANATOMY_RULE_FEATURES))
+    if on_positive is not None:
+        judged &= np.asarray(on_positive, dtype=bool)
+    if lesion_pooling == "component":
+        judged = np.isin(candidates.components, candidates.components[judged])
+    return judged
 
 
 def describe_rule(t: Thresholds, cam_key: str) -> str:

@@ -94,7 +94,7 @@ def lesion_features(
     spacing: Sequence[float],
     candidates: Sequence[Lesion],
     probabilities: np.ndarray,
-    cam_maps: np.ndarray,
+    cam_maps: np.ndarray | None,
     cam_slices: Sequence[int],
     config: ScoringConfig,
     components: np.ndarray | None = None,
@@ -104,9 +104,11 @@ def lesion_features(
     """(n_candidates, len(LESION_FEATURES)) float64 features of 2D ``candidates`` of the (Z, Y, X) ``hu`` volume.
 
     probabilities: per slice; cam_maps: (len(cam_slices), Y, X) CAM maps on the original matrix, one per slice in
-    ``cam_slices``, which must hold every candidate's slice. ``config``: the rules the candidates were found with
-    (its HU threshold defines the 3D components). components: the volume's `dense_components`, when already made;
-    anatomy: its `find_anatomy`, likewise; anatomy_rows: the candidates' `anatomy_features`, likewise.
+    ``cam_slices``, which must hold every candidate's slice; None where the network did not run (the CAM columns
+    are then NaN, and ``probabilities`` may be NaN too: what calibration fits the trees on). ``config``: the rules
+    the candidates were found with (its HU threshold defines the 3D components). components: the volume's
+    `dense_components`, when already made; anatomy: its `find_anatomy`, likewise; anatomy_rows: the candidates'
+    `anatomy_features`, likewise.
     """
     hu = np.asarray(hu)
     n = len(candidates)
@@ -118,7 +120,7 @@ def lesion_features(
     probabilities = np.asarray(probabilities, dtype=np.float64)
     where = {int(k): i for i, k in enumerate(cam_slices)}
     missing = sorted({int(c.slices[0]) for c in candidates} - set(where))
-    if missing:
+    if missing and cam_maps is not None:
         raise InputError("cam_slices", f"no CAM map for the candidates' slices {missing[:5]}")
     px = _Pixels.of(candidates, ny, nx)
     col = {name: i for i, name in enumerate(LESION_FEATURES)}
@@ -126,7 +128,10 @@ def lesion_features(
     out[:, col["slice_probability"]] = probabilities[k]
     padded = np.concatenate(([0.0], probabilities, [0.0]))
     out[:, col["neighbour_probability"]] = np.maximum(padded[k], padded[k + 2])
-    _cam_features(out, col, px, cam_maps, where)
+    if cam_maps is None:
+        out[:, [col["cam_mean"], col["cam_max"]]] = np.nan
+    else:
+        _cam_features(out, col, px, cam_maps, where)
     out[:, col["log_area_mm2"]] = np.log([max(c.total_area_mm2, 1e-6) for c in candidates])
     out[:, col["log_peak_hu"]] = np.log([max(float(c.peak_hu), 1.0) for c in candidates])
     out[:, col["log_mean_hu"]] = np.log([max(float(c.mean_hu), 1.0) for c in candidates])

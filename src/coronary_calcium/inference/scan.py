@@ -19,7 +19,13 @@ import numpy as np
 from coronary_calcium.errors import InputError
 from coronary_calcium.inference.arteries import ArteryModel
 from coronary_calcium.inference.candidates import PRELIMINARY_FEATURES, Candidates, find_candidates
-from coronary_calcium.inference.decision import ANATOMY_RULE_FEATURES, Decision, anatomy_rule, decide, describe_rule
+from coronary_calcium.inference.decision import (
+    ANATOMY_RULE_FEATURES,
+    Decision,
+    classifier_judges,
+    decide,
+    describe_rule,
+)
 from coronary_calcium.inference.model import InferenceModel
 from coronary_calcium.inference.thresholds import Thresholds
 from coronary_calcium.io.volume import CTVolume, check_ct_volume
@@ -291,11 +297,7 @@ def _judged_by_classifier(t: Thresholds) -> Callable[[Candidates], np.ndarray]:
     def judged(found: Candidates) -> np.ndarray:
         if not set(ANATOMY_RULE_FEATURES) <= set(PRELIMINARY_FEATURES):
             return np.ones(len(found), dtype=bool)
-        allowed = anatomy_rule(found.feature_columns(ANATOMY_RULE_FEATURES)) < 0
-        judged = (found.slice_probabilities >= t.t_slice) & allowed
-        if t.lesion_pooling == "component":
-            judged = np.isin(found.components, found.components[judged])
-        return judged
+        return classifier_judges(found, found.slice_probabilities >= t.t_slice, t.lesion_pooling)
 
     return judged
 
