@@ -338,8 +338,9 @@ def _scan_parts(cases: Iterable[tuple[str, np.ndarray, tuple, np.ndarray]], anal
                 config: ScoringConfig, network: bool, lesion_pooling: str | None, workers: int
                 ) -> Iterator[dict[str, Any]]:
     """`_scan_part` of each case, in order; with ``workers`` > 1 in that many forked processes, each given the
-    analyzer without its network (they never run it), at most two cases each in flight (scans are large)."""
-    if workers <= 1 or network:
+    analyzer without its network (they never run it), at most two cases each in flight (scans are large). Where
+    processes cannot be forked (Windows), or the network runs (it has both cores already), in this process."""
+    if workers <= 1 or network or "fork" not in multiprocessing.get_all_start_methods():
         yield from (_scan_part(case, analyzer, config, network, lesion_pooling) for case in cases)
         return
     light = copy.copy(analyzer)
