@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import json
 import pstats
 import statistics
@@ -189,7 +190,9 @@ def main() -> None:
         cam_s = time.perf_counter() - t0
         config = model.thresholds.scoring_config()
         found = find_candidates(volume.hu, volume.spacing, analyzer, config, slice_thickness=volume.slice_thickness)
-        judged = infer_scan(volume, model).candidates.computed  # the candidates inference computes features for
+        # the candidates the all-positive case computes features for (the model holds the last case's thresholds)
+        all_positive = dataclasses.replace(model, thresholds=dataclasses.replace(model.thresholds, t_slice=0.0))
+        judged = infer_scan(volume, all_positive).candidates.computed
         anatomy = find_anatomy(volume.hu, volume.spacing)
 
         def features_of(rows) -> float:
