@@ -477,7 +477,8 @@ class CalibrationConfig:
     ``cam_grid``, ``lesion_grid``, ``scoring`` (candidate / scoring rules; default: train.json's HU threshold and
     minimum area).
     Running: ``device``, ``precision``, ``channels_last``, ``batch_size``, ``workers`` (processes sharing the fit
-    data's scans, which do not run the network; None: the CPUs this process may use), ``progress``.
+    data's scans, which do not run the network; None: the CPUs this process may use, at most
+    `MAX_DEFAULT_WORKERS`), ``progress``.
     """
 
     split: str = "validation"
@@ -615,9 +616,13 @@ def _collect_sets(network: nn.Module, probe: Thresholds, c: CalibrationConfig, d
     return fit, val, described, fit_described
 
 
+MAX_DEFAULT_WORKERS = 8  # each worker holds about half a GB of one scan's working arrays
+
+
 def _workers(workers: Any) -> int:
     if workers is None:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return min(cpus, MAX_DEFAULT_WORKERS)
     if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
         raise InputError("workers", f"must be a positive integer or None, got {workers!r}")
     return int(workers)
