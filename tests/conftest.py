@@ -96,6 +96,7 @@ def _tiny_patient(rng: np.random.Generator, n_slices: int = 10, size: int = 48):
             r = int(rng.integers(10, size - 14))
             c = int(rng.integers(10, size - 14))
             s = int(rng.integers(2, 4))
+            hu[k, r - 2 : r + s + 2, c - 2 : c + s + 2] = -100.0  # in epicardial fat, as coronary calcium lies
             hu[k, r : r + s, c : c + s] = rng.uniform(250, 700)
             labels[k, r : r + s, c : c + s] = LAD
         if rng.random() < 0.2:  # aortic calcium: labelled but not coronary, so the slice stays negative; deep enough

@@ -47,6 +47,7 @@ def _patient(rng: np.random.Generator, n_slices: int = 8, size: int = 96) -> tup
     labels = np.zeros(hu.shape, np.uint8)
     for k in range(0, n_slices, 2):
         r, c, s = int(rng.integers(20, size - 30)), int(rng.integers(20, size - 24)), int(rng.integers(2, 4))
+        hu[k, r - 2 : r + s + 2, c - 2 : c + s + 2] = -100.0  # in epicardial fat, as coronary calcium lies
         hu[k, r : r + s, c : c + s] = rng.uniform(250, 700)
         labels[k, r : r + s, c : c + s] = LAD
     # aortic calcium inside the body on two odd slices: what the lesion classifier must learn to reject

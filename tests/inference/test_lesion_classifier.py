@@ -18,6 +18,7 @@ from coronary_calcium.inference.lesion_classifier import (
     pool_probabilities,
 )
 from coronary_calcium.inference.lesion_features import (
+    FAT_CAP_MM,
     LESION_FEATURES,
     dense_components,
     lesion_features,
@@ -235,6 +236,30 @@ def test_lumen_features_tell_a_vessel_from_the_aorta(pixel_mm):
     assert np.expm1(beside_vessel[col["log_lumen_mm2"]]) == pytest.approx(np.pi * (4 * pixel_mm) ** 2, rel=0.5)
     with pytest.raises(InputError, match="components: shape"):
         lesion_features(*args, components=np.zeros((1, 64, 64), dtype=np.int32))
+
+
+@pytest.mark.parametrize("pixel_mm", [0.5, 0.8])
+def test_fat_distance_tells_calcium_in_fat_from_calcium_in_blood(pixel_mm):
+    """A 24-pixel-radius disc of blood in fat, in noise: a speck at its centre (valve calcium) lies 22 pixels from
+    fat, one on its rim (wall calcium) and one in fat (coronary) lie next to it; a slice without fat reads the cap."""
+    rng = np.random.default_rng(0)
+    hu = np.full((2, 128, 128), -100.0, dtype=np.float32)
+    yy, xx = np.mgrid[:128, :128]
+    hu[0][(yy - 64) ** 2 + (xx - 64) ** 2 <= 24**2] = 40.0
+    hu += rng.normal(0.0, 20.0, hu.shape).astype(np.float32)
+    hu[1] = 40.0
+    for z, y, x in ((0, 63, 63), (0, 63, 87), (0, 20, 20), (1, 63, 63)):
+        hu[z, y : y + 3, x : x + 3] = 600.0
+    spacing = (2.5, pixel_mm, pixel_mm)
+    config = ScoringConfig()
+    candidates = find_lesions(hu, spacing, config=config)
+    assert len(candidates) == 4
+    f = lesion_features(hu, spacing, candidates, np.zeros(2), None, [], config)
+    col = LESION_FEATURES.index("fat_distance_mm")
+    at = {(int(c.slices[0]), int(np.mean(np.asarray(c.voxels) % 128))): f[i, col] for i, c in enumerate(candidates)}
+    assert at[(0, 64)] == pytest.approx(min(22 * pixel_mm, FAT_CAP_MM), abs=1.5 * pixel_mm)
+    assert at[(0, 88)] <= 1.5 * pixel_mm and at[(0, 21)] <= 1.5 * pixel_mm
+    assert at[(1, 64)] == FAT_CAP_MM
 
 
 def test_pooling_by_component_weighs_by_area():

@@ -11,6 +11,8 @@ from scipy import ndimage
 
 from coronary_calcium.errors import InputError
 from coronary_calcium.inference import infer_scan, load_model
+from coronary_calcium.inference.decision import ANATOMY_REASONS, ANATOMY_RULE_FEATURES, FAT_RULE_CODE, anatomy_allows
+from coronary_calcium.labels import AORTIC, LAD
 from coronary_calcium.inference.model import SliceAnalyzer
 from coronary_calcium.io.manifest import load_manifest
 from coronary_calcium.io.scans import read_scan
@@ -36,8 +38,11 @@ def test_kept_lesions_follow_the_rule_and_sum_to_the_totals(tiny_model, test_sca
     ids = np.array([components.reshape(-1)[c.voxels[0]] for c in result.candidates])
     areas = np.array([c.total_area_mm2 for c in result.candidates])
     anatomy = result.decision.anatomy_ok  # see test_anatomy_rule_rejects_bone_and_the_body_wall
-    # features (and probabilities) only for the candidates the classifier judges, with the rest of their components
-    judged = (result.candidates.slice_probabilities >= t.t_slice) & anatomy
+    # features (and probabilities) only for the candidates the classifier judges (those the geometric part of the
+    # anatomy rule allows, the fat rule reading their features), with the rest of their components
+    geometric = anatomy_allows(result.candidates.feature_columns(ANATOMY_RULE_FEATURES))
+    assert not (anatomy & ~geometric).any()
+    judged = (result.candidates.slice_probabilities >= t.t_slice) & geometric
     computed = result.candidates.computed
     assert np.array_equal(computed, np.isin(ids, ids[judged])) and not computed.all()
     for c, (lesion, i, kept, pooled) in enumerate(zip(result.candidates, ids, result.kept,
@@ -57,7 +62,7 @@ def test_kept_lesions_follow_the_rule_and_sum_to_the_totals(tiny_model, test_sca
     for rej in d["rejected_candidates"]:
         below = (f"slice probability < {t.t_slice:g}" if rej["slice_probability"] < t.t_slice
                  else f"component probability < {t.t_lesion:g}")
-        assert rej["reason"] == below or rej["reason"].startswith("in bone or within")
+        assert rej["reason"] == below or rej["reason"].startswith(("in bone or within", "farther than 8 mm from fat"))
         if rej["lesion_probability"] is None:  # not judged by the classifier: rejected by the rules before it
             assert rej["component_probability"] is None and rej["reason"] != f"component probability < {t.t_lesion:g}"
     assert any(rej["lesion_probability"] is None for rej in d["rejected_candidates"])
@@ -139,7 +144,7 @@ def test_candidate_pooling_judges_each_candidate_alone(tiny_model, test_scan):
     assert all("component_probability" not in les for les in d["lesions"] + d["rejected_candidates"])
     reasons = {r["reason"] for r in d["rejected_candidates"]}
     assert reasons <= {f"slice probability < {t.t_slice:g}", "lesion probability < 0.5",
-                       "in bone or within 10 mm of the body outline"}
+                       "in bone or within 10 mm of the body outline", ANATOMY_REASONS[FAT_RULE_CODE]}
 
 
 def test_reference_labels_name_arteries_but_do_not_change_the_decision(tiny_model, test_scan):
@@ -267,16 +272,24 @@ def test_candidate_cam_scores_by_max_or_mean():
         candidate_cam_scores(lesions, hu.shape, maps, [1], "median")
 
 
-def test_anatomy_rule_rejects_bone_and_the_body_wall(tiny_model, test_scan):
+def test_anatomy_rule_rejects_bone_the_body_wall_and_calcium_far_from_fat(tiny_model, test_scan):
     """With both thresholds at 0 only the anatomy rule rejects: candidates in bone or within MIN_BODY_DEPTH_MM of
-    the body outline (the tiny scans' "spine" lies at the body's edge), each with the part of the rule it broke."""
-    from coronary_calcium.inference.decision import ANATOMY_REASONS, ANATOMY_RULE_FEATURES, anatomy_rule
+    the body outline (the tiny scans' "spine" lies at the body's edge), then those farther than MAX_FAT_DISTANCE_MM
+    from fat and lung (the tiny scans' aortic calcium, in soft tissue; their coronary specks lie in fat), each with
+    the part of the rule it broke."""
+    from coronary_calcium.inference.decision import ANATOMY_RULE_FEATURES, MAX_FAT_DISTANCE_MM, anatomy_rule
 
-    volume, _ = test_scan
+    volume, labels = test_scan
     t = dataclasses.replace(tiny_model.thresholds, t_slice=0.0, t_lesion=0.0)
     result = infer_scan(volume, dataclasses.replace(tiny_model, thresholds=t))
-    broken = anatomy_rule(result.candidates.feature_columns(ANATOMY_RULE_FEATURES))
-    assert np.array_equal(result.kept, broken < 0) and (broken >= 0).any()
+    geometric = anatomy_rule(result.candidates.feature_columns(ANATOMY_RULE_FEATURES))
+    broken = result.decision.anatomy_broken
+    far = result.candidates.feature_columns(("fat_distance_mm",))[:, 0] > MAX_FAT_DISTANCE_MM
+    assert np.array_equal(broken, np.where(geometric >= 0, geometric, np.where(far, FAT_RULE_CODE, -1)))
+    assert np.array_equal(result.kept, broken < 0) and (geometric >= 0).any() and far.any()
+    truth = [int(np.bincount(labels.reshape(-1)[np.asarray(c.voxels)]).argmax()) for c in result.candidates]
+    assert {truth[i] for i in np.flatnonzero(broken == FAT_RULE_CODE)} == {AORTIC}
+    assert all(truth[i] == LAD for i in np.flatnonzero(result.kept))
     reasons = {r["reason"] for r in result.to_dict()["rejected_candidates"]}
     assert reasons == {ANATOMY_REASONS[int(b)] for b in broken[broken >= 0]} and ANATOMY_REASONS[0] in reasons
 
@@ -294,3 +307,8 @@ def test_anatomy_rule_parts():
             [5, 1, 1, 3, 3, 3], [50, 0, 0, 0, MAX_HEART_RADII_IN_PLANE, MAX_HEART_RADII_ALONG_Z]]
     assert anatomy_rule(rows).tolist() == [-1, 0, 0, 1, -1, 2, 2, 0, -1]
     assert anatomy_allows(rows).tolist() == [True, False, False, False, True, False, False, False, True]
+    from coronary_calcium.inference.decision import MAX_FAT_DISTANCE_MM, far_from_fat
+
+    # the fat rule: beyond the bound only; a candidate without computed features (NaN) is not judged by it
+    assert far_from_fat([np.nan, 0.0, MAX_FAT_DISTANCE_MM, MAX_FAT_DISTANCE_MM + 0.01]).tolist() == [False, False,
+                                                                                                     False, True]

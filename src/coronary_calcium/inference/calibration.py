@@ -51,7 +51,12 @@ from coronary_calcium.data.transforms import check_hu_windows
 from coronary_calcium.errors import InputError
 from coronary_calcium.inference.arteries import ARTERY_FEATURES, ArteryModel, fit_artery_model
 from coronary_calcium.inference.candidates import find_candidates
-from coronary_calcium.inference.decision import ANATOMY_RULE_FEATURES, anatomy_allows, classifier_judges
+from coronary_calcium.inference.decision import (
+    ANATOMY_RULE_FEATURES,
+    anatomy_allows,
+    classifier_judges,
+    far_from_fat,
+)
 from coronary_calcium.inference.lesion_classifier import (
     LesionClassifier,
     check_lesion_pooling,
@@ -106,9 +111,11 @@ FROM_TRAINING = "train.json"  # field of view defaults: train.json's values (Non
 # synthetic slices and only restate, less reliably on other scanners, what the measured features say (the
 # validation record of docs/results_0.10.0 compares both). Nor the depth inside the heart region: that region is
 # the soft tissue between the lungs, so where its edge runs depends on the lung shapes and the field of view rather
-# than on the heart; the position relative to the heart centre, in heart radii, stays.
+# than on the heart; the position relative to the heart centre, in heart radii, stays. Nor the distance to fat:
+# the fat rule of `decide` reads it (as a tree feature it only moved t_lesion: docs/experiments/fat_distance/).
 SLICE_NETWORK_FEATURES = ("slice_probability", "neighbour_probability", "cam_mean", "cam_max")
-CLASSIFIER_FEATURES = tuple(f for f in LESION_FEATURES if f not in (*SLICE_NETWORK_FEATURES, "heart_depth_mm"))
+CLASSIFIER_FEATURES = tuple(f for f in LESION_FEATURES
+                            if f not in (*SLICE_NETWORK_FEATURES, "heart_depth_mm", "fat_distance_mm"))
 
 
 def training_defaults(train_config: str | Path | None = None) -> dict[str, Any]:
@@ -650,6 +657,7 @@ def _lesion_rule(val: dict[str, Any], p_lesion: np.ndarray, used_folds: int, c: 
     # the anatomy rule of `decide` holds here too: what it rejects is never kept, whatever its probability (and
     # what no classifier was asked about, NaN, is what it rejects)
     allowed = anatomy_allows(feature_columns(val["features"], ANATOMY_RULE_FEATURES))
+    allowed &= ~far_from_fat(feature_columns(val["features"], ("fat_distance_mm",))[:, 0])
     p_lesion = np.where(allowed & ~np.isnan(p_lesion), p_lesion, -np.inf)
     found = grid_search(val["probability"], p_lesion, val["pairs"], val["n_ref"], slice_grid,
                         c.lesion_grid if c.lesion_grid is not None else DEFAULT_LESION_GRID, val["non_coronary"],

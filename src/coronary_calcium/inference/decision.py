@@ -2,7 +2,8 @@
 
 A candidate is kept when its slice's probability >= ``t_slice`` and either the checkpoint's lesion classifier
 gives it a probability >= ``t_lesion`` (its own, or its 3D component's area-weighted mean with lesion_pooling
-"component"), or, for checkpoints calibrated without a classifier, its CAM score >= ``t_cam``.
+"component") and anatomy allows it (`anatomy_rule`, then `far_from_fat`), or, for checkpoints calibrated without
+a classifier, its CAM score >= ``t_cam``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from coronary_calcium.inference.candidates import Candidates
 from coronary_calcium.inference.lesion_classifier import pool_probabilities
 from coronary_calcium.inference.thresholds import Thresholds
 
-__all__ = ["ANATOMY_REASONS", "ANATOMY_RULE_FEATURES", "Decision", "MAX_BEHIND_LUNG", "MAX_HEART_RADII_IN_PLANE",
-           "MAX_HEART_RADII_ALONG_Z", "MIN_BODY_DEPTH_MM", "anatomy_allows", "anatomy_rule", "classifier_judges",
-           "decide", "describe_rule"]
+__all__ = ["ANATOMY_REASONS", "ANATOMY_RULE_FEATURES", "Decision", "MAX_BEHIND_LUNG", "MAX_FAT_DISTANCE_MM",
+           "MAX_HEART_RADII_IN_PLANE", "MAX_HEART_RADII_ALONG_Z", "MIN_BODY_DEPTH_MM", "anatomy_allows", "anatomy_rule",
+           "classifier_judges", "decide", "describe_rule", "far_from_fat", "FAT_RULE_CODE"]
 
 # The anatomy rule: what no classifier fitted on other anatomy may overrule (features from anatomy.py).
 # Coronary arteries lie inside the chest, behind a chest wall (skin, fat, muscle, ribs or sternum) thicker than this
@@ -33,12 +34,19 @@ MAX_BEHIND_LUNG = 0.5
 MAX_HEART_RADII_IN_PLANE = 2.0
 MAX_HEART_RADII_ALONG_Z = 1.5
 ANATOMY_RULE_FEATURES = ("body_depth_mm", "in_bone", "behind_lung", "heart_dx", "heart_dy", "heart_dz")
+# Coronary arteries run in the epicardial fat (or on the myocardium under the lung): their calcium lies within a
+# vessel's width (<= ~5 mm) of fat or lung. Aortic valve and mitral annulus calcium lie in blood and muscle,
+# centimetres from either. Read from the lesion features (`fat_distance_mm`), so it applies to the candidates the
+# classifier judges, after the rule above.
+MAX_FAT_DISTANCE_MM = 8.0
 ANATOMY_REASONS = (
     f"in bone or within {MIN_BODY_DEPTH_MM:g} mm of the body outline",
     f"behind lung (chest wall or rib: >= {MAX_BEHIND_LUNG:g} of its voxels)",
     f"farther from the heart centre than {MAX_HEART_RADII_IN_PLANE:g} heart radii in-plane or "
     f"{MAX_HEART_RADII_ALONG_Z:g} along z",
+    f"farther than {MAX_FAT_DISTANCE_MM:g} mm from fat and lung (in blood or muscle: valve or annulus calcium)",
 )
+FAT_RULE_CODE = 3  # its index in ANATOMY_REASONS
 
 
 @dataclass
@@ -95,6 +103,7 @@ def decide(candidates: Candidates, thresholds: Thresholds) -> Decision:
     if t.lesion_pooling == "component" and np.isin(candidates.components[~rows], candidates.components[rows]).any():
         raise InputError("candidates", "lesion features missing for part of a 3D component: component pooling "
                          "needs all of it")
+    broken[(broken < 0) & far_from_fat(candidates.feature_columns(("fat_distance_mm",))[:, 0])] = FAT_RULE_CODE
     lesion = np.full(len(candidates), np.nan)
     lesion[rows] = classifier.predict_proba(candidates.feature_columns(classifier.features)[rows])
     pooled = None
@@ -117,6 +126,13 @@ def anatomy_rule(columns: np.ndarray) -> np.ndarray:
     for code, breaks in enumerate(parts):  # in ANATOMY_REASONS' order: the first part broken is named
         broken[(broken < 0) & breaks] = code
     return broken
+
+
+def far_from_fat(fat_distance_mm: np.ndarray) -> np.ndarray:
+    """Per candidate, whether its `fat_distance_mm` breaks the fat rule (`MAX_FAT_DISTANCE_MM`); a candidate whose
+    features were not computed (NaN) does not."""
+    distance = np.asarray(fat_distance_mm, dtype=np.float64)
+    return np.nan_to_num(distance, nan=0.0) > MAX_FAT_DISTANCE_MM
 
 
 def anatomy_allows(columns: np.ndarray) -> np.ndarray:
@@ -154,5 +170,6 @@ def describe_rule(t: Thresholds, cam_key: str) -> str:
             f"probability (boosted trees on {len(classifier.features)} features: {', '.join(reads)}{lumen})"
             f"{pooled} is >= {t.t_lesion:g}, and which anatomy allows: outside bone, deeper than "
             f"{MIN_BODY_DEPTH_MM:g} mm inside the body outline, not behind lung, within {MAX_HEART_RADII_IN_PLANE:g} "
-            f"heart radii of the heart centre in-plane and {MAX_HEART_RADII_ALONG_Z:g} along z; non-coronary "
+            f"heart radii of the heart centre in-plane and {MAX_HEART_RADII_ALONG_Z:g} along z, within "
+            f"{MAX_FAT_DISTANCE_MM:g} mm of fat or lung; non-coronary "
             "calcium is excluded by the models and that rule alone")

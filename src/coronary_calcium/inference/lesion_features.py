@@ -27,7 +27,7 @@ from coronary_calcium.errors import InputError
 from coronary_calcium.anatomy import ANATOMY_FEATURES, Anatomy, anatomy_features, find_anatomy
 from coronary_calcium.scoring.agatston import Lesion, ScoringConfig
 
-__all__ = ["LESION_FEATURES", "NEIGHBOURHOOD_MM", "TISSUES", "candidate_components", "dense_components",
+__all__ = ["FAT_CAP_MM", "LESION_FEATURES", "NEIGHBOURHOOD_MM", "TISSUES", "candidate_components", "dense_components",
            "feature_columns", "lesion_features", "pixel_noise_hu"]
 
 # HU ranges of the tissues whose share around a candidate is a feature: [low, high)
@@ -35,6 +35,8 @@ TISSUES = {"lung": (-np.inf, -500.0), "fat": (-200.0, -30.0), "soft": (-30.0, 13
 NEIGHBOURHOOD_MM = (3.0, 8.0, 15.0)  # half-sides of the square neighbourhoods
 LUMEN_HU = (-30.0, 130.0)  # blood, vessel wall and myocardium in a non-contrast scan (TISSUES["soft"])
 LUMEN_REACH_PX = 2  # a soft-tissue region borders a candidate when it comes within 2 pixels (rows and columns)
+FAT_CLIP_HU = 60.0  # calcium counts as blood here, so that the 3 x 3 mean keeps the fat beside it below -30 HU
+FAT_CAP_MM = 20.0
 
 LESION_FEATURES: tuple[str, ...] = (
     "slice_probability",  # the classifier's P(coronary calcium) for the candidate's slice
@@ -52,6 +54,7 @@ LESION_FEATURES: tuple[str, ...] = (
     "component_x_mm",
     "lumen_mm",  # the largest radius and area among the soft-tissue regions the candidate borders on its slice:
     "log_lumen_mm2",  # a coronary vessel (radius 1.5-2.5 mm), the aorta (10-17 mm) or the heart
+    "fat_distance_mm",  # in-plane distance to the nearest fat or lung (`_fat_distance`), capped at FAT_CAP_MM
     *ANATOMY_FEATURES,  # where it lies relative to lungs, bone, the heart region and the body wall (anatomy.py)
     *(f"{tissue}_{int(r)}mm" for r in NEIGHBOURHOOD_MM for tissue in TISSUES),
     *(f"mean_hu_{int(r)}mm" for r in NEIGHBOURHOOD_MM),  # mean HU (clipped to [-1000, 1500]) in the squares
@@ -156,6 +159,7 @@ def lesion_features(
     stack = hu[slices].astype(np.float32, copy=False)
     zi = np.searchsorted(slices, px.z)  # each candidate pixel's index in ``stack``
     _lumen_features(out, col, px, stack, zi, (sy, sx), config)
+    _fat_distance(out, col, px, stack, zi, (sy, sx))
     _neighbourhood_features(out, col, px, stack, zi, (sy, sx))
     return out
 
@@ -275,6 +279,24 @@ def _lumen_features(out: np.ndarray, col: dict[str, int], px: _Pixels, stack: np
         np.maximum(largest_area, area[near], out=largest_area)
     out[:, col["lumen_mm"]] = px.max(largest_radius, 0.0)
     out[:, col["log_lumen_mm2"]] = np.log1p(px.max(largest_area, 0.0))
+
+
+def _fat_distance(out: np.ndarray, col: dict[str, int], px: _Pixels, stack: np.ndarray, zi: np.ndarray,
+                  pixel: tuple[float, float]) -> None:
+    """In-plane distance from each candidate's nearest pixel to fat or lung (a 3 x 3 mean below -30 HU, calcium
+    counted as blood), capped at `FAT_CAP_MM`.
+
+    Coronary arteries run in the epicardial fat (or, in a lean patient, on the myocardium under the lung), so fat or
+    lung lies within a vessel wall of their calcium; aortic valve and mitral annulus calcium lie in blood and muscle,
+    centimetres from either. Both hold on every non-contrast scan; the mean keeps noise from making fat inside blood.
+    """
+    smooth = ndimage.uniform_filter(np.clip(stack, None, FAT_CLIP_HU), size=(1, 3, 3))
+    fat_or_lung = smooth < LUMEN_HU[0]
+    distance = np.full(stack.shape, FAT_CAP_MM, dtype=np.float64)
+    for i, plane in enumerate(fat_or_lung):
+        if plane.any():
+            distance[i] = np.minimum(ndimage.distance_transform_edt(~plane, sampling=pixel), FAT_CAP_MM)
+    out[:, col["fat_distance_mm"]] = -px.max(-distance[zi, px.y, px.x], -FAT_CAP_MM)
 
 
 def _neighbourhood_features(out: np.ndarray, col: dict[str, int], px: _Pixels, stack: np.ndarray, zi: np.ndarray,
