@@ -262,6 +262,30 @@ def test_fat_distance_tells_calcium_in_fat_from_calcium_in_blood(pixel_mm):
     assert at[(1, 64)] == FAT_CAP_MM
 
 
+def test_fat_distance_on_a_box_equals_the_whole_slice():
+    """The distance transform on each slice's box around its candidates (grown by the cap) gives what it gives on
+    the whole slice, capped: blobs of fat in blood, calcium specks scattered over two slices."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    hu = rng.normal(40.0, 25.0, size=(2, 160, 160)).astype(np.float32)
+    for z in range(2):
+        for y, x in rng.integers(0, 160, size=(6, 2)):
+            hu[z, max(y - 4, 0) : y + 4, max(x - 4, 0) : x + 4] = -100.0
+        for y, x in rng.integers(5, 155, size=(8, 2)):
+            hu[z, y : y + 2, x : x + 2] = 500.0
+    spacing, config = (3.0, 0.6, 0.6), ScoringConfig()
+    candidates = find_lesions(hu, spacing, config=config)
+    f = lesion_features(hu, spacing, candidates, np.zeros(2), None, [], config)[:, LESION_FEATURES.index(
+        "fat_distance_mm")]
+    for i, c in enumerate(candidates):
+        z = int(c.slices[0])
+        fat = ndimage.uniform_filter(np.clip(hu[z], None, 60.0), size=3) < -30.0
+        whole = ndimage.distance_transform_edt(~fat, sampling=spacing[1:]).reshape(-1)
+        pixels = np.asarray(c.voxels) - z * 160 * 160
+        assert f[i] == pytest.approx(min(whole[pixels].min(), FAT_CAP_MM))
+
+
 def test_pooling_by_component_weighs_by_area():
     p = np.array([0.9, 0.3, 0.6, 0.2])
     components = np.array([7, 7, 2, 7])

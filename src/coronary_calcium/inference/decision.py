@@ -17,9 +17,9 @@ from coronary_calcium.inference.candidates import Candidates
 from coronary_calcium.inference.lesion_classifier import pool_probabilities
 from coronary_calcium.inference.thresholds import Thresholds
 
-__all__ = ["ANATOMY_REASONS", "ANATOMY_RULE_FEATURES", "Decision", "MAX_BEHIND_LUNG", "MAX_FAT_DISTANCE_MM",
-           "MAX_HEART_RADII_IN_PLANE", "MAX_HEART_RADII_ALONG_Z", "MIN_BODY_DEPTH_MM", "anatomy_allows", "anatomy_rule",
-           "classifier_judges", "decide", "describe_rule", "far_from_fat", "FAT_RULE_CODE"]
+__all__ = ["ANATOMY_REASONS", "ANATOMY_RULE_FEATURES", "Decision", "FAT_RULE_CODE", "MAX_BEHIND_LUNG",
+           "MAX_FAT_DISTANCE_MM", "MAX_HEART_RADII_IN_PLANE", "MAX_HEART_RADII_ALONG_Z", "MIN_BODY_DEPTH_MM",
+           "anatomy_allows", "anatomy_rule", "classifier_judges", "decide", "describe_rule", "far_from_fat"]
 
 # The anatomy rule: what no classifier fitted on other anatomy may overrule (features from anatomy.py).
 # Coronary arteries lie inside the chest, behind a chest wall (skin, fat, muscle, ribs or sternum) thicker than this

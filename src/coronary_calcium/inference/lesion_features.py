@@ -289,14 +289,21 @@ def _fat_distance(out: np.ndarray, col: dict[str, int], px: _Pixels, stack: np.n
     Coronary arteries run in the epicardial fat (or, in a lean patient, on the myocardium under the lung), so fat or
     lung lies within a vessel wall of their calcium; aortic valve and mitral annulus calcium lie in blood and muscle,
     centimetres from either. Both hold on every non-contrast scan; the mean keeps noise from making fat inside blood.
+    The distance transform runs on each slice's box around its candidates grown by the cap: exact below the cap, and
+    a sixth of a 512 x 512 slice's cost.
     """
     smooth = ndimage.uniform_filter(np.clip(stack, None, FAT_CLIP_HU), size=(1, 3, 3))
     fat_or_lung = smooth < LUMEN_HU[0]
-    distance = np.full(stack.shape, FAT_CAP_MM, dtype=np.float64)
-    for i, plane in enumerate(fat_or_lung):
-        if plane.any():
-            distance[i] = np.minimum(ndimage.distance_transform_edt(~plane, sampling=pixel), FAT_CAP_MM)
-    out[:, col["fat_distance_mm"]] = -px.max(-distance[zi, px.y, px.x], -FAT_CAP_MM)
+    reach = int(np.ceil(FAT_CAP_MM / min(pixel))) + 1
+    distance = np.full(px.y.size, FAT_CAP_MM)
+    for i in np.unique(zi):
+        on = np.flatnonzero(zi == i)
+        y0, x0 = max(int(px.y[on].min()) - reach, 0), max(int(px.x[on].min()) - reach, 0)
+        box = fat_or_lung[i, y0 : int(px.y[on].max()) + reach + 1, x0 : int(px.x[on].max()) + reach + 1]
+        if box.any():
+            to_fat = ndimage.distance_transform_edt(~box, sampling=pixel)
+            distance[on] = np.minimum(to_fat[px.y[on] - y0, px.x[on] - x0], FAT_CAP_MM)
+    out[:, col["fat_distance_mm"]] = -px.max(-distance, -FAT_CAP_MM)
 
 
 def _neighbourhood_features(out: np.ndarray, col: dict[str, int], px: _Pixels, stack: np.ndarray, zi: np.ndarray,
