@@ -286,6 +286,34 @@ def test_fat_distance_on_a_box_equals_the_whole_slice():
         assert f[i] == pytest.approx(min(whole[pixels].min(), FAT_CAP_MM))
 
 
+def test_arc_features_find_calcium_on_the_wall_of_a_round_lumen():
+    """In fat at 0.5 mm pixels: an arc of calcium on the rim of a 15 mm disc of blood (aortic wall calcium), the same
+    arc with fat at its centre (a curved vessel in fat), a straight calcified segment and a speck."""
+    rng = np.random.default_rng(0)
+    hu = rng.normal(-100.0, 10.0, size=(1, 256, 256)).astype(np.float32)
+    yy, xx = np.mgrid[:256, :256]
+    hu[0][(yy - 90) ** 2 + (xx - 90) ** 2 <= 30**2] = 40.0
+    for cy, cx in ((90, 90), (200, 60)):
+        r, angle = np.hypot(yy - cy, xx - cx), np.arctan2(yy - cy, xx - cx)
+        hu[0][(np.abs(r - 30) <= 1.2) & (np.abs(angle) < 0.7)] = 600.0
+    hu[0, 20:23, 150:180] = 600.0
+    hu[0, 230:233, 230:233] = 600.0
+    spacing, config = (2.5, 0.5, 0.5), ScoringConfig()
+    candidates = find_lesions(hu, spacing, config=config)
+    assert len(candidates) == 4
+    f = lesion_features(hu, spacing, candidates, np.zeros(1), None, [], config)
+    col = {name: i for i, name in enumerate(LESION_FEATURES)}
+    by_row = sorted(range(4), key=lambda i: np.mean(np.asarray(candidates[i].voxels) // 256))
+    straight, wall, in_fat, speck = (f[i] for i in by_row)  # rows 21, 90, 200, 231
+    assert wall[col["arc_radius_mm"]] == pytest.approx(15.0, rel=0.25)
+    assert wall[col["arc_centre_depth_mm"]] >= 0.5 * wall[col["arc_radius_mm"]]
+    assert wall[col["arc_lumen_ratio"]] == pytest.approx(1.0, abs=0.3)  # the disc is the arc's own circle
+    assert in_fat[col["arc_radius_mm"]] == pytest.approx(15.0, rel=0.25) and in_fat[col["arc_centre_depth_mm"]] == 0.0
+    assert in_fat[col["arc_lumen_ratio"]] == 0.0
+    assert straight[col["arc_radius_mm"]] > 50.0 and straight[col["arc_centre_depth_mm"]] == 0.0
+    assert speck[col["arc_radius_mm"]] == 0.0 and speck[col["arc_centre_depth_mm"]] == 0.0
+
+
 def test_pooling_by_component_weighs_by_area():
     p = np.array([0.9, 0.3, 0.6, 0.2])
     components = np.array([7, 7, 2, 7])

@@ -285,7 +285,7 @@ def test_anatomy_rule_rejects_bone_the_body_wall_and_calcium_far_from_fat(tiny_m
     geometric = anatomy_rule(result.candidates.feature_columns(ANATOMY_RULE_FEATURES))
     broken = result.decision.anatomy_broken
     far = result.candidates.feature_columns(("fat_distance_mm",))[:, 0] > MAX_FAT_DISTANCE_MM
-    assert np.array_equal(broken, np.where(geometric >= 0, geometric, np.where(far, FAT_RULE_CODE, -1)))
+    assert np.array_equal(broken, np.where(geometric >= 0, geometric, np.where(far, FAT_RULE_CODE, -1)))  # no arcs
     assert np.array_equal(result.kept, broken < 0) and (geometric >= 0).any() and far.any()
     truth = [int(np.bincount(labels.reshape(-1)[np.asarray(c.voxels)]).argmax()) for c in result.candidates]
     assert {truth[i] for i in np.flatnonzero(broken == FAT_RULE_CODE)} == {AORTIC}
@@ -307,8 +307,15 @@ def test_anatomy_rule_parts():
             [5, 1, 1, 3, 3, 3], [50, 0, 0, 0, MAX_HEART_RADII_IN_PLANE, MAX_HEART_RADII_ALONG_Z]]
     assert anatomy_rule(rows).tolist() == [-1, 0, 0, 1, -1, 2, 2, 0, -1]
     assert anatomy_allows(rows).tolist() == [True, False, False, False, True, False, False, False, True]
-    from coronary_calcium.inference.decision import MAX_FAT_DISTANCE_MM, far_from_fat
+    from coronary_calcium.inference.decision import (AORTIC_ARC_MAX_LUMEN, AORTIC_ARC_RADIUS_MM, ARC_RULE_CODE,
+                                                     MAX_FAT_DISTANCE_MM, tissue_rule)
 
-    # the fat rule: beyond the bound only; a candidate without computed features (NaN) is not judged by it
-    assert far_from_fat([np.nan, 0.0, MAX_FAT_DISTANCE_MM, MAX_FAT_DISTANCE_MM + 0.01]).tolist() == [False, False,
-                                                                                                     False, True]
+    # the tissue rule: the fat bound, then an arc of aortic radius whose centre lies at least half a radius deep in a
+    # soft-tissue region of at most AORTIC_ARC_MAX_LUMEN times its circle; without computed features (NaN) neither
+    low, high = AORTIC_ARC_RADIUS_MM
+    lumen = AORTIC_ARC_MAX_LUMEN
+    rows = [[np.nan] * 4, [0.0] * 4, [MAX_FAT_DISTANCE_MM, 0, 0, 0], [MAX_FAT_DISTANCE_MM + 0.01, 0, 0, 0],
+            [1.0, 15.0, 7.5, 1.0], [1.0, 15.0, 7.4, 1.0], [1.0, low - 0.1, 30.0, 1.0], [1.0, high + 0.1, 30.0, 1.0],
+            [1.0, low, low, lumen], [1.0, 15.0, 15.0, lumen + 0.01], [1.0, 15.0, 15.0, 0.0], [20.0, 15.0, 15.0, 1.0]]
+    assert tissue_rule(rows).tolist() == [-1, -1, -1, FAT_RULE_CODE, ARC_RULE_CODE, -1, -1, -1, ARC_RULE_CODE, -1,
+                                          -1, FAT_RULE_CODE]

@@ -53,9 +53,10 @@ from coronary_calcium.inference.arteries import ARTERY_FEATURES, ArteryModel, fi
 from coronary_calcium.inference.candidates import find_candidates
 from coronary_calcium.inference.decision import (
     ANATOMY_RULE_FEATURES,
+    TISSUE_RULE_FEATURES,
     anatomy_allows,
     classifier_judges,
-    far_from_fat,
+    tissue_rule,
 )
 from coronary_calcium.inference.lesion_classifier import (
     LesionClassifier,
@@ -111,11 +112,11 @@ FROM_TRAINING = "train.json"  # field of view defaults: train.json's values (Non
 # synthetic slices and only restate, less reliably on other scanners, what the measured features say (the
 # validation record of docs/results_0.10.0 compares both). Nor the depth inside the heart region: that region is
 # the soft tissue between the lungs, so where its edge runs depends on the lung shapes and the field of view rather
-# than on the heart; the position relative to the heart centre, in heart radii, stays. Nor the distance to fat:
-# the fat rule of `decide` reads it (as a tree feature it only moved t_lesion: docs/experiments/fat_distance/).
+# than on the heart; the position relative to the heart centre, in heart radii, stays. Nor what the tissue rule of
+# `decide` reads (as a tree feature the distance to fat only moved t_lesion: docs/experiments/fat_distance/).
 SLICE_NETWORK_FEATURES = ("slice_probability", "neighbour_probability", "cam_mean", "cam_max")
 CLASSIFIER_FEATURES = tuple(f for f in LESION_FEATURES
-                            if f not in (*SLICE_NETWORK_FEATURES, "heart_depth_mm", "fat_distance_mm"))
+                            if f not in (*SLICE_NETWORK_FEATURES, "heart_depth_mm", *TISSUE_RULE_FEATURES))
 
 
 def training_defaults(train_config: str | Path | None = None) -> dict[str, Any]:
@@ -657,7 +658,7 @@ def _lesion_rule(val: dict[str, Any], p_lesion: np.ndarray, used_folds: int, c: 
     # the anatomy rule of `decide` holds here too: what it rejects is never kept, whatever its probability (and
     # what no classifier was asked about, NaN, is what it rejects)
     allowed = anatomy_allows(feature_columns(val["features"], ANATOMY_RULE_FEATURES))
-    allowed &= ~far_from_fat(feature_columns(val["features"], ("fat_distance_mm",))[:, 0])
+    allowed &= tissue_rule(feature_columns(val["features"], TISSUE_RULE_FEATURES)) < 0
     p_lesion = np.where(allowed & ~np.isnan(p_lesion), p_lesion, -np.inf)
     found = grid_search(val["probability"], p_lesion, val["pairs"], val["n_ref"], slice_grid,
                         c.lesion_grid if c.lesion_grid is not None else DEFAULT_LESION_GRID, val["non_coronary"],

@@ -2,7 +2,7 @@
 
 A candidate is kept when its slice's probability >= ``t_slice`` and either the checkpoint's lesion classifier
 gives it a probability >= ``t_lesion`` (its own, or its 3D component's area-weighted mean with lesion_pooling
-"component") and anatomy allows it (`anatomy_rule`, then `far_from_fat`), or, for checkpoints calibrated without
+"component") and anatomy allows it (`anatomy_rule`, then `tissue_rule`), or, for checkpoints calibrated without
 a classifier, its CAM score >= ``t_cam``.
 """
 
@@ -17,9 +17,11 @@ from coronary_calcium.inference.candidates import Candidates
 from coronary_calcium.inference.lesion_classifier import pool_probabilities
 from coronary_calcium.inference.thresholds import Thresholds
 
-__all__ = ["ANATOMY_REASONS", "ANATOMY_RULE_FEATURES", "Decision", "FAT_RULE_CODE", "MAX_BEHIND_LUNG",
+__all__ = ["ANATOMY_REASONS", "ANATOMY_RULE_FEATURES", "AORTIC_ARC_MAX_LUMEN", "AORTIC_ARC_MIN_DEPTH",
+           "AORTIC_ARC_RADIUS_MM", "ARC_RULE_CODE", "Decision", "FAT_RULE_CODE", "MAX_BEHIND_LUNG",
            "MAX_FAT_DISTANCE_MM", "MAX_HEART_RADII_IN_PLANE", "MAX_HEART_RADII_ALONG_Z", "MIN_BODY_DEPTH_MM",
-           "anatomy_allows", "anatomy_rule", "classifier_judges", "decide", "describe_rule", "far_from_fat"]
+           "TISSUE_RULE_FEATURES", "anatomy_allows", "anatomy_rule", "classifier_judges", "decide", "describe_rule",
+           "tissue_rule"]
 
 # The anatomy rule: what no classifier fitted on other anatomy may overrule (features from anatomy.py).
 # Coronary arteries lie inside the chest, behind a chest wall (skin, fat, muscle, ribs or sternum) thicker than this
@@ -39,14 +41,24 @@ ANATOMY_RULE_FEATURES = ("body_depth_mm", "in_bone", "behind_lung", "heart_dx", 
 # centimetres from either. Read from the lesion features (`fat_distance_mm`), so it applies to the candidates the
 # classifier judges, after the rule above.
 MAX_FAT_DISTANCE_MM = 8.0
+# Aortic wall calcium lies on the wall of a round lumen ringed by fat (the aorta, 10-17 mm radius): an arc whose centre
+# of curvature lies deep in a soft-tissue region about the size of its circle. Coronary calcium that long runs along
+# its vessel in fat, or round a heart chamber, a region far larger than the circle. Read from `arc_radius_mm`,
+# `arc_centre_depth_mm` and `arc_lumen_ratio`, like the fat rule.
+AORTIC_ARC_RADIUS_MM = (8.0, 20.0)  # the ascending aorta: 10-17 mm, up to 20 when dilated
+AORTIC_ARC_MIN_DEPTH = 0.5  # the centre lies at least this share of the radius inside soft tissue
+AORTIC_ARC_MAX_LUMEN = 2.0  # and in a region of at most this many times the circle's area
 ANATOMY_REASONS = (
     f"in bone or within {MIN_BODY_DEPTH_MM:g} mm of the body outline",
     f"behind lung (chest wall or rib: >= {MAX_BEHIND_LUNG:g} of its voxels)",
     f"farther from the heart centre than {MAX_HEART_RADII_IN_PLANE:g} heart radii in-plane or "
     f"{MAX_HEART_RADII_ALONG_Z:g} along z",
     f"farther than {MAX_FAT_DISTANCE_MM:g} mm from fat and lung (in blood or muscle: valve or annulus calcium)",
+    f"an arc of {AORTIC_ARC_RADIUS_MM[0]:g}-{AORTIC_ARC_RADIUS_MM[1]:g} mm radius round a soft-tissue lumen "
+    "(aortic wall calcium)",
 )
-FAT_RULE_CODE = 3  # its index in ANATOMY_REASONS
+FAT_RULE_CODE, ARC_RULE_CODE = 3, 4  # their indices in ANATOMY_REASONS
+TISSUE_RULE_FEATURES = ("fat_distance_mm", "arc_radius_mm", "arc_centre_depth_mm", "arc_lumen_ratio")
 
 
 @dataclass
@@ -103,7 +115,8 @@ def decide(candidates: Candidates, thresholds: Thresholds) -> Decision:
     if t.lesion_pooling == "component" and np.isin(candidates.components[~rows], candidates.components[rows]).any():
         raise InputError("candidates", "lesion features missing for part of a 3D component: component pooling "
                          "needs all of it")
-    broken[(broken < 0) & far_from_fat(candidates.feature_columns(("fat_distance_mm",))[:, 0])] = FAT_RULE_CODE
+    tissue = tissue_rule(candidates.feature_columns(TISSUE_RULE_FEATURES))
+    broken[broken < 0] = tissue[broken < 0]
     lesion = np.full(len(candidates), np.nan)
     lesion[rows] = classifier.predict_proba(candidates.feature_columns(classifier.features)[rows])
     pooled = None
@@ -128,11 +141,16 @@ def anatomy_rule(columns: np.ndarray) -> np.ndarray:
     return broken
 
 
-def far_from_fat(fat_distance_mm: np.ndarray) -> np.ndarray:
-    """Per candidate, whether its `fat_distance_mm` breaks the fat rule (`MAX_FAT_DISTANCE_MM`); a candidate whose
-    features were not computed (NaN) does not."""
-    distance = np.asarray(fat_distance_mm, dtype=np.float64)
-    return np.nan_to_num(distance, nan=0.0) > MAX_FAT_DISTANCE_MM
+def tissue_rule(columns: np.ndarray) -> np.ndarray:
+    """Per candidate, from its `TISSUE_RULE_FEATURES` columns (lesion features): `FAT_RULE_CODE` when it lies
+    farther than `MAX_FAT_DISTANCE_MM` from fat and lung, else `ARC_RULE_CODE` when it is an arc round a lumen of
+    aortic size (`AORTIC_ARC_RADIUS_MM`, `AORTIC_ARC_MIN_DEPTH`, `AORTIC_ARC_MAX_LUMEN`), else -1. A candidate
+    whose features were not computed (NaN) breaks neither."""
+    fat, radius, depth, lumen = np.nan_to_num(np.asarray(columns, dtype=np.float64).reshape(-1, 4), nan=0.0).T
+    low, high = AORTIC_ARC_RADIUS_MM
+    arc = (radius >= low) & (radius <= high) & (depth >= AORTIC_ARC_MIN_DEPTH * radius) & (lumen > 0) \
+        & (lumen <= AORTIC_ARC_MAX_LUMEN)
+    return np.where(fat > MAX_FAT_DISTANCE_MM, FAT_RULE_CODE, np.where(arc, ARC_RULE_CODE, -1))
 
 
 def anatomy_allows(columns: np.ndarray) -> np.ndarray:
@@ -171,5 +189,5 @@ def describe_rule(t: Thresholds, cam_key: str) -> str:
             f"{pooled} is >= {t.t_lesion:g}, and which anatomy allows: outside bone, deeper than "
             f"{MIN_BODY_DEPTH_MM:g} mm inside the body outline, not behind lung, within {MAX_HEART_RADII_IN_PLANE:g} "
             f"heart radii of the heart centre in-plane and {MAX_HEART_RADII_ALONG_Z:g} along z, within "
-            f"{MAX_FAT_DISTANCE_MM:g} mm of fat or lung; non-coronary "
+            f"{MAX_FAT_DISTANCE_MM:g} mm of fat or lung, not an arc round a lumen of aortic size; non-coronary "
             "calcium is excluded by the models and that rule alone")

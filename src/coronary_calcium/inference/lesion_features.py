@@ -37,6 +37,9 @@ LUMEN_HU = (-30.0, 130.0)  # blood, vessel wall and myocardium in a non-contrast
 LUMEN_REACH_PX = 2  # a soft-tissue region borders a candidate when it comes within 2 pixels (rows and columns)
 FAT_CLIP_HU = 60.0  # calcium counts as blood here, so that the 3 x 3 mean keeps the fat beside it below -30 HU
 FAT_CAP_MM = 20.0
+ARC_MIN_LENGTH_MM = 5.0  # a candidate is an arc when at least this long and twice as long as wide
+ARC_CAP_MM = 100.0  # radii above this are straight; centre depths are capped at ARC_DEPTH_CAP_MM
+ARC_DEPTH_CAP_MM = 30.0
 
 LESION_FEATURES: tuple[str, ...] = (
     "slice_probability",  # the classifier's P(coronary calcium) for the candidate's slice
@@ -55,6 +58,9 @@ LESION_FEATURES: tuple[str, ...] = (
     "lumen_mm",  # the largest radius and area among the soft-tissue regions the candidate borders on its slice:
     "log_lumen_mm2",  # a coronary vessel (radius 1.5-2.5 mm), the aorta (10-17 mm) or the heart
     "fat_distance_mm",  # in-plane distance to the nearest fat or lung (`_fat_distance`), capped at FAT_CAP_MM
+    "arc_radius_mm",  # an elongated candidate's radius of curvature (`_arc_features`; 0: not elongated), capped
+    "arc_centre_depth_mm",  # how deep its centre of curvature lies in soft tissue (0: in fat or lung, or no arc)
+    "arc_lumen_ratio",  # the area of the soft-tissue region holding that centre / (pi radius^2) (0: none)
     *ANATOMY_FEATURES,  # where it lies relative to lungs, bone, the heart region and the body wall (anatomy.py)
     *(f"{tissue}_{int(r)}mm" for r in NEIGHBOURHOOD_MM for tissue in TISSUES),
     *(f"mean_hu_{int(r)}mm" for r in NEIGHBOURHOOD_MM),  # mean HU (clipped to [-1000, 1500]) in the squares
@@ -160,6 +166,7 @@ def lesion_features(
     zi = np.searchsorted(slices, px.z)  # each candidate pixel's index in ``stack``
     _lumen_features(out, col, px, stack, zi, (sy, sx), config)
     _fat_distance(out, col, px, stack, zi, (sy, sx))
+    _arc_features(out, col, px, stack, zi, (sy, sx))
     _neighbourhood_features(out, col, px, stack, zi, (sy, sx))
     return out
 
@@ -304,6 +311,50 @@ def _fat_distance(out: np.ndarray, col: dict[str, int], px: _Pixels, stack: np.n
             to_fat = ndimage.distance_transform_edt(~box, sampling=pixel)
             distance[on] = np.minimum(to_fat[px.y[on] - y0, px.x[on] - x0], FAT_CAP_MM)
     out[:, col["fat_distance_mm"]] = -px.max(-distance, -FAT_CAP_MM)
+
+
+def _arc_features(out: np.ndarray, col: dict[str, int], px: _Pixels, stack: np.ndarray, zi: np.ndarray,
+                  pixel: tuple[float, float]) -> None:
+    """Radius of curvature of each elongated candidate (>= `ARC_MIN_LENGTH_MM` long, twice as long as wide: a
+    parabola fitted across its principal axis), and the soft-tissue depth at its centre of curvature.
+
+    Aortic wall calcium lies on the wall of a round lumen of 10-17 mm radius, ringed by fat: an arc whose centre lies
+    deep in a soft-tissue region about the size of that circle. Coronary calcium that long runs along its vessel: in
+    fat, or round a heart chamber (the circumflex and right coronary arteries in the atrioventricular grooves), whose
+    region is far larger than the arc's circle. Soft tissue here: a 3 x 3 mean >= -30 HU, calcium counted as blood.
+    """
+    sy, sx = pixel
+    starts = np.concatenate(([0], np.cumsum(px.sizes)[:-1]))
+    arcs = []  # (candidate, slice index in stack, centre row, centre column, radius)
+    for i, (start, size) in enumerate(zip(starts, px.sizes)):
+        if size < 6:
+            continue
+        points = np.c_[px.y[start : start + size] * sy, px.x[start : start + size] * sx]
+        centroid = points.mean(axis=0)
+        _, axes = np.linalg.eigh(np.cov((points - centroid).T))
+        along, across = (points - centroid) @ axes[:, 1], (points - centroid) @ axes[:, 0]
+        length, width = np.ptp(along), np.ptp(across) + min(sy, sx)
+        if length < ARC_MIN_LENGTH_MM or length < 2 * width:
+            continue
+        a, _, offset = np.polyfit(along, across, 2)
+        radius = min(1.0 / max(abs(2 * a), 1e-9), ARC_CAP_MM)
+        out[i, col["arc_radius_mm"]] = radius
+        if radius < ARC_CAP_MM:
+            centre = centroid + axes[:, 0] * (offset + np.sign(a) * radius)
+            arcs.append((i, int(zi[start]), centre[0] / sy, centre[1] / sx, radius))
+    if not arcs:
+        return
+    smooth = ndimage.uniform_filter(np.clip(stack, None, FAT_CLIP_HU), size=(1, 3, 3))
+    for k in sorted({a[1] for a in arcs}):  # the slices holding an arc, whole (few)
+        soft = smooth[k] >= LUMEN_HU[0]
+        depth = ndimage.distance_transform_edt(soft, sampling=pixel)
+        regions, _ = ndimage.label(soft)
+        areas = np.bincount(regions.ravel()) * sy * sx
+        for i, _, row, column, radius in (a for a in arcs if a[1] == k):
+            r, c = int(round(row)), int(round(column))
+            if 0 <= r < soft.shape[0] and 0 <= c < soft.shape[1] and soft[r, c]:
+                out[i, col["arc_centre_depth_mm"]] = min(depth[r, c], ARC_DEPTH_CAP_MM)
+                out[i, col["arc_lumen_ratio"]] = areas[regions[r, c]] / (np.pi * radius**2)
 
 
 def _neighbourhood_features(out: np.ndarray, col: dict[str, int], px: _Pixels, stack: np.ndarray, zi: np.ndarray,
