@@ -316,7 +316,8 @@ def _fat_distance(out: np.ndarray, col: dict[str, int], px: _Pixels, stack: np.n
 def _arc_features(out: np.ndarray, col: dict[str, int], px: _Pixels, stack: np.ndarray, zi: np.ndarray,
                   pixel: tuple[float, float]) -> None:
     """Radius of curvature of each elongated candidate (>= `ARC_MIN_LENGTH_MM` long, twice as long as wide: a
-    parabola fitted across its principal axis), and the soft-tissue depth at its centre of curvature.
+    parabola fitted across its principal axis); at its centre of curvature, the soft-tissue depth and the area of the
+    soft-tissue region there over the circle's area.
 
     Aortic wall calcium lies on the wall of a round lumen of 10-17 mm radius, ringed by fat: an arc whose centre lies
     deep in a soft-tissue region about the size of that circle. Coronary calcium that long runs along its vessel: in
