@@ -165,8 +165,10 @@ def lesion_features(
     stack = hu[slices].astype(np.float32, copy=False)
     zi = np.searchsorted(slices, px.z)  # each candidate pixel's index in ``stack``
     _lumen_features(out, col, px, stack, zi, (sy, sx), config)
-    _fat_distance(out, col, px, stack, zi, (sy, sx))
-    _arc_features(out, col, px, stack, zi, (sy, sx))
+    # fat or lung: a 3 x 3 mean below -30 HU with calcium counted as blood (read by the fat distance and the arcs)
+    fat_or_lung = ndimage.uniform_filter(np.clip(stack, None, FAT_CLIP_HU), size=(1, 3, 3)) < LUMEN_HU[0]
+    _fat_distance(out, col, px, fat_or_lung, zi, (sy, sx))
+    _arc_features(out, col, px, fat_or_lung, zi, (sy, sx))
     _neighbourhood_features(out, col, px, stack, zi, (sy, sx))
     return out
 
@@ -288,7 +290,7 @@ def _lumen_features(out: np.ndarray, col: dict[str, int], px: _Pixels, stack: np
     out[:, col["log_lumen_mm2"]] = np.log1p(px.max(largest_area, 0.0))
 
 
-def _fat_distance(out: np.ndarray, col: dict[str, int], px: _Pixels, stack: np.ndarray, zi: np.ndarray,
+def _fat_distance(out: np.ndarray, col: dict[str, int], px: _Pixels, fat_or_lung: np.ndarray, zi: np.ndarray,
                   pixel: tuple[float, float]) -> None:
     """In-plane distance from each candidate's nearest pixel to fat or lung (a 3 x 3 mean below -30 HU, calcium
     counted as blood), capped at `FAT_CAP_MM`.
@@ -296,11 +298,8 @@ def _fat_distance(out: np.ndarray, col: dict[str, int], px: _Pixels, stack: np.n
     Coronary arteries run in the epicardial fat (or, in a lean patient, on the myocardium under the lung), so fat or
     lung lies within a vessel wall of their calcium; aortic valve and mitral annulus calcium lie in blood and muscle,
     centimetres from either. Both hold on every non-contrast scan; the mean keeps noise from making fat inside blood.
-    The distance transform runs on each slice's box around its candidates grown by the cap: exact below the cap, and
-    a sixth of a 512 x 512 slice's cost.
+    The distance transform runs on each slice's box around its candidates grown by the cap: exact below the cap.
     """
-    smooth = ndimage.uniform_filter(np.clip(stack, None, FAT_CLIP_HU), size=(1, 3, 3))
-    fat_or_lung = smooth < LUMEN_HU[0]
     reach = int(np.ceil(FAT_CAP_MM / min(pixel))) + 1
     distance = np.full(px.y.size, FAT_CAP_MM)
     for i in np.unique(zi):
@@ -313,7 +312,7 @@ def _fat_distance(out: np.ndarray, col: dict[str, int], px: _Pixels, stack: np.n
     out[:, col["fat_distance_mm"]] = -px.max(-distance, -FAT_CAP_MM)
 
 
-def _arc_features(out: np.ndarray, col: dict[str, int], px: _Pixels, stack: np.ndarray, zi: np.ndarray,
+def _arc_features(out: np.ndarray, col: dict[str, int], px: _Pixels, fat_or_lung: np.ndarray, zi: np.ndarray,
                   pixel: tuple[float, float]) -> None:
     """Radius of curvature of each elongated candidate (>= `ARC_MIN_LENGTH_MM` long, twice as long as wide: a
     parabola fitted across its principal axis); at its centre of curvature, the soft-tissue depth and the area of the
@@ -322,7 +321,7 @@ def _arc_features(out: np.ndarray, col: dict[str, int], px: _Pixels, stack: np.n
     Aortic wall calcium lies on the wall of a round lumen of 10-17 mm radius, ringed by fat: an arc whose centre lies
     deep in a soft-tissue region about the size of that circle. Coronary calcium that long runs along its vessel: in
     fat, or round a heart chamber (the circumflex and right coronary arteries in the atrioventricular grooves), whose
-    region is far larger than the arc's circle. Soft tissue here: a 3 x 3 mean >= -30 HU, calcium counted as blood.
+    region is far larger than the arc's circle. Soft tissue here: what is not fat or lung (``fat_or_lung``).
     """
     sy, sx = pixel
     starts = np.concatenate(([0], np.cumsum(px.sizes)[:-1]))
@@ -345,9 +344,8 @@ def _arc_features(out: np.ndarray, col: dict[str, int], px: _Pixels, stack: np.n
             arcs.append((i, int(zi[start]), centre[0] / sy, centre[1] / sx, radius))
     if not arcs:
         return
-    smooth = ndimage.uniform_filter(np.clip(stack, None, FAT_CLIP_HU), size=(1, 3, 3))
     for k in sorted({a[1] for a in arcs}):  # the slices holding an arc, whole (few)
-        soft = smooth[k] >= LUMEN_HU[0]
+        soft = ~fat_or_lung[k]
         depth = ndimage.distance_transform_edt(soft, sampling=pixel)
         regions, _ = ndimage.label(soft)
         areas = np.bincount(regions.ravel()) * sy * sx
